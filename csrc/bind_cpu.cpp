@@ -1,0 +1,64 @@
+// pybind11 module slimkernels._C: the native CPU kernels over raw pointers (Python ints from
+// tensor.data_ptr()), sizes and strides in elements. No libtorch. std::invalid_argument -> ValueError.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "slim/cpu_isa.h"
+#include "slim/int8_gemm.h"
+#include "slim/quantize.h"
+
+namespace py = pybind11;
+
+namespace {
+
+template <typename T>
+T* ptr(uintptr_t p) { return reinterpret_cast<T*>(p); }
+
+void int8_gemm(uintptr_t a, int64_t lda, uintptr_t packed, int64_t M, int64_t N, int64_t K, uintptr_t out,
+               int64_t ldc, const std::string& out_kind, uintptr_t a_scale, uintptr_t b_scale, uintptr_t bias,
+               int num_threads, const std::string& isa) {
+  slim::Int8GemmArgs g{ptr<const int8_t>(a), lda, ptr<const int8_t>(packed), M, N, K, ptr<void>(out), ldc,
+                       slim::parse_out_kind(out_kind, "out_kind"), ptr<const float>(a_scale),
+                       ptr<const float>(b_scale), ptr<const float>(bias)};
+  const slim::CpuIsa i = slim::resolve_isa(isa, "isa");
+  py::gil_scoped_release nogil;  // long-running, touches no Python objects
+  slim::int8_gemm(g, num_threads, i);
+}
+
+void quantize_per_token_int8(uintptr_t x, int64_t ldx, int64_t M, int64_t K, const std::string& x_kind, uintptr_t q,
+                             int64_t ldq, uintptr_t scale, int num_threads, const std::string& isa) {
+  slim::QuantizeArgs g{ptr<const void>(x), ldx, M, K, slim::parse_in_kind(x_kind, "x_kind"), ptr<int8_t>(q), ldq,
+                       ptr<float>(scale)};
+  const slim::CpuIsa i = slim::resolve_isa(isa, "isa");
+  py::gil_scoped_release nogil;
+  slim::quantize_per_token_int8(g, num_threads, i);
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "slimkernels native CPU kernels (raw pointers, no libtorch)";
+  m.def("cpu_isa", [] { return std::string(slim::isa_name(slim::best_isa())); },
+        "Best ISA compiled in and supported at run time: 'avx512_vnni', 'avx2' or 'scalar'.");
+  m.def("supported_isas", [] {
+        std::vector<std::string> v;
+        for (slim::CpuIsa i : slim::supported_isas()) v.emplace_back(slim::isa_name(i));
+        return v;
+      },
+      "All usable ISAs, best first.");
+  m.def("int8_gemm", &int8_gemm, py::arg("a"), py::arg("lda"), py::arg("packed"), py::arg("M"), py::arg("N"),
+        py::arg("K"), py::arg("out"), py::arg("ldc"), py::arg("out_kind"), py::arg("a_scale"), py::arg("b_scale"),
+        py::arg("bias"), py::arg("num_threads"), py::arg("isa") = "",
+        "out[M, N] = epilogue(int8 a[M, K] @ b[N, K].T) with b in the pack_int8_cpu layout; exact int32 "
+        "accumulation; out_kind 'int32' | 'float32' | 'float16' | 'bfloat16' (float: ((acc * a_scale[m]) * "
+        "b_scale[n]) + bias[n], bias 0 = none).");
+  m.def("quantize_per_token_int8", &quantize_per_token_int8, py::arg("x"), py::arg("ldx"), py::arg("M"),
+        py::arg("K"), py::arg("x_kind"), py::arg("q"), py::arg("ldq"), py::arg("scale"), py::arg("num_threads"),
+        py::arg("isa") = "",
+        "Per-row symmetric int8: scale = amax / 127 (NaN for non-finite rows, 1 for zero rows), q = "
+        "clamp(rint(x / scale), -127, 127).");
+}

@@ -1,0 +1,122 @@
+// Persistent thread pool (see slim/thread_pool.h) and per-thread scratch buffers.
+#include "slim/thread_pool.h"
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdlib>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "slim/scratch.h"
+
+namespace slim {
+namespace {
+
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  __asm__ volatile("yield");
+#endif
+}
+
+constexpr int kMaxWorkers = 255;
+
+class Pool {
+ public:
+  static Pool& get() {
+    static Pool* p = new Pool();  // leaked on purpose: no join at interpreter exit
+    return *p;
+  }
+
+  void run(int nt, const std::function<void(int, int)>& fn) {
+    std::lock_guard<std::mutex> call_lock(call_mu_);  // one job at a time: no deadlock, no oversubscription
+    if (nt > kMaxWorkers + 1) nt = kMaxWorkers + 1;
+    ensure_workers(nt - 1);
+    job_ = &fn;
+    job_nt_ = nt;
+    pending_.store(nt - 1, std::memory_order_relaxed);
+    const uint64_t gen = ++gen_;
+    {
+      // Each participating worker gets a ticket for this job; it runs the job exactly once.
+      std::lock_guard<std::mutex> lk(mu_);
+      for (int i = 1; i < nt; ++i) ticket_[i].store(gen, std::memory_order_release);
+    }
+    cv_.notify_all();
+    fn(0, nt);
+    // The caller's share is done; wait for the workers (they run about as long as the caller did).
+    while (pending_.load(std::memory_order_acquire) != 0) cpu_relax();
+    job_ = nullptr;
+  }
+
+ private:
+  void ensure_workers(int n) {
+    while (nworkers_ < n) {
+      int id = ++nworkers_;
+      std::thread([this, id] { loop(id); }).detach();
+    }
+  }
+
+  void loop(int id) {
+    // Tickets start at 0 and jobs count from 1: a worker is created inside run() and its first
+    // ticket may already be set when it starts, so it must not read its "seen" value from it.
+    uint64_t seen = 0;
+    for (;;) {
+      // Spin briefly (back-to-back kernel calls), then sleep so idle workers cost nothing.
+      auto t0 = std::chrono::steady_clock::now();
+      for (int i = 0; ticket_[id].load(std::memory_order_acquire) == seen; ++i) {
+        cpu_relax();
+        if ((i & 255) == 255 && std::chrono::steady_clock::now() - t0 > std::chrono::microseconds(kSpinUs)) {
+          std::unique_lock<std::mutex> lk(mu_);
+          cv_.wait(lk, [&] { return ticket_[id].load(std::memory_order_acquire) != seen; });
+        }
+      }
+      seen = ticket_[id].load(std::memory_order_acquire);
+      (*job_)(id, job_nt_);
+      pending_.fetch_sub(1, std::memory_order_acq_rel);
+    }
+  }
+
+  static constexpr int kSpinUs = 200;
+  std::mutex call_mu_, mu_;
+  std::condition_variable cv_;
+  int nworkers_ = 0;
+  uint64_t gen_ = 0;
+  std::atomic<uint64_t> ticket_[kMaxWorkers + 1] = {};
+  std::atomic<int> pending_{0};
+  const std::function<void(int, int)>* job_ = nullptr;
+  int job_nt_ = 0;
+};
+
+}  // namespace
+
+void parallel_for(int num_threads, const std::function<void(int, int)>& fn) {
+  if (num_threads <= 1) {
+    fn(0, 1);
+    return;
+  }
+  Pool::get().run(num_threads, fn);
+}
+
+void* thread_scratch(int slot, size_t bytes) {
+  struct Buf {
+    void* p = nullptr;
+    size_t n = 0;
+    ~Buf() { std::free(p); }
+  };
+  thread_local Buf bufs[kScratchSlots];
+  Buf& b = bufs[slot];
+  if (b.n < bytes) {
+    std::free(b.p);
+    size_t n = (bytes + 4095) / 4096 * 4096;
+    b.p = std::aligned_alloc(64, n);
+    if (!b.p) throw std::bad_alloc();
+    b.n = n;
+  }
+  return b.p;
+}
+
+}  // namespace slim

@@ -1,0 +1,39 @@
+// int8 x int8 -> int32 GEMM on the CPU packed weight layout (slimkernels/quant/packing.py,
+// pack_int8_cpu), with a fused epilogue: int32, or float(acc) * a_scale[m] * b_scale[n] (+ bias[n])
+// rounded to float32 / float16 / bfloat16.
+#pragma once
+#include <cstdint>
+#include <string>
+
+#include "slim/cpu_isa.h"
+
+namespace slim {
+
+enum class OutKind { kInt32 = 0, kFloat32 = 1, kFloat16 = 2, kBFloat16 = 3 };
+OutKind parse_out_kind(const std::string& name, const char* arg_name);
+
+struct Int8GemmArgs {
+  const int8_t* a;        // [M, K] row-major, row stride lda (elements)
+  int64_t lda;
+  const int8_t* packed;   // pack_int8_cpu(b) for b [N, K]
+  int64_t M, N, K;
+  void* out;              // [M, N] row stride ldc, element type per out_kind
+  int64_t ldc;
+  OutKind out_kind;
+  const float* a_scale;   // [M]  (float outputs only)
+  const float* b_scale;   // [N]  (float outputs only)
+  const float* bias;      // [N] or nullptr
+};
+
+// Validates (std::invalid_argument naming the argument), then runs on up to num_threads threads.
+void int8_gemm(const Int8GemmArgs& args, int num_threads, CpuIsa isa);
+
+// Per-ISA block kernels: rows [m0, m1) x 16-column panels [p0, p1), full K, epilogue included.
+// Arguments are already validated; each call is independent (any thread).
+void int8_gemm_block_scalar(const Int8GemmArgs& g, int64_t m0, int64_t m1, int64_t p0, int64_t p1);
+#ifdef SLIM_X86
+void int8_gemm_block_avx2(const Int8GemmArgs& g, int64_t m0, int64_t m1, int64_t p0, int64_t p1);
+void int8_gemm_block_avx512_vnni(const Int8GemmArgs& g, int64_t m0, int64_t m1, int64_t p0, int64_t p1);
+#endif
+
+}  // namespace slim

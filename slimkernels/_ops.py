@@ -1,0 +1,187 @@
+"""Every op's contract: schema (from the type hints), argument checks, fake kernel, autograd.
+
+The op bodies validate once, then hand over to `backends.dispatch`, which picks the implementation
+(reference, native C++/CUDA, Triton, torch) for the tensor's device. Fake kernels let
+torch.compile(fullgraph=True) trace through every op without running it.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from . import _checks as check
+from .backends import dispatch
+from .quant.packing import int8_packed_shape, pack_int8
+
+LIB = "slimkernels"
+
+
+def _flat_rows(x: Tensor) -> tuple[int, int]:
+    k = x.shape[-1]
+    return x.numel() // k if k else int(torch.Size(x.shape[:-1]).numel()), k
+
+
+# ---- quantize_per_token_int8 / quantize_per_channel_int8 ----------------------------------------
+@torch.library.custom_op(f"{LIB}::quantize_per_token_int8", mutates_args=())
+def quantize_per_token_int8(x: Tensor) -> tuple[Tensor, Tensor]:
+    """Symmetric int8 per row: scale = absmax/127 (1 for all-zero rows), q = round(x/scale)."""
+    check.float_input("quantize_per_token_int8", "x", x)
+    return dispatch("quantize_per_token_int8", x.device.type, x.reshape(-1, x.shape[-1]))
+
+
+@quantize_per_token_int8.register_fake
+def _(x):
+    check.float_input("quantize_per_token_int8", "x", x)
+    m, k = _flat_rows(x)
+    return x.new_empty((m, k), dtype=torch.int8), x.new_empty((m,), dtype=torch.float32)
+
+
+@torch.library.custom_op(f"{LIB}::quantize_per_channel_int8", mutates_args=())
+def quantize_per_channel_int8(w: Tensor) -> tuple[Tensor, Tensor]:
+    """Symmetric int8 per output channel of a [N, K] weight (the per-token math on rows)."""
+    check.float_input("quantize_per_channel_int8", "w", w)
+    check.ndim("quantize_per_channel_int8", "w", w, 2)
+    return dispatch("quantize_per_token_int8", w.device.type, w)
+
+
+@quantize_per_channel_int8.register_fake
+def _(w):
+    check.float_input("quantize_per_channel_int8", "w", w)
+    check.ndim("quantize_per_channel_int8", "w", w, 2)
+    return w.new_empty(w.shape, dtype=torch.int8), w.new_empty((w.shape[0],), dtype=torch.float32)
+
+
+# ---- int8_mm ---------------------------------------------------------------------------------------
+@torch.library.custom_op(f"{LIB}::int8_mm", mutates_args=())
+def int8_mm(a: Tensor, b: Tensor) -> Tensor:
+    """a [M, K] int8 @ b [N, K] int8 .T -> int32 [M, N], exact (wrapping mod 2^32 like int32 C)."""
+    check.int8_pair("int8_mm", a, b)
+    return dispatch("int8_mm", a.device.type, a, b)
+
+
+@int8_mm.register_fake
+def _(a, b):
+    check.int8_pair("int8_mm", a, b)
+    return a.new_empty((a.shape[0], b.shape[0]), dtype=torch.int32)
+
+
+# ---- int8_scaled_mm --------------------------------------------------------------------------------
+@torch.library.custom_op(f"{LIB}::int8_scaled_mm", mutates_args=())
+def int8_scaled_mm(
+    a: Tensor, a_scale: Tensor, b: Tensor, b_scale: Tensor, bias: Optional[Tensor], out_dtype: torch.dtype
+) -> Tensor:
+    """((a @ b.T) * a_scale[m] * b_scale[n] + bias[n]) in float32, cast to out_dtype."""
+    check.int8_pair("int8_scaled_mm", a, b)
+    check.scales_and_bias("int8_scaled_mm", a, a_scale, b_scale, bias, b.shape[0], out_dtype)
+    return dispatch("int8_scaled_mm", a.device.type, a, a_scale, b, b_scale, bias, out_dtype)
+
+
+@int8_scaled_mm.register_fake
+def _(a, a_scale, b, b_scale, bias, out_dtype):
+    check.int8_pair("int8_scaled_mm", a, b)
+    check.scales_and_bias("int8_scaled_mm", a, a_scale, b_scale, bias, b.shape[0], out_dtype)
+    return a.new_empty((a.shape[0], b.shape[0]), dtype=out_dtype)
+
+
+# ---- int8_prepack / int8_scaled_mm_packed ----------------------------------------------------------
+# The packed layout is a function of the device (see quant/packing.py), not of the implementation,
+# so a module packed once works with every implementation the switch can select.
+@torch.library.custom_op(f"{LIB}::int8_prepack", mutates_args=())
+def int8_prepack(b: Tensor) -> Tensor:
+    """[N, K] int8 weight -> the packed layout the kernels of b's device read."""
+    check.dtype("int8_prepack", "b", b, (torch.int8,))
+    check.ndim("int8_prepack", "b", b, 2)
+    return pack_int8(b)
+
+
+@int8_prepack.register_fake
+def _(b):
+    check.dtype("int8_prepack", "b", b, (torch.int8,))
+    check.ndim("int8_prepack", "b", b, 2)
+    return b.new_empty(int8_packed_shape(b.device.type, b.shape[0], b.shape[1]), dtype=torch.int8)
+
+
+def _check_packed(op: str, a: Tensor, b_packed: Tensor, b_scale: Tensor) -> None:
+    check.dtype(op, "a", a, (torch.int8,))
+    check.ndim(op, "a", a, 2)
+    check.dtype(op, "b_packed", b_packed, (torch.int8,))
+    check.dtype(op, "b_scale", b_scale, (torch.float32,))
+    check.ndim(op, "b_scale", b_scale, 1)
+    check.same_device(op, a=a, b_packed=b_packed)
+    expected = int8_packed_shape(b_packed.device.type, b_scale.shape[0], a.shape[1])
+    if tuple(b_packed.shape) != expected:
+        raise ValueError(
+            f"slimkernels.{op}: b_packed has shape {tuple(b_packed.shape)} but a weight of N={b_scale.shape[0]} "
+            f"(from b_scale) and K={a.shape[1]} (from a) packs to {expected} on {b_packed.device.type}; "
+            "pack it with slimkernels.ops.int8_prepack on the device it is used on"
+        )
+
+
+@torch.library.custom_op(f"{LIB}::int8_scaled_mm_packed", mutates_args=())
+def int8_scaled_mm_packed(
+    a: Tensor, a_scale: Tensor, b_packed: Tensor, b_scale: Tensor, bias: Optional[Tensor], out_dtype: torch.dtype
+) -> Tensor:
+    """int8_scaled_mm with the weight prepacked by int8_prepack (N from b_scale, K from a)."""
+    _check_packed("int8_scaled_mm_packed", a, b_packed, b_scale)
+    check.scales_and_bias("int8_scaled_mm_packed", a, a_scale, b_scale, bias, b_scale.shape[0], out_dtype)
+    return dispatch("int8_scaled_mm_packed", a.device.type, a, a_scale, b_packed, b_scale, bias, out_dtype)
+
+
+@int8_scaled_mm_packed.register_fake
+def _(a, a_scale, b_packed, b_scale, bias, out_dtype):
+    _check_packed("int8_scaled_mm_packed", a, b_packed, b_scale)
+    check.scales_and_bias("int8_scaled_mm_packed", a, a_scale, b_scale, bias, b_scale.shape[0], out_dtype)
+    return a.new_empty((a.shape[0], b_scale.shape[0]), dtype=out_dtype)
+
+
+# ---- dequant_mm_int8 (W8A16) -----------------------------------------------------------------------
+def _check_dequant_int8(x, qweight, scales, bias):
+    op = "dequant_mm_int8"
+    check.float_input(op, "x", x)
+    check.dtype(op, "qweight", qweight, (torch.int8,))
+    check.ndim(op, "qweight", qweight, 2)
+    if x.shape[-1] != qweight.shape[1]:
+        raise ValueError(
+            f"slimkernels.{op}: x has K={x.shape[-1]} features but qweight is [N, K] = {tuple(qweight.shape)}"
+        )
+    check.dtype(op, "scales", scales, (torch.float32,))
+    check.shape(op, "scales", scales, (qweight.shape[0],))
+    if bias is not None:
+        check.dtype(op, "bias", bias, check.FLOAT_DTYPES)
+        check.shape(op, "bias", bias, (qweight.shape[0],))
+    check.same_device(op, x=x, qweight=qweight, scales=scales, bias=bias)
+
+
+@torch.library.custom_op(f"{LIB}::dequant_mm_int8", mutates_args=())
+def dequant_mm_int8(x: Tensor, qweight: Tensor, scales: Tensor, bias: Optional[Tensor]) -> Tensor:
+    """Weight-only int8: x [.., K] (float) @ (qweight [N, K] * scales[n]).T + bias -> [.., N] in x.dtype."""
+    _check_dequant_int8(x, qweight, scales, bias)
+    y = dispatch("dequant_mm_int8", x.device.type, x.reshape(-1, x.shape[-1]), qweight, scales, bias)
+    return y.reshape(*x.shape[:-1], qweight.shape[0])
+
+
+@dequant_mm_int8.register_fake
+def _(x, qweight, scales, bias):
+    _check_dequant_int8(x, qweight, scales, bias)
+    return x.new_empty((*x.shape[:-1], qweight.shape[0]))
+
+
+def _dequant_mm_int8_setup(ctx, inputs, output):
+    _, qweight, scales, bias = inputs
+    ctx.bias_dtype = bias.dtype if bias is not None else None
+    ctx.save_for_backward(qweight, scales)
+
+
+def _dequant_mm_int8_backward(ctx, grad):
+    qweight, scales = ctx.saved_tensors
+    # d/dx of x @ (q * s).T is grad @ (q * s): the weights are frozen integers, so only x gets a grad.
+    grad_x = (grad.float() * scales) @ qweight.float()
+    grad_bias = None
+    if ctx.bias_dtype is not None:
+        grad_bias = grad.reshape(-1, grad.shape[-1]).float().sum(0).to(ctx.bias_dtype)
+    return grad_x.to(grad.dtype), None, None, grad_bias
+
+
+dequant_mm_int8.register_autograd(_dequant_mm_int8_backward, setup_context=_dequant_mm_int8_setup)

@@ -1,0 +1,25 @@
+"""Small helpers the device backends share: dtype names, empty-problem shortcuts, K padding."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+KIND = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16", torch.int32: "int32"}
+
+
+def is_empty_problem(a: torch.Tensor, n: int) -> bool:
+    """M == 0, N == 0 or K == 0: answered by the reference without touching a kernel."""
+    return a.shape[0] == 0 or n == 0 or a.shape[1] == 0
+
+
+def pad_k(a: torch.Tensor, kp: int) -> torch.Tensor:
+    """Zero-pad the reduction dim to kp (zeros add nothing to a dot product)."""
+    return a if a.shape[1] == kp else F.pad(a, (0, kp - a.shape[1]))
+
+
+def f32(t: torch.Tensor | None) -> torch.Tensor | None:
+    return None if t is None else t.to(torch.float32).contiguous()
+
+
+def ptr(t: torch.Tensor | None) -> int:
+    return 0 if t is None else t.data_ptr()

@@ -1,0 +1,69 @@
+"""CPU backend: our C++ kernels (slimkernels._C) with run-time ISA dispatch.
+
+Threads follow torch.get_num_threads(); SLIMKERNELS_CPU_ISA=avx2|avx512_vnni|scalar forces an ISA.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+
+from .. import _native
+from ..quant import packing
+from . import reference, register
+from ._common import KIND, f32, is_empty_problem, ptr
+
+
+def _threads() -> int:
+    return max(1, torch.get_num_threads())
+
+
+def _isa() -> str:
+    return os.environ.get("SLIMKERNELS_CPU_ISA", "")
+
+
+@register("quantize_per_token_int8", "native", ("cpu",))
+def quantize_rows_int8(x):
+    m, k = x.shape
+    if m == 0 or k == 0:
+        return reference.quantize_rows_int8(x)
+    C = _native.require_cpu()
+    x = x.contiguous()
+    q = torch.empty((m, k), dtype=torch.int8)
+    scale = torch.empty((m,), dtype=torch.float32)
+    C.quantize_per_token_int8(x.data_ptr(), k, m, k, KIND[x.dtype], q.data_ptr(), k, scale.data_ptr(), _threads(), _isa())
+    return q, scale
+
+
+def gemm_packed(a, b_packed, n, out_dtype, a_scale=None, b_scale=None, bias=None):
+    """The one call into the CPU GEMM: int32 out when out_dtype is int32, else the fused epilogue."""
+    C = _native.require_cpu()
+    m, k = a.shape
+    a = a.contiguous()
+    out = torch.empty((m, n), dtype=out_dtype)
+    a_scale, b_scale, bias = f32(a_scale), f32(b_scale), f32(bias)
+    C.int8_gemm(
+        a.data_ptr(), k, b_packed.data_ptr(), m, n, k, out.data_ptr(), n, KIND[out_dtype],
+        ptr(a_scale), ptr(b_scale), ptr(bias), _threads(), _isa(),
+    )
+    return out
+
+
+@register("int8_mm", "native", ("cpu",))
+def int8_mm(a, b):
+    if is_empty_problem(a, b.shape[0]):
+        return reference.int8_mm(a, b)
+    return gemm_packed(a, packing.pack_int8_cpu(b), b.shape[0], torch.int32)
+
+
+@register("int8_scaled_mm_packed", "native", ("cpu",))
+def int8_scaled_mm_packed(a, a_scale, b_packed, b_scale, bias, out_dtype):
+    n = b_scale.shape[0]
+    if is_empty_problem(a, n):
+        return reference.int8_scaled_mm_packed(a, a_scale, b_packed, b_scale, bias, out_dtype)
+    return gemm_packed(a, b_packed, n, out_dtype, a_scale, b_scale, bias)
+
+
+@register("int8_scaled_mm", "native", ("cpu",))
+def int8_scaled_mm(a, a_scale, b, b_scale, bias, out_dtype):
+    return int8_scaled_mm_packed(a, a_scale, packing.pack_int8_cpu(b), b_scale, bias, out_dtype)

@@ -1,0 +1,3 @@
+from .quant_linear import QuantLinear
+
+__all__ = ["QuantLinear"]

@@ -1,0 +1,62 @@
+"""Typed public functions over torch.ops.slimkernels.* (see _ops.py for the contracts).
+
+Which implementation runs is chosen per device (slimkernels.backends.DEFAULT_ORDER) unless forced
+with slimkernels.set_backend / use_backend.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from . import _ops  # noqa: F401  (registers the ops)
+
+_OPS = torch.ops.slimkernels
+
+
+def quantize_per_token_int8(x: Tensor) -> tuple[Tensor, Tensor]:
+    """x [..., K] float -> (q int8 [M, K], scale float32 [M]), M = product of the leading dims."""
+    return _OPS.quantize_per_token_int8(x)
+
+
+def quantize_per_channel_int8(w: Tensor) -> tuple[Tensor, Tensor]:
+    """w [N, K] float -> (q int8 [N, K], scale float32 [N]), symmetric per output channel."""
+    return _OPS.quantize_per_channel_int8(w)
+
+
+def int8_mm(a: Tensor, b: Tensor) -> Tensor:
+    """a [M, K] int8 @ b [N, K] int8 .T -> int32 [M, N], exact."""
+    return _OPS.int8_mm(a, b)
+
+
+def int8_scaled_mm(
+    a: Tensor, a_scale: Tensor, b: Tensor, b_scale: Tensor, bias: Optional[Tensor] = None,
+    out_dtype: torch.dtype = torch.float32,
+) -> Tensor:
+    """(a @ b.T) * a_scale[:, None] * b_scale[None, :] + bias, fused, in out_dtype."""
+    return _OPS.int8_scaled_mm(a, a_scale, b, b_scale, bias, out_dtype)
+
+
+def int8_prepack(b: Tensor) -> Tensor:
+    """Pack a [N, K] int8 weight once for int8_scaled_mm_packed on b's device."""
+    return _OPS.int8_prepack(b)
+
+
+def int8_scaled_mm_packed(
+    a: Tensor, a_scale: Tensor, b_packed: Tensor, b_scale: Tensor, bias: Optional[Tensor] = None,
+    out_dtype: torch.dtype = torch.float32,
+) -> Tensor:
+    """int8_scaled_mm with a weight from int8_prepack (N = len(b_scale), K = a.shape[1])."""
+    return _OPS.int8_scaled_mm_packed(a, a_scale, b_packed, b_scale, bias, out_dtype)
+
+
+def dequant_mm_int8(x: Tensor, qweight: Tensor, scales: Tensor, bias: Optional[Tensor] = None) -> Tensor:
+    """Weight-only int8 (W8A16): x [..., K] @ (qweight * scales[:, None]).T + bias, in x.dtype."""
+    return _OPS.dequant_mm_int8(x, qweight, scales, bias)
+
+
+__all__ = [
+    "quantize_per_token_int8", "quantize_per_channel_int8", "int8_mm", "int8_scaled_mm",
+    "int8_prepack", "int8_scaled_mm_packed", "dequant_mm_int8",
+]

@@ -1,0 +1,53 @@
+"""Triton kernels and their launchers, one file per op family.
+
+Importing this package never imports triton: the submodules (``int8_gemm``, ``quantize``) import it
+themselves, so ``import slimkernels.triton`` works on machines without triton. Callers ask
+:func:`available` before using a launcher and show :func:`unavailable_reason` when it is False.
+
+Triton runs either on a CUDA device or, with the environment variable ``TRITON_INTERPRET=1`` set
+before triton is first imported, on CPU tensors through its interpreter (slow: tests only).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+__all__ = ["available", "unavailable_reason", "interpreting"]
+
+
+def interpreting() -> bool:
+    """True when triton kernels run in the interpreter (``TRITON_INTERPRET=1``)."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+@functools.lru_cache(maxsize=None)
+def _triton_import_error() -> str:
+    try:
+        import triton  # noqa: F401
+        import triton.language  # noqa: F401
+    except Exception as e:  # ImportError, or a broken install raising something else
+        return f"triton is not importable ({type(e).__name__}: {e})"
+    return ""
+
+
+def unavailable_reason() -> str:
+    """Why the Triton kernels cannot run here; the empty string when they can."""
+    err = _triton_import_error()
+    if err:
+        return err
+    if interpreting():
+        return ""
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return ""
+    except Exception as e:  # pragma: no cover - torch is a hard dependency
+        return f"torch is not importable ({type(e).__name__}: {e})"
+    return "no CUDA device is available and TRITON_INTERPRET=1 is not set"
+
+
+def available() -> bool:
+    """True when triton is importable and a CUDA device is present or the interpreter is on."""
+    return unavailable_reason() == ""

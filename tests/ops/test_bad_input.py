@@ -1,0 +1,60 @@
+"""Bad input gets a clear Python exception naming the argument, never a crash or garbage."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from slimkernels import ops
+from slimkernels.testing import rand_int8
+
+
+def test_int8_mm_rejects_bad_arguments():
+    a, b = rand_int8(4, 8), rand_int8(3, 8)
+    with pytest.raises(TypeError, match="a must be torch.int8"):
+        ops.int8_mm(a.float(), b)
+    with pytest.raises(TypeError, match="b must be torch.int8"):
+        ops.int8_mm(a, b.to(torch.uint8))
+    with pytest.raises(ValueError, match="K must match"):
+        ops.int8_mm(a, rand_int8(3, 9))
+    with pytest.raises(ValueError, match="a must be 2-D"):
+        ops.int8_mm(a[None], b)
+    with pytest.raises(ValueError, match="meta"):
+        ops.int8_mm(a, b.to("meta"))
+
+
+def test_scaled_mm_rejects_bad_scales_and_dtypes():
+    a, b = rand_int8(4, 8), rand_int8(3, 8)
+    sa, sb = torch.rand(4), torch.rand(3)
+    with pytest.raises(TypeError, match="a_scale must be torch.float32"):
+        ops.int8_scaled_mm(a, sa.half(), b, sb)
+    with pytest.raises(ValueError, match="b_scale must have shape"):
+        ops.int8_scaled_mm(a, sa, b, torch.rand(4))
+    with pytest.raises(ValueError, match="bias must have shape"):
+        ops.int8_scaled_mm(a, sa, b, sb, torch.rand(5))
+    with pytest.raises(TypeError, match="out_dtype"):
+        ops.int8_scaled_mm(a, sa, b, sb, None, torch.int32)
+
+
+def test_packed_mismatch_is_named():
+    a, b = rand_int8(4, 8), rand_int8(3, 8)
+    packed = ops.int8_prepack(rand_int8(3, 12))
+    with pytest.raises(ValueError, match="b_packed has shape"):
+        ops.int8_scaled_mm_packed(a, torch.rand(4), packed, torch.rand(3))
+
+
+def test_quantize_rejects_non_float_and_scalars():
+    with pytest.raises(TypeError, match="x must be"):
+        ops.quantize_per_token_int8(torch.ones(3, 4, dtype=torch.int32))
+    with pytest.raises(TypeError, match="x must be"):
+        ops.quantize_per_token_int8(torch.ones(3, 4, dtype=torch.float64))
+    with pytest.raises(ValueError, match="at least 1 dimension"):
+        ops.quantize_per_token_int8(torch.tensor(1.0))
+    with pytest.raises(ValueError, match="w must be 2-D"):
+        ops.quantize_per_channel_int8(torch.ones(2, 3, 4))
+
+
+def test_dequant_mm_rejects_mismatch():
+    with pytest.raises(ValueError, match="K=5 features"):
+        ops.dequant_mm_int8(torch.randn(2, 5), rand_int8(3, 8), torch.rand(3))
+    with pytest.raises(TypeError, match="scales must be torch.float32"):
+        ops.dequant_mm_int8(torch.randn(2, 8), rand_int8(3, 8), torch.rand(3).double())
