@@ -202,7 +202,7 @@ def warm_up(fn: Callable[[], object], layers: int, budget_s: float) -> float:
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
-        if len(times) >= 3 and time.perf_counter() >= deadline:
+        if len(times) >= 2 and time.perf_counter() >= deadline:
             break
     return statistics.median(times[1:]) if len(times) > 1 else times[0]
 

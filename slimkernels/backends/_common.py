@@ -23,3 +23,27 @@ def f32(t: torch.Tensor | None) -> torch.Tensor | None:
 
 def ptr(t: torch.Tensor | None) -> int:
     return 0 if t is None else t.data_ptr()
+
+
+def register_native_gemm(device: str, pack, gemm) -> None:
+    """Register int8_mm / int8_scaled_mm / int8_scaled_mm_packed as "native" on `device`, given the
+    device's packing function and its one GEMM call gemm(a, b_packed, n, out_dtype, a_scale, b_scale, bias).
+    Empty problems go to the reference (no kernel launch for M, N or K = 0)."""
+    from . import reference, register
+
+    @register("int8_mm", "native", (device,))
+    def int8_mm(a, b):
+        if is_empty_problem(a, b.shape[0]):
+            return reference.int8_mm(a, b)
+        return gemm(a, pack(b), b.shape[0], torch.int32)
+
+    @register("int8_scaled_mm_packed", "native", (device,))
+    def int8_scaled_mm_packed(a, a_scale, b_packed, b_scale, bias, out_dtype):
+        n = b_scale.shape[0]
+        if is_empty_problem(a, n):
+            return reference.int8_scaled_mm_packed(a, a_scale, b_packed, b_scale, bias, out_dtype)
+        return gemm(a, b_packed, n, out_dtype, a_scale, b_scale, bias)
+
+    @register("int8_scaled_mm", "native", (device,))
+    def int8_scaled_mm(a, a_scale, b, b_scale, bias, out_dtype):
+        return int8_scaled_mm_packed(a, a_scale, pack(b), b_scale, bias, out_dtype)

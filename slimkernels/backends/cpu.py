@@ -11,7 +11,7 @@ import torch
 from .. import _native
 from ..quant import packing
 from . import reference, register
-from ._common import KIND, f32, is_empty_problem, ptr
+from ._common import KIND, f32, ptr, register_native_gemm
 
 
 def _threads() -> int:
@@ -49,21 +49,4 @@ def gemm_packed(a, b_packed, n, out_dtype, a_scale=None, b_scale=None, bias=None
     return out
 
 
-@register("int8_mm", "native", ("cpu",))
-def int8_mm(a, b):
-    if is_empty_problem(a, b.shape[0]):
-        return reference.int8_mm(a, b)
-    return gemm_packed(a, packing.pack_int8_cpu(b), b.shape[0], torch.int32)
-
-
-@register("int8_scaled_mm_packed", "native", ("cpu",))
-def int8_scaled_mm_packed(a, a_scale, b_packed, b_scale, bias, out_dtype):
-    n = b_scale.shape[0]
-    if is_empty_problem(a, n):
-        return reference.int8_scaled_mm_packed(a, a_scale, b_packed, b_scale, bias, out_dtype)
-    return gemm_packed(a, b_packed, n, out_dtype, a_scale, b_scale, bias)
-
-
-@register("int8_scaled_mm", "native", ("cpu",))
-def int8_scaled_mm(a, a_scale, b, b_scale, bias, out_dtype):
-    return int8_scaled_mm_packed(a, a_scale, packing.pack_int8_cpu(b), b_scale, bias, out_dtype)
+register_native_gemm("cpu", packing.pack_int8_cpu, gemm_packed)

@@ -47,3 +47,13 @@ def int8_scaled_mm_packed(a, a_scale, b_packed, b_scale, bias, out_dtype):
     if b_packed.device.type == "cpu":  # interpreter runs only: the CPU layout is not the plain one
         return _gemm(a, packing.unpack_int8_cpu(b_packed, n, a.shape[1]), out_dtype, a_scale, b_scale, bias)
     return _gemm(pad_k(a, b_packed.shape[1]), b_packed, out_dtype, a_scale, b_scale, bias)
+
+
+@register("dequant_mm_int8", "triton", DEVICES)
+def dequant_mm_int8(x, qweight, scales, bias):
+    from ..triton.dequant_int8 import dequant_mm_int8 as launch
+
+    if is_empty_problem(x, qweight.shape[0]):
+        return reference.dequant_mm_int8(x, qweight, scales, bias)
+    return launch(x.contiguous(), qweight.contiguous(), scales.contiguous(),
+                  None if bias is None else bias.contiguous())

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from slimkernels import ops
-from slimkernels.testing import rand_int8
+from slimkernels.testing import impl_params, rand_int8
 
 
 def test_int8_mm_rejects_bad_arguments():
@@ -36,8 +36,8 @@ def test_scaled_mm_rejects_bad_scales_and_dtypes():
 
 
 def test_packed_mismatch_is_named():
-    a, b = rand_int8(4, 8), rand_int8(3, 8)
-    packed = ops.int8_prepack(rand_int8(3, 12))
+    a = rand_int8(4, 8)
+    packed = ops.int8_prepack(rand_int8(3, 12))  # packed for K=12, used with K=8
     with pytest.raises(ValueError, match="b_packed has shape"):
         ops.int8_scaled_mm_packed(a, torch.rand(4), packed, torch.rand(3))
 
@@ -58,3 +58,23 @@ def test_dequant_mm_rejects_mismatch():
         ops.dequant_mm_int8(torch.randn(2, 5), rand_int8(3, 8), torch.rand(3))
     with pytest.raises(TypeError, match="scales must be torch.float32"):
         ops.dequant_mm_int8(torch.randn(2, 8), rand_int8(3, 8), torch.rand(3).double())
+
+
+@pytest.mark.parametrize("device,impl", impl_params("int8_scaled_mm_packed"))
+def test_misaligned_views_give_correct_results(device, impl):
+    """Tensors that start one element into a buffer (no 16/64-byte alignment) still compute right."""
+    import slimkernels
+    from slimkernels.backends import reference
+
+    m, n, k = 5, 21, 67
+    a = rand_int8(1 + m * k, device=device)[1:].view(m, k)
+    b = rand_int8(1 + n * k, device=device)[1:].view(n, k)
+    sa = torch.rand(1 + m, device=device)[1:]
+    sb = torch.rand(1 + n, device=device)[1:]
+    x = torch.randn(1 + m * k, device=device)[1:].view(m, k)
+    with slimkernels.use_backend(impl):
+        got = ops.int8_scaled_mm_packed(a, sa, ops.int8_prepack(b), sb, None, torch.float32)
+        q, s = ops.quantize_per_token_int8(x)
+    torch.testing.assert_close(got, reference.int8_scaled_mm(a, sa, b, sb, None, torch.float32), rtol=1.2e-7, atol=1e-6)
+    q_ref, s_ref = reference.quantize_rows_int8(x)
+    assert torch.equal(q, q_ref) and torch.equal(s, s_ref)
