@@ -136,11 +136,11 @@ def run_bench(request):
                     for call in entry.calls:
                         call()
 
-                def timed():
+                def eager():
                     step()
                     torch.cuda.synchronize()
 
-                calls_per_round = layers
+                timed, calls_per_round = eager, layers
                 info["timing"] = "one pass over the stack + synchronize"
                 if m <= bench.GPU_GRAPH_MAX_M:  # small M: replay a CUDA graph, launch overhead removed
                     reps = bench.graph_reps(layers)
@@ -150,11 +150,11 @@ def run_bench(request):
                         info["graph_error"] = f"{type(exc).__name__}: {str(exc)[:200]}"
                         torch.cuda.synchronize()
                     else:
-                        def timed():
+                        def replay():
                             graph.replay()
                             torch.cuda.synchronize()
 
-                        calls_per_round = reps * layers
+                        timed, calls_per_round = replay, reps * layers
                         info["timing"] = f"cuda-graph replay of {reps} passes over the stack + synchronize"
                 timed()
                 benchmark(timed)

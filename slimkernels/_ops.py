@@ -185,3 +185,37 @@ def _dequant_mm_int8_backward(ctx, grad):
 
 
 dequant_mm_int8.register_autograd(_dequant_mm_int8_backward, setup_context=_dequant_mm_int8_setup)
+
+
+# ---- int8_dynamic_linear (W8A8 in one op) ----------------------------------------------------------
+def _check_dynamic_linear(x, w_packed, w_scale, bias):
+    op = "int8_dynamic_linear"
+    check.float_input(op, "x", x)
+    check.dtype(op, "w_packed", w_packed, (torch.int8,))
+    check.dtype(op, "w_scale", w_scale, (torch.float32,))
+    check.ndim(op, "w_scale", w_scale, 1)
+    if bias is not None:
+        check.dtype(op, "bias", bias, check.FLOAT_DTYPES)
+        check.shape(op, "bias", bias, (w_scale.shape[0],))
+    check.same_device(op, x=x, w_packed=w_packed, w_scale=w_scale, bias=bias)
+    expected = int8_packed_shape(w_packed.device.type, w_scale.shape[0], x.shape[-1])
+    if tuple(w_packed.shape) != expected:
+        raise ValueError(
+            f"slimkernels.{op}: w_packed has shape {tuple(w_packed.shape)} but a weight of N={w_scale.shape[0]} "
+            f"and K={x.shape[-1]} packs to {expected} on {w_packed.device.type}"
+        )
+
+
+@torch.library.custom_op(f"{LIB}::int8_dynamic_linear", mutates_args=())
+def int8_dynamic_linear(x: Tensor, w_packed: Tensor, w_scale: Tensor, bias: Optional[Tensor]) -> Tensor:
+    """W8A8 linear: quantize x [.., K] per token, int8 GEMM with a packed weight, fused epilogue;
+    the result [.., N] is in x.dtype. Equal to quantize_per_token_int8 + int8_scaled_mm_packed."""
+    _check_dynamic_linear(x, w_packed, w_scale, bias)
+    y = dispatch("int8_dynamic_linear", x.device.type, x.reshape(-1, x.shape[-1]), w_packed, w_scale, bias)
+    return y.reshape(*x.shape[:-1], w_scale.shape[0])
+
+
+@int8_dynamic_linear.register_fake
+def _(x, w_packed, w_scale, bias):
+    _check_dynamic_linear(x, w_packed, w_scale, bias)
+    return x.new_empty((*x.shape[:-1], w_scale.shape[0]))

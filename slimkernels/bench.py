@@ -175,15 +175,11 @@ def environment(device: str) -> dict:
         "cuda_runtime": torch.version.cuda,
         "slimkernels": __version__,
         "python": platform.python_version(),
+        "loadavg_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
     }
 
 
 # ---- timing ------------------------------------------------------------------------------------------
-def sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
 def cycle(calls: list[Callable[[], object]]) -> Callable[[], object]:
     """One callable that runs the next layer of the stack each time it is called."""
     it = itertools.cycle(calls)
@@ -717,6 +713,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     if device == "cpu" and not env["native_cpu"]:
         print("note: slimkernels._C is not built: 'ours' on CPU is the pure-torch reference, timed only on small "
               "problems; these numbers say nothing about our kernels.")
+    load = env["loadavg_1min"]
+    if device == "cpu" and load is not None and load > max(0.5, 0.25 * (env["cpu_count"] or 1)):
+        print(f"warning: load average {load:.1f} before starting ({env['cpu_count']} cpus): other jobs share the "
+              "cores; OpenMP anchors (MKL, FBGEMM) then stall in multiples of the scheduler tick. Record numbers "
+              "on an idle machine.")
     bandwidth = measure_bandwidth(device, args.quick)
     print(f"copy bandwidth (read + write): {bandwidth / 1e9:.1f} GB/s; shapes {shapes}; M {ms}; suites {suites}",
           flush=True)

@@ -51,6 +51,12 @@ def int8_scaled_mm_packed(
     return _OPS.int8_scaled_mm_packed(a, a_scale, b_packed, b_scale, bias, out_dtype)
 
 
+def int8_dynamic_linear(x: Tensor, w_packed: Tensor, w_scale: Tensor, bias: Optional[Tensor] = None) -> Tensor:
+    """W8A8 linear in one op: per-token quantize of x [..., K], int8 GEMM against a weight from
+    int8_prepack, fused epilogue; [..., N] in x.dtype."""
+    return _OPS.int8_dynamic_linear(x, w_packed, w_scale, bias)
+
+
 def dequant_mm_int8(x: Tensor, qweight: Tensor, scales: Tensor, bias: Optional[Tensor] = None) -> Tensor:
     """Weight-only int8 (W8A16): x [..., K] @ (qweight * scales[:, None]).T + bias, in x.dtype."""
     return _OPS.dequant_mm_int8(x, qweight, scales, bias)
@@ -58,5 +64,5 @@ def dequant_mm_int8(x: Tensor, qweight: Tensor, scales: Tensor, bias: Optional[T
 
 __all__ = [
     "quantize_per_token_int8", "quantize_per_channel_int8", "int8_mm", "int8_scaled_mm",
-    "int8_prepack", "int8_scaled_mm_packed", "dequant_mm_int8",
+    "int8_prepack", "int8_scaled_mm_packed", "int8_dynamic_linear", "dequant_mm_int8",
 ]

@@ -3,9 +3,11 @@
 #include "slim/int8_gemm.h"
 
 #include <algorithm>
+#include <atomic>
 #include <stdexcept>
 #include <string>
 
+#include "slim/scratch.h"
 #include "slim/thread_pool.h"
 
 namespace slim {
@@ -22,7 +24,23 @@ OutKind parse_out_kind(const std::string& name, const char* arg_name) {
 namespace {
 [[noreturn]] void bad(const std::string& msg) { throw std::invalid_argument("int8_gemm: " + msg); }
 
-using BlockFn = void (*)(const Int8GemmArgs&, int64_t, int64_t, int64_t, int64_t);
+struct Kernels {
+  size_t (*stage_bytes)(int64_t, int64_t);
+  void (*stage)(const Int8GemmArgs&, void*);
+  void (*block)(const Int8GemmArgs&, const void*, int64_t, int64_t, int64_t, int64_t);
+  int64_t group;  // panels of 16 columns per register tile: the unit of the N split
+  int64_t mr;     // rows per register tile: the unit of the M split
+};
+
+Kernels kernels_for(CpuIsa isa) {
+#ifdef SLIM_X86
+  if (isa == CpuIsa::kAvx512Vnni)
+    return {int8_gemm_stage_bytes_avx512_vnni, int8_gemm_stage_avx512_vnni, int8_gemm_block_avx512_vnni, 3, 8};
+  if (isa == CpuIsa::kAvx2) return {int8_gemm_stage_bytes_avx2, int8_gemm_stage_avx2, int8_gemm_block_avx2, 1, 2};
+#endif
+  (void)isa;
+  return {int8_gemm_stage_bytes_scalar, int8_gemm_stage_scalar, int8_gemm_block_scalar, 1, 4};
+}
 }  // namespace
 
 void int8_gemm(const Int8GemmArgs& g, int num_threads, CpuIsa isa) {
@@ -42,34 +60,39 @@ void int8_gemm(const Int8GemmArgs& g, int num_threads, CpuIsa isa) {
     if (!g.b_scale) bad("b_scale must not be null for a float output");
   }
 
-  BlockFn fn = int8_gemm_block_scalar;
-  int64_t group = 1;  // panels of 16 columns per register tile: the unit of the N split
-  int64_t mr = 4;     // rows per register tile: the unit of the M split
-#ifdef SLIM_X86
-  if (isa == CpuIsa::kAvx512Vnni) { fn = int8_gemm_block_avx512_vnni; group = 3; mr = 8; }
-  else if (isa == CpuIsa::kAvx2) { fn = int8_gemm_block_avx2; group = 1; mr = 2; }
-#endif
+  const Kernels kern = kernels_for(isa);
+  // Activations converted once per call (a few hundred KB at most for LLM shapes), shared read-only.
+  void* staged = thread_scratch(0, kern.stage_bytes(g.M, g.K) + 64);
+  kern.stage(g, staged);
 
   const int64_t panels = (g.N + 15) / 16;
-  const int64_t groups = (panels + group - 1) / group;
-  const int64_t mtiles = (g.M + mr - 1) / mr;
+  const int64_t groups = (panels + kern.group - 1) / kern.group;
+  const int64_t mtiles = (g.M + kern.mr - 1) / kern.mr;
   // Waking a worker costs a few microseconds: small problems run on the calling thread.
   const double work = double(g.M) * double(panels * 16) * double(std::max<int64_t>(g.K, 1));
-  int64_t nt = work < (1 << 19) ? 1 : num_threads;
-  nt = std::max<int64_t>(1, std::min<int64_t>(nt, groups * mtiles));
-  if (nt == 1) {
-    fn(g, 0, g.M, 0, panels);
+  const int64_t nt = std::min<int64_t>(work < (1 << 19) ? 1 : num_threads, groups * mtiles);
+  if (nt <= 1) {
+    kern.block(g, staged, 0, g.M, 0, panels);
     return;
   }
-  // Split N (each thread streams its own weights once; activations are shared and small) unless
-  // there are too few column groups, then split M too.
-  int64_t tn = std::min<int64_t>(nt, groups), tm = std::max<int64_t>(1, std::min<int64_t>(nt / tn, mtiles));
-  nt = tn * tm;
-  parallel_for(static_cast<int>(nt), [&](int tid, int) {
-    const int64_t in = tid % tn, im = tid / tn;
-    const int64_t p0 = std::min(panels, groups * in / tn * group), p1 = std::min(panels, groups * (in + 1) / tn * group);
-    const int64_t m0 = std::min(g.M, mtiles * im / tm * mr), m1 = std::min(g.M, mtiles * (im + 1) / tm * mr);
-    if (p0 < p1 && m0 < m1) fn(g, m0, m1, p0, p1);
+  // Tasks: N chunks (each streams its weights once, all rows of an M block pass over them while they
+  // sit in L2) x M blocks (only when there are too few N chunks). Threads take tasks from a shared
+  // counter rather than a fixed share, so a thread whose core is busy with another process (shared
+  // machines, torch's own pool) does not hold the others up. About 8 tasks per thread.
+  int64_t mblock = g.M;
+  if (groups < 4 * nt) mblock = std::max<int64_t>(1, (mtiles + 4 * nt - 1) / (4 * nt)) * kern.mr;
+  const int64_t mtasks = (g.M + mblock - 1) / mblock;
+  const int64_t chunk = std::max<int64_t>(1, groups * mtasks / (8 * nt));
+  const int64_t nchunks = (groups + chunk - 1) / chunk;
+  const int64_t ntasks = nchunks * mtasks;
+  std::atomic<int64_t> next{0};
+  parallel_for(static_cast<int>(nt), [&](int, int) {
+    for (int64_t t; (t = next.fetch_add(1, std::memory_order_relaxed)) < ntasks;) {
+      const int64_t ic = t / mtasks, im = t % mtasks;
+      const int64_t p0 = ic * chunk * kern.group, p1 = std::min(panels, (ic + 1) * chunk * kern.group);
+      const int64_t m0 = im * mblock, m1 = std::min(g.M, m0 + mblock);
+      kern.block(g, staged, m0, m1, p0, p1);
+    }
   });
 }
 

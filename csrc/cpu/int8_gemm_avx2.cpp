@@ -11,7 +11,6 @@
 
 #include "slim/int8_epilogue.h"
 #include "slim/int8_gemm.h"
-#include "slim/scratch.h"
 
 namespace slim {
 namespace {
@@ -49,13 +48,14 @@ void tile(const Int8GemmArgs& g, const int16_t* A, int64_t Kp, const int8_t* B, 
 
 }  // namespace
 
-void int8_gemm_block_avx2(const Int8GemmArgs& g, int64_t m0, int64_t m1, int64_t p0, int64_t p1) {
-  constexpr int MR = 2;
-  const int64_t Kp = (g.K + 3) / 4 * 4, rows = m1 - m0;
-  // Stage the activation rows as int16, zero-padded to Kp.
-  int16_t* A = static_cast<int16_t*>(thread_scratch(0, size_t(rows * Kp * 2 + 64)));
-  for (int64_t r = 0; r < rows; ++r) {
-    const int8_t* src = g.a + (m0 + r) * g.lda;
+size_t int8_gemm_stage_bytes_avx2(int64_t M, int64_t K) { return size_t(M * ((K + 3) / 4 * 4) * 2); }
+
+// The activation rows as int16, zero-padded to Kp.
+void int8_gemm_stage_avx2(const Int8GemmArgs& g, void* staged) {
+  const int64_t Kp = (g.K + 3) / 4 * 4;
+  int16_t* A = static_cast<int16_t*>(staged);
+  for (int64_t r = 0; r < g.M; ++r) {
+    const int8_t* src = g.a + r * g.lda;
     int16_t* dst = A + r * Kp;
     int64_t k = 0;
     for (; k + 16 <= g.K; k += 16)
@@ -64,6 +64,12 @@ void int8_gemm_block_avx2(const Int8GemmArgs& g, int64_t m0, int64_t m1, int64_t
     for (; k < g.K; ++k) dst[k] = src[k];
     for (; k < Kp; ++k) dst[k] = 0;
   }
+}
+
+void int8_gemm_block_avx2(const Int8GemmArgs& g, const void* staged, int64_t m0, int64_t m1, int64_t p0, int64_t p1) {
+  constexpr int MR = 2;
+  const int64_t Kp = (g.K + 3) / 4 * 4;
+  const int16_t* A = static_cast<const int16_t*>(staged) + m0 * Kp;
   const int64_t pstride = 16 * Kp;
   for (int64_t p = p0; p < p1; ++p) {
     const int8_t* B = g.packed + p * pstride;

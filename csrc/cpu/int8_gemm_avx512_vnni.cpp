@@ -9,10 +9,11 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <cstdlib>
+#include "slim/scratch.h"
 
 #include "slim/int8_epilogue.h"
 #include "slim/int8_gemm.h"
-#include "slim/scratch.h"
 
 namespace slim {
 namespace {
@@ -27,10 +28,23 @@ inline __m512i dpbusd(__m512i acc, __m512i a, __m512i b) {
   return acc;
 }
 
+static const int64_t g_kc = getenv("SLIM_KC") ? atol(getenv("SLIM_KC")) : 256;
 // Named accumulators, not an array: GCC keeps an array of zmm partly in memory (measured: stack
 // stores in the inner loop); unused ones (MR < 8 or NR < 3) are compiled away by the if constexpr.
 #define SLIM_ROWS(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7)
 #define SLIM_DECL(i) __m512i c##i##0 = _mm512_setzero_si512(), c##i##1 = c##i##0, c##i##2 = c##i##0;
+#define SLIM_LOAD(i)                                                                 \
+  if constexpr (MR > i) {                                                            \
+    c##i##0 = _mm512_load_si512(cbuf + i * 48);                                      \
+    if constexpr (NR > 1) c##i##1 = _mm512_load_si512(cbuf + i * 48 + 16);           \
+    if constexpr (NR > 2) c##i##2 = _mm512_load_si512(cbuf + i * 48 + 32);           \
+  }
+#define SLIM_SAVE(i)                                                                 \
+  if constexpr (MR > i) {                                                            \
+    _mm512_store_si512(cbuf + i * 48, c##i##0);                                      \
+    if constexpr (NR > 1) _mm512_store_si512(cbuf + i * 48 + 16, c##i##1);           \
+    if constexpr (NR > 2) _mm512_store_si512(cbuf + i * 48 + 32, c##i##2);           \
+  }
 #define SLIM_FMA(i)                                                        \
   if constexpr (MR > i) {                                                  \
     const __m512i a = _mm512_set1_epi32(load_u32(A + i * Kp + kg * 4));    \
@@ -45,19 +59,26 @@ inline __m512i dpbusd(__m512i acc, __m512i a, __m512i b) {
     if constexpr (NR > 2) _mm512_store_si512(&out[i][32], _mm512_sub_epi32(c##i##2, s2));      \
   }
 
+// One K block [kg0, kg1) (in groups of 4 k) of an MR x (NR*16) tile.
 // A: staged unsigned activations (row stride Kp); B: first panel; pstride: bytes between panels.
+// cbuf: the tile's int32 partial sums (row stride 48) between K blocks: read unless `first`;
+// written unless `last`, when the tile is finished through the epilogue instead.
 template <int MR, int NR>
-void tile(const Int8GemmArgs& g, const uint8_t* A, int64_t Kp, const int8_t* B, int64_t pstride,
-          const int32_t* colsum, int64_t m, int64_t n0) {
+void tile(const Int8GemmArgs& g, const uint8_t* A, int64_t Kp, const int8_t* B, int64_t pstride, int64_t kg0,
+          int64_t kg1, int32_t* cbuf, bool first, bool last, const int32_t* colsum, int64_t m, int64_t n0) {
   SLIM_ROWS(SLIM_DECL)
-  const int64_t Kg = Kp / 4;
+  if (!first) { SLIM_ROWS(SLIM_LOAD) }
   const int8_t* B1 = B + (NR > 1 ? pstride : 0);
   const int8_t* B2 = B + (NR > 2 ? 2 * pstride : 0);
-  for (int64_t kg = 0; kg < Kg; ++kg) {
+  for (int64_t kg = kg0; kg < kg1; ++kg) {
     const __m512i b0 = _mm512_loadu_si512(B + kg * 64);
     const __m512i b1 = NR > 1 ? _mm512_loadu_si512(B1 + kg * 64) : b0;
     const __m512i b2 = NR > 2 ? _mm512_loadu_si512(B2 + kg * 64) : b0;
     SLIM_ROWS(SLIM_FMA)
+  }
+  if (!last) {
+    SLIM_ROWS(SLIM_SAVE)
+    return;
   }
   // acc - 128 * colsum, then the shared epilogue row by row.
   alignas(64) int32_t out[MR][NR * 16];
@@ -72,9 +93,11 @@ void tile(const Int8GemmArgs& g, const uint8_t* A, int64_t Kp, const int8_t* B, 
 #undef SLIM_DECL
 #undef SLIM_FMA
 #undef SLIM_STORE
+#undef SLIM_LOAD
+#undef SLIM_SAVE
 
-using TileFn = void (*)(const Int8GemmArgs&, const uint8_t*, int64_t, const int8_t*, int64_t, const int32_t*, int64_t,
-                        int64_t);
+using TileFn = void (*)(const Int8GemmArgs&, const uint8_t*, int64_t, const int8_t*, int64_t, int64_t, int64_t,
+                        int32_t*, bool, bool, const int32_t*, int64_t, int64_t);
 
 template <int NR>
 TileFn pick_mr(int mr) {
@@ -98,15 +121,15 @@ TileFn pick(int mr, int nr) {
 
 }  // namespace
 
-void int8_gemm_block_avx512_vnni(const Int8GemmArgs& g, int64_t m0, int64_t m1, int64_t p0, int64_t p1) {
-  constexpr int MR = 8, NR = 3;
-  const int64_t Kp = (g.K + 3) / 4 * 4, Np = (g.N + 15) / 16 * 16;
-  const int64_t rows = m1 - m0;
-  // Stage a ^ 0x80 (a + 128 as u8); pad bytes are 0x80 too (they meet zero weights anyway).
-  uint8_t* A = static_cast<uint8_t*>(thread_scratch(0, size_t(rows * Kp + 64)));
+size_t int8_gemm_stage_bytes_avx512_vnni(int64_t M, int64_t K) { return size_t(M * ((K + 3) / 4 * 4)); }
+
+// a ^ 0x80 (= a + 128 as u8); pad bytes are 0x80 too (they meet zero weights anyway).
+void int8_gemm_stage_avx512_vnni(const Int8GemmArgs& g, void* staged) {
+  const int64_t Kp = (g.K + 3) / 4 * 4;
+  uint8_t* A = static_cast<uint8_t*>(staged);
   const __m512i flip = _mm512_set1_epi8(char(0x80));
-  for (int64_t r = 0; r < rows; ++r) {
-    const int8_t* src = g.a + (m0 + r) * g.lda;
+  for (int64_t r = 0; r < g.M; ++r) {
+    const int8_t* src = g.a + r * g.lda;
     uint8_t* dst = A + r * Kp;
     for (int64_t k = 0; k < Kp; k += 64) {
       const int64_t nk = std::min<int64_t>(64, g.K - k);
@@ -116,15 +139,34 @@ void int8_gemm_block_avx512_vnni(const Int8GemmArgs& g, int64_t m0, int64_t m1, 
       _mm512_mask_storeu_epi8(dst + k, sm, _mm512_xor_si512(_mm512_maskz_loadu_epi8(lm, src + k), flip));
     }
   }
+}
+
+void int8_gemm_block_avx512_vnni(const Int8GemmArgs& g, const void* staged, int64_t m0, int64_t m1, int64_t p0,
+                                 int64_t p1) {
+  constexpr int MR = 8, NR = 3;
+  const int64_t Kp = (g.K + 3) / 4 * 4, Np = (g.N + 15) / 16 * 16;
+  const uint8_t* A = static_cast<const uint8_t*>(staged) + m0 * Kp;
   const int32_t* colsum = reinterpret_cast<const int32_t*>(g.packed + Np * Kp);
-  const int64_t pstride = 16 * Kp;
-  // Panel group outer (its weights stay in L2 while all the rows pass), row tiles inner.
+  const int64_t pstride = 16 * Kp, Kg = Kp / 4;
+  // K blocks of kKC k: the block of the panel group (3 x 16 x kKC bytes = 12 KB) stays in L1 while
+  // all row tiles pass over it, and its DRAM stream is spread over the whole computation (the
+  // prefetcher runs ahead along the panels) instead of stalling the first row tile of every group.
+  // Partial int32 sums of the rows go through a per-thread buffer between K blocks.
+  const int64_t kgc = std::max<int64_t>(1, g_kc / 4);
+  const int64_t rows = m1 - m0;
+  int32_t* cbuf = static_cast<int32_t*>(thread_scratch(1, size_t((rows + MR) * 48 * 4)));
   for (int64_t p = p0; p < p1; p += NR) {
     const int nr = int(std::min<int64_t>(NR, p1 - p));
     const int8_t* B = g.packed + p * pstride;
-    for (int64_t m = m0; m < m1; m += MR) {
-      const int mr = int(std::min<int64_t>(MR, m1 - m));
-      pick(mr, nr)(g, A + (m - m0) * Kp, Kp, B, pstride, colsum + p * 16, m, p * 16);
+    for (int64_t kg0 = 0; kg0 < Kg || kg0 == 0; kg0 += kgc) {
+      const int64_t kg1 = std::min(Kg, kg0 + kgc);
+      const bool first = kg0 == 0, last = kg1 == Kg;
+      for (int64_t m = m0; m < m1; m += MR) {
+        const int mr = int(std::min<int64_t>(MR, m1 - m));
+        pick(mr, nr)(g, A + (m - m0) * Kp, Kp, B, pstride, kg0, kg1, cbuf + (m - m0) * 48, first, last,
+                     colsum + p * 16, m, p * 16);
+      }
+      if (kg1 >= Kg) break;
     }
   }
 }

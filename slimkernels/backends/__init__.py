@@ -74,6 +74,7 @@ def register(op: str, impl: str, devices: tuple[str, ...] = ("cpu", "cuda")):
         per_device = _REGISTRY.setdefault(op, {}).setdefault(impl, {})
         for device in devices:
             per_device[device] = fn
+        _DEFAULT_CACHE.clear()
         return fn
 
     return deco
@@ -98,6 +99,22 @@ def implementations(op: str, device: str) -> list[str]:
     return [i for i in order if device in impls.get(i, {}) and _available(i, device)]
 
 
+# (op, device, TRITON_INTERPRET) -> (implementation name, function): what is built and importable
+# does not change while a process runs, and this keeps the per-call cost of dispatch to a lookup.
+_DEFAULT_CACHE: dict[tuple[str, str, str | None], tuple[str, Callable]] = {}
+
+
+def _default(op: str, device: str) -> tuple[str, Callable]:
+    key = (op, device, os.environ.get("TRITON_INTERPRET"))
+    hit = _DEFAULT_CACHE.get(key)
+    if hit is None:
+        usable = implementations(op, device)
+        if not usable:
+            raise NotImplementedError(f"slimkernels::{op} has no implementation for device {device!r}")
+        hit = _DEFAULT_CACHE[key] = (usable[0], _REGISTRY[op][usable[0]][device])
+    return hit
+
+
 def resolve(op: str, device: str) -> str:
     forced = get_backend()
     impls = _REGISTRY.get(op, {})
@@ -110,12 +127,10 @@ def resolve(op: str, device: str) -> str:
         if not _available(forced, device):
             raise RuntimeError(f"the {forced!r} implementation of slimkernels::{op} is not available on {device}")
         return forced
-    usable = implementations(op, device)
-    if not usable:
-        raise NotImplementedError(f"slimkernels::{op} has no implementation for device {device!r}")
-    return usable[0]
+    return _default(op, device)[0]
 
 
 def dispatch(op: str, device: str, *args):
-    impl = resolve(op, device)
-    return _REGISTRY[op][impl][device](*args)
+    if get_backend() is None:
+        return _default(op, device)[1](*args)
+    return _REGISTRY[op][resolve(op, device)][device](*args)

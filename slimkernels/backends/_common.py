@@ -25,7 +25,7 @@ def ptr(t: torch.Tensor | None) -> int:
     return 0 if t is None else t.data_ptr()
 
 
-def register_native_gemm(device: str, pack, gemm) -> None:
+def register_native_gemm(device: str, pack, gemm, quantize_rows) -> None:
     """Register int8_mm / int8_scaled_mm / int8_scaled_mm_packed as "native" on `device`, given the
     device's packing function and its one GEMM call gemm(a, b_packed, n, out_dtype, a_scale, b_scale, bias).
     Empty problems go to the reference (no kernel launch for M, N or K = 0)."""
@@ -47,3 +47,15 @@ def register_native_gemm(device: str, pack, gemm) -> None:
     @register("int8_scaled_mm", "native", (device,))
     def int8_scaled_mm(a, a_scale, b, b_scale, bias, out_dtype):
         return int8_scaled_mm_packed(a, a_scale, pack(b), b_scale, bias, out_dtype)
+
+    register_dynamic_linear("native", (device,), quantize_rows, int8_scaled_mm_packed)
+
+
+def register_dynamic_linear(impl: str, devices: tuple[str, ...], quantize_rows, scaled_mm_packed) -> None:
+    """int8_dynamic_linear for an implementation = its own per-token quantize + its packed GEMM."""
+    from . import register
+
+    @register("int8_dynamic_linear", impl, devices)
+    def int8_dynamic_linear(x, w_packed, w_scale, bias):
+        q, scale = quantize_rows(x)
+        return scaled_mm_packed(q, scale, w_packed, w_scale, bias, x.dtype)

@@ -49,4 +49,4 @@ def gemm_packed(a, b_packed, n, out_dtype, a_scale=None, b_scale=None, bias=None
     return out
 
 
-register_native_gemm("cpu", packing.pack_int8_cpu, gemm_packed)
+register_native_gemm("cpu", packing.pack_int8_cpu, gemm_packed, quantize_rows_int8)

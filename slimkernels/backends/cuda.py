@@ -49,4 +49,4 @@ def gemm_plain(a, b_plain, n, out_dtype, a_scale=None, b_scale=None, bias=None):
     return out
 
 
-register_native_gemm("cuda", packing.pack_int8_plain, gemm_plain)
+register_native_gemm("cuda", packing.pack_int8_plain, gemm_plain, quantize_rows_int8)

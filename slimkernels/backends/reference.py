@@ -8,6 +8,7 @@ import torch
 
 from ..quant import packing
 from . import register
+from ._common import register_dynamic_linear
 
 ALL_DEVICES = ("cpu", "cuda", "mps", "xpu", "meta")
 
@@ -64,6 +65,9 @@ def int8_scaled_mm(a, a_scale, b, b_scale, bias, out_dtype):
 def int8_scaled_mm_packed(a, a_scale, b_packed, b_scale, bias, out_dtype):
     b = packing.unpack_int8(b_packed, b_scale.shape[0], a.shape[1])
     return int8_scaled_mm(a, a_scale, b, b_scale, bias, out_dtype)
+
+
+register_dynamic_linear("reference", ALL_DEVICES, quantize_rows_int8, int8_scaled_mm_packed)
 
 
 @register("dequant_mm_int8", "reference", ALL_DEVICES)

@@ -1,8 +1,9 @@
 """Implementations built from kernels that ship inside PyTorch, where they are the best we have.
 
-W8A16 (dequant_mm_int8): on CPU, torch's int8 weight-only GEMV kernel streams int8 weights and
-wins at small M; from MATMUL_MIN_M rows on, dequantizing once and calling the float GEMM (MKL,
-cuBLAS) is faster. The crossover is measured by bench/bench_quant_linear.py.
+W8A16 (dequant_mm_int8), the fallback where no native kernel is built: on CPU, torch's int8
+weight-only kernel streams int8 weights and wins at small M for float16/bfloat16 inputs (it is far
+slower than MKL with float32 inputs: 16 ms vs 3.6 ms at M=1 on 4096x4096, 2-core EPYC); otherwise
+the weight is dequantized and the float GEMM (MKL, cuBLAS) runs.
 """
 from __future__ import annotations
 
@@ -27,7 +28,8 @@ def _dequant_then_matmul(x, qweight, scales, bias):
 def dequant_mm_int8(x, qweight, scales, bias):
     m = x.shape[0]
     k = x.shape[1]
-    if x.device.type == "cpu" and 0 < m < MATMUL_MIN_M["cpu"] and k % INT8PACK_K_MULTIPLE == 0:
+    half = x.dtype in (torch.float16, torch.bfloat16)
+    if x.device.type == "cpu" and half and 0 < m < MATMUL_MIN_M["cpu"] and k % INT8PACK_K_MULTIPLE == 0:
         y = torch.ops.aten._weight_int8pack_mm(x.contiguous(), qweight.contiguous(), scales.to(x.dtype))
         return y if bias is None else y + bias.to(x.dtype)
     return _dequant_then_matmul(x, qweight, scales, bias)

@@ -5,7 +5,7 @@ import torch
 
 from ..quant import packing
 from . import reference, register
-from ._common import f32, is_empty_problem, pad_k
+from ._common import f32, is_empty_problem, pad_k, register_dynamic_linear
 
 DEVICES = ("cuda", "cpu")
 
@@ -47,6 +47,9 @@ def int8_scaled_mm_packed(a, a_scale, b_packed, b_scale, bias, out_dtype):
     if b_packed.device.type == "cpu":  # interpreter runs only: the CPU layout is not the plain one
         return _gemm(a, packing.unpack_int8_cpu(b_packed, n, a.shape[1]), out_dtype, a_scale, b_scale, bias)
     return _gemm(pad_k(a, b_packed.shape[1]), b_packed, out_dtype, a_scale, b_scale, bias)
+
+
+register_dynamic_linear("triton", DEVICES, quantize_rows_int8, int8_scaled_mm_packed)
 
 
 @register("dequant_mm_int8", "triton", DEVICES)

@@ -2,7 +2,7 @@
 
 Modes:
   "w8a8"  dynamic: activations quantized per token at run time, weights per output channel, one
-          int8 GEMM with the dequantize epilogue fused (int8_scaled_mm_packed).
+          int8 GEMM with the dequantize epilogue fused (int8_dynamic_linear).
   "w8a16" weight-only: activations stay float, int8 weights dequantized inside the matmul
           (dequant_mm_int8).
 State (what state_dict and checkpoints hold): qweight int8 [N, K], weight_scale float32 [N],
@@ -82,10 +82,7 @@ class QuantLinear(nn.Module):
             raise ValueError(f"QuantLinear: expected input with {self.in_features} features, got shape {tuple(x.shape)}")
         if self.mode == "w8a16":
             return ops.dequant_mm_int8(x, self.qweight, self.weight_scale, self.bias)
-        rows = x.reshape(-1, self.in_features)
-        q, scale = ops.quantize_per_token_int8(rows)
-        y = ops.int8_scaled_mm_packed(q, scale, self.packed_weight, self.weight_scale, self.bias, x.dtype)
-        return y.reshape(*x.shape[:-1], self.out_features)
+        return ops.int8_dynamic_linear(x, self.packed_weight, self.weight_scale, self.bias)
 
     def layer_config(self) -> dict:
         """What a checkpoint records to rebuild this module without re-quantizing."""

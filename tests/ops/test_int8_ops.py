@@ -77,6 +77,23 @@ def test_int8_scaled_mm_packed(device, impl, out_dtype, bias):
         torch.testing.assert_close(plain, got, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("device,impl", impl_params("int8_dynamic_linear"))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_int8_dynamic_linear(device, impl, dtype):
+    """The fused W8A8 op equals per-token quantize + packed GEMM of the reference, rounding included."""
+    gen = torch.Generator().manual_seed(5)
+    for m, n, k in shapes_for(device, impl)[:7]:
+        x = (torch.randn(m, k, generator=gen) * 2).to(dtype).to(device)
+        w, w_scale = rand_int8(n, k, device=device, gen=gen), (torch.rand(n, generator=gen) * 0.01).to(device)
+        bias = torch.randn(n, generator=gen).to(device)
+        q, s = reference.quantize_rows_int8(x)
+        expected = reference.int8_scaled_mm(q, s, w, w_scale, bias, dtype)
+        with slimkernels.use_backend(impl):
+            got = ops.int8_dynamic_linear(x.reshape(1, m, k), ops.int8_prepack(w), w_scale, bias)
+        assert got.shape == (1, m, n) and got.dtype == dtype
+        torch.testing.assert_close(got[0], expected, rtol=torch.finfo(dtype).eps, atol=1e-6)
+
+
 @pytest.mark.parametrize("device,impl", impl_params("quantize_per_token_int8"))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 def test_quantize_per_token_bit_exact(device, impl, dtype):
@@ -158,6 +175,7 @@ def test_opcheck():
         (torch.ops.slimkernels.int8_prepack.default, (b,)),
         (torch.ops.slimkernels.int8_scaled_mm_packed.default, (a, a_scale, packed, b_scale, None, torch.float32)),
         (torch.ops.slimkernels.dequant_mm_int8.default, (torch.randn(2, 40), b, b_scale, bias)),
+        (torch.ops.slimkernels.int8_dynamic_linear.default, (torch.randn(2, 3, 40), packed, b_scale, bias)),
     ]
     for op, args in cases:
         torch.library.opcheck(op, args)

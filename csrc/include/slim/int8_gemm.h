@@ -2,6 +2,7 @@
 // pack_int8_cpu), with a fused epilogue: int32, or float(acc) * a_scale[m] * b_scale[n] (+ bias[n])
 // rounded to float32 / float16 / bfloat16.
 #pragma once
+#include <cstddef>
 #include <cstdint>
 #include <string>
 
@@ -28,12 +29,21 @@ struct Int8GemmArgs {
 // Validates (std::invalid_argument naming the argument), then runs on up to num_threads threads.
 void int8_gemm(const Int8GemmArgs& args, int num_threads, CpuIsa isa);
 
-// Per-ISA block kernels: rows [m0, m1) x 16-column panels [p0, p1), full K, epilogue included.
-// Arguments are already validated; each call is independent (any thread).
-void int8_gemm_block_scalar(const Int8GemmArgs& g, int64_t m0, int64_t m1, int64_t p0, int64_t p1);
+// Per-ISA kernels. Arguments are already validated.
+// stage: converts all M rows of a once per call into the kernel's activation format (row stride
+//   Kp = K rounded up to 4, zero-padded), into `staged` of at least stage_bytes(M, K) bytes.
+// block: rows [m0, m1) x 16-column panels [p0, p1), full K, epilogue included; any thread.
+size_t int8_gemm_stage_bytes_scalar(int64_t M, int64_t K);
+void int8_gemm_stage_scalar(const Int8GemmArgs& g, void* staged);
+void int8_gemm_block_scalar(const Int8GemmArgs& g, const void* staged, int64_t m0, int64_t m1, int64_t p0, int64_t p1);
 #ifdef SLIM_X86
-void int8_gemm_block_avx2(const Int8GemmArgs& g, int64_t m0, int64_t m1, int64_t p0, int64_t p1);
-void int8_gemm_block_avx512_vnni(const Int8GemmArgs& g, int64_t m0, int64_t m1, int64_t p0, int64_t p1);
+size_t int8_gemm_stage_bytes_avx2(int64_t M, int64_t K);
+void int8_gemm_stage_avx2(const Int8GemmArgs& g, void* staged);
+void int8_gemm_block_avx2(const Int8GemmArgs& g, const void* staged, int64_t m0, int64_t m1, int64_t p0, int64_t p1);
+size_t int8_gemm_stage_bytes_avx512_vnni(int64_t M, int64_t K);
+void int8_gemm_stage_avx512_vnni(const Int8GemmArgs& g, void* staged);
+void int8_gemm_block_avx512_vnni(const Int8GemmArgs& g, const void* staged, int64_t m0, int64_t m1, int64_t p0,
+                                 int64_t p1);
 #endif
 
 }  // namespace slim

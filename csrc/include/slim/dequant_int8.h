@@ -1,0 +1,62 @@
+// W8A16 (weight-only int8) matmul on the CPU:
+//   y[m, n] = (sum_k x[m, k] * w[n, k]) * scale[n] + bias[n]
+// x float32 / float16 / bfloat16 [M, K] (row stride ldx), w int8 [N, K] row-major plain (row stride
+// ldw; the QuantLinear `qweight` buffer as is), scale float32 [N], bias float32 [N] or null,
+// y [M, N] in x's kind (row stride ldy). float32 accumulation, round-to-nearest-even output.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+
+#include "slim/cpu_convert.h"
+#include "slim/cpu_isa.h"
+#include "slim/quantize.h"  // InKind, parse_in_kind
+
+namespace slim {
+
+struct DequantInt8Args {
+  const void* x;      // [M, K] row stride ldx (elements), type per x_kind
+  int64_t ldx;
+  InKind x_kind;      // also the kind of y
+  const int8_t* w;    // [N, K] row stride ldw
+  int64_t ldw;
+  const float* scale; // [N]
+  const float* bias;  // [N] or nullptr
+  void* y;            // [M, N] row stride ldy
+  int64_t ldy;
+  int64_t M, N, K;
+};
+
+// Validates (std::invalid_argument naming the argument), then runs on up to num_threads threads.
+void dequant_mm_int8(const DequantInt8Args& args, int num_threads, CpuIsa isa);
+
+// Per-ISA kernels; arguments already validated, K > 0.
+// convert: rows [m0, m1) of x -> float32 xf (row stride ldxf).
+// block: output rows [m0, m1) x columns [n0, n1), full K, epilogue included, reading activations
+//   from xf (float32, row stride ldxf); callable from any thread.
+void dequant_int8_convert_scalar(const DequantInt8Args& g, float* xf, int64_t ldxf, int64_t m0, int64_t m1);
+void dequant_int8_block_scalar(const DequantInt8Args& g, const float* xf, int64_t ldxf, int64_t m0, int64_t m1,
+                               int64_t n0, int64_t n1);
+#ifdef SLIM_X86
+void dequant_int8_convert_avx2(const DequantInt8Args& g, float* xf, int64_t ldxf, int64_t m0, int64_t m1);
+void dequant_int8_block_avx2(const DequantInt8Args& g, const float* xf, int64_t ldxf, int64_t m0, int64_t m1,
+                             int64_t n0, int64_t n1);
+void dequant_int8_convert_avx512_vnni(const DequantInt8Args& g, float* xf, int64_t ldxf, int64_t m0, int64_t m1);
+void dequant_int8_block_avx512_vnni(const DequantInt8Args& g, const float* xf, int64_t ldxf, int64_t m0, int64_t m1,
+                                    int64_t n0, int64_t n1);
+#endif
+
+namespace {
+// y[m, n] = acc * scale[n] + bias[n] rounded to y's kind (internal linkage: see cpu_convert.h).
+inline void dequant_int8_store(const DequantInt8Args& g, int64_t m, int64_t n, float acc) {
+  float v = acc * g.scale[n];
+  if (g.bias) v += g.bias[n];
+  const int64_t off = m * g.ldy + n;
+  switch (g.x_kind) {
+    case InKind::kFloat16: static_cast<uint16_t*>(g.y)[off] = f32_to_f16(v); break;
+    case InKind::kBFloat16: static_cast<uint16_t*>(g.y)[off] = f32_to_bf16(v); break;
+    default: static_cast<float*>(g.y)[off] = v;
+  }
+}
+}  // namespace
+
+}  // namespace slim
