@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "slim/cpu_isa.h"
+#include "slim/dequant_int8.h"
 #include "slim/int8_gemm.h"
 #include "slim/quantize.h"
 
@@ -38,6 +39,16 @@ void quantize_per_token_int8(uintptr_t x, int64_t ldx, int64_t M, int64_t K, con
   slim::quantize_per_token_int8(g, num_threads, i);
 }
 
+void dequant_mm_int8(uintptr_t x, int64_t ldx, const std::string& x_kind, uintptr_t w, int64_t ldw, uintptr_t scale,
+                     uintptr_t bias, uintptr_t y, int64_t ldy, int64_t M, int64_t N, int64_t K, int num_threads,
+                     const std::string& isa) {
+  slim::DequantInt8Args g{ptr<const void>(x), ldx, slim::parse_in_kind(x_kind, "x_kind"), ptr<const int8_t>(w), ldw,
+                          ptr<const float>(scale), ptr<const float>(bias), ptr<void>(y), ldy, M, N, K};
+  const slim::CpuIsa i = slim::resolve_isa(isa, "isa");
+  py::gil_scoped_release nogil;
+  slim::dequant_mm_int8(g, num_threads, i);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -61,4 +72,9 @@ PYBIND11_MODULE(_C, m) {
         py::arg("isa") = "",
         "Per-row symmetric int8: scale = amax / 127 (NaN for non-finite rows, 1 for zero rows), q = "
         "clamp(rint(x / scale), -127, 127).");
+  m.def("dequant_mm_int8", &dequant_mm_int8, py::arg("x"), py::arg("ldx"), py::arg("x_kind"), py::arg("w"),
+        py::arg("ldw"), py::arg("scale"), py::arg("bias"), py::arg("y"), py::arg("ldy"), py::arg("M"), py::arg("N"),
+        py::arg("K"), py::arg("num_threads"), py::arg("isa") = "",
+        "W8A16: y[M, N] = (x[M, K] @ w[N, K].T) * scale[n] + bias[n] (bias 0 = none); x and y of x_kind "
+        "'float32' | 'float16' | 'bfloat16', w int8 row-major, float32 accumulation, RNE output.");
 }

@@ -19,8 +19,13 @@ LIB = "slimkernels"
 
 
 def _flat_rows(x: Tensor) -> tuple[int, int]:
-    k = x.shape[-1]
-    return x.numel() // k if k else int(torch.Size(x.shape[:-1]).numel()), k
+    """(M, K) of x [..., K] with the leading dims flattened; works for K == 0 too."""
+    return int(torch.Size(x.shape[:-1]).numel()), x.shape[-1]
+
+
+def _as_rows(x: Tensor) -> Tensor:
+    # reshape(-1, K) cannot infer -1 when K == 0, so name M explicitly.
+    return x.reshape(_flat_rows(x))
 
 
 # ---- quantize_per_token_int8 / quantize_per_channel_int8 ----------------------------------------
@@ -28,7 +33,7 @@ def _flat_rows(x: Tensor) -> tuple[int, int]:
 def quantize_per_token_int8(x: Tensor) -> tuple[Tensor, Tensor]:
     """Symmetric int8 per row: scale = absmax/127 (1 for all-zero rows), q = round(x/scale)."""
     check.float_input("quantize_per_token_int8", "x", x)
-    return dispatch("quantize_per_token_int8", x.device.type, x.reshape(-1, x.shape[-1]))
+    return dispatch("quantize_per_token_int8", x.device.type, _as_rows(x))
 
 
 @quantize_per_token_int8.register_fake
@@ -158,7 +163,7 @@ def _check_dequant_int8(x, qweight, scales, bias):
 def dequant_mm_int8(x: Tensor, qweight: Tensor, scales: Tensor, bias: Optional[Tensor]) -> Tensor:
     """Weight-only int8: x [.., K] (float) @ (qweight [N, K] * scales[n]).T + bias -> [.., N] in x.dtype."""
     _check_dequant_int8(x, qweight, scales, bias)
-    y = dispatch("dequant_mm_int8", x.device.type, x.reshape(-1, x.shape[-1]), qweight, scales, bias)
+    y = dispatch("dequant_mm_int8", x.device.type, _as_rows(x), qweight, scales, bias)
     return y.reshape(*x.shape[:-1], qweight.shape[0])
 
 
@@ -180,7 +185,7 @@ def _dequant_mm_int8_backward(ctx, grad):
     grad_x = (grad.float() * scales) @ qweight.float()
     grad_bias = None
     if ctx.bias_dtype is not None:
-        grad_bias = grad.reshape(-1, grad.shape[-1]).float().sum(0).to(ctx.bias_dtype)
+        grad_bias = _as_rows(grad).float().sum(0).to(ctx.bias_dtype)
     return grad_x.to(grad.dtype), None, None, grad_bias
 
 
@@ -211,7 +216,7 @@ def int8_dynamic_linear(x: Tensor, w_packed: Tensor, w_scale: Tensor, bias: Opti
     """W8A8 linear: quantize x [.., K] per token, int8 GEMM with a packed weight, fused epilogue;
     the result [.., N] is in x.dtype. Equal to quantize_per_token_int8 + int8_scaled_mm_packed."""
     _check_dynamic_linear(x, w_packed, w_scale, bias)
-    y = dispatch("int8_dynamic_linear", x.device.type, x.reshape(-1, x.shape[-1]), w_packed, w_scale, bias)
+    y = dispatch("int8_dynamic_linear", x.device.type, _as_rows(x), w_packed, w_scale, bias)
     return y.reshape(*x.shape[:-1], w_scale.shape[0])
 
 

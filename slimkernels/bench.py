@@ -26,6 +26,7 @@ Speed-up = anchor time / our time, always from the same run.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import datetime
 import functools
@@ -412,6 +413,7 @@ class EntrySpec:
     kind: str  # "ours" | "anchor"
     backend: Optional[str] = None  # forced through slimkernels.use_backend while timing; None: default
     skip: Optional[str] = None  # why it is not timed here
+    isa: Optional[str] = None  # CPU only: force this ISA of the native kernels (SLIMKERNELS_CPU_ISA)
 
 
 @dataclasses.dataclass
@@ -436,6 +438,16 @@ def _reference_skip(impl: str, n: int, k: int, m: int, include_reference: bool) 
     return None
 
 
+def lesser_isas(device: str) -> list[str]:
+    """CPU ISAs below the best one (e.g. avx2 on an AVX-512 machine), timed as extra rows so one run
+    also shows what an AVX2-only machine gets; the scalar fallback is never worth timing."""
+    from . import _native
+
+    if device != "cpu" or _native._C is None:
+        return []
+    return [isa for isa in _native._C.supported_isas()[1:] if isa != "scalar"]
+
+
 def entry_specs(suite: str, device: str, n: int, k: int, m: int, include_reference: bool = False) -> list[EntrySpec]:
     from .backends import resolve
 
@@ -444,6 +456,9 @@ def entry_specs(suite: str, device: str, n: int, k: int, m: int, include_referen
         for impl in ours_implementations("int8_scaled_mm_packed", device):
             specs.append(EntrySpec(suite, f"ours:{impl}", f"ours_{impl}", "ours", impl,
                                    _reference_skip(impl, n, k, m, include_reference)))
+            if impl == "native":
+                specs += [EntrySpec(suite, f"ours:native[{isa}]", f"ours_native_{isa}", "ours", impl, isa=isa)
+                          for isa in lesser_isas(device)]
         if device == "cpu":
             specs.append(EntrySpec(suite, "fp32 F.linear", "fp32_linear", "anchor"))
             specs.append(EntrySpec(suite, "fbgemm dyn int8", "fbgemm_dyn", "anchor"))
@@ -452,10 +467,13 @@ def entry_specs(suite: str, device: str, n: int, k: int, m: int, include_referen
             specs.append(EntrySpec(suite, "torch._int_mm", "int_mm", "anchor",
                                    skip=None if m > 16 else "torch._int_mm refuses M <= 16"))
     elif suite == "quant_linear":
-        for mode, op in (("w8a8", "int8_scaled_mm_packed"), ("w8a16", "dequant_mm_int8")):
+        for mode, op in (("w8a8", "int8_dynamic_linear"), ("w8a16", "dequant_mm_int8")):
             impl = resolve(op, device)  # the default dispatch: what a user gets
             specs.append(EntrySpec(suite, f"{mode}:{impl}", f"{mode}_{impl}", "ours", None,
                                    _reference_skip(impl, n, k, m, include_reference)))
+            if impl == "native":
+                specs += [EntrySpec(suite, f"{mode}:native[{isa}]", f"{mode}_native_{isa}", "ours", None, isa=isa)
+                          for isa in lesser_isas(device)]
         if device == "cpu":
             specs.append(EntrySpec(suite, "fp32 nn.Linear", "fp32_linear", "anchor"))
             specs.append(EntrySpec(suite, "fbgemm dyn int8", "fbgemm_dyn", "anchor"))
@@ -508,10 +526,22 @@ def build_entry(spec: EntrySpec, stack: Stack, m: int) -> Entry:
     raise ValueError(f"no builder for entry {spec.suite}/{spec.id}")
 
 
+@contextlib.contextmanager
 def _backend_ctx(spec: EntrySpec):
     from .backends import use_backend
 
-    return use_backend(spec.backend)
+    previous = os.environ.get("SLIMKERNELS_CPU_ISA")
+    if spec.isa:
+        os.environ["SLIMKERNELS_CPU_ISA"] = spec.isa
+    try:
+        with use_backend(spec.backend):
+            yield
+    finally:
+        if spec.isa:
+            if previous is None:
+                os.environ.pop("SLIMKERNELS_CPU_ISA", None)
+            else:
+                os.environ["SLIMKERNELS_CPU_ISA"] = previous
 
 
 # ---- running one case --------------------------------------------------------------------------------
@@ -587,10 +617,12 @@ def _render(header: list[str], body: list[list[str]]) -> list[str]:
 
 
 def _short(name: str) -> str:
-    """Column label: 'ours:native' -> 'native', 'w8a8:native' -> 'w8a8', 'fp32 F.linear' -> 'fp32'."""
+    """Column label: 'ours:native' -> 'native', 'w8a8:native' -> 'w8a8', 'w8a8:native[avx2]' ->
+    'w8a8[avx2]', 'fp32 F.linear' -> 'fp32'."""
     if name.startswith("ours:"):
         return name[5:]
-    return name.split(":")[0].split(" ")[0]
+    isa = name[name.index("["):] if name.endswith("]") else ""
+    return name.split(":")[0].split(" ")[0] + isa
 
 
 def format_table(rows: list[dict], bandwidth: Optional[dict] = None) -> str:

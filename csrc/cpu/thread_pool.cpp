@@ -48,7 +48,11 @@ class Pool {
     cv_.notify_all();
     fn(0, nt);
     // The caller's share is done; wait for the workers (they run about as long as the caller did).
-    while (pending_.load(std::memory_order_acquire) != 0) cpu_relax();
+    // Yield now and then: on an oversubscribed machine the worker we wait for may need this core.
+    for (int i = 1; pending_.load(std::memory_order_acquire) != 0; ++i) {
+      cpu_relax();
+      if ((i & 1023) == 0) std::this_thread::yield();
+    }
     job_ = nullptr;
   }
 
@@ -69,6 +73,7 @@ class Pool {
       auto t0 = std::chrono::steady_clock::now();
       for (int i = 0; ticket_[id].load(std::memory_order_acquire) == seen; ++i) {
         cpu_relax();
+        if ((i & 1023) == 1023) std::this_thread::yield();
         if ((i & 255) == 255 && std::chrono::steady_clock::now() - t0 > std::chrono::microseconds(kSpinUs)) {
           std::unique_lock<std::mutex> lk(mu_);
           cv_.wait(lk, [&] { return ticket_[id].load(std::memory_order_acquire) != seen; });

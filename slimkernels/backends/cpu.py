@@ -50,3 +50,27 @@ def gemm_packed(a, b_packed, n, out_dtype, a_scale=None, b_scale=None, bias=None
 
 
 register_native_gemm("cpu", packing.pack_int8_cpu, gemm_packed, quantize_rows_int8)
+
+
+@register("dequant_mm_int8", "native", ("cpu",))
+def dequant_mm_int8(x, qweight, scales, bias):
+    """W8A16: x [M, K] (validated by the op) @ (qweight * scales[:, None]).T + bias, in x.dtype."""
+    m, k = x.shape
+    n = qweight.shape[0]
+    if m == 0 or n == 0 or k == 0:
+        return reference.dequant_mm_int8(x, qweight, scales, bias)
+    C = _native.require_cpu()
+    # Row-strided views are read in place; the stride of a single row means nothing (torch may report any).
+    if x.stride(1) != 1 or (m > 1 and x.stride(0) < k):
+        x = x.contiguous()
+    if qweight.stride(1) != 1 or (n > 1 and qweight.stride(0) < k):
+        qweight = qweight.contiguous()
+    ldx = x.stride(0) if m > 1 else k
+    ldw = qweight.stride(0) if n > 1 else k
+    scales, bias = f32(scales), f32(bias)
+    y = torch.empty((m, n), dtype=x.dtype)
+    C.dequant_mm_int8(
+        x.data_ptr(), ldx, KIND[x.dtype], qweight.data_ptr(), ldw, scales.data_ptr(),
+        ptr(bias), y.data_ptr(), n, m, n, k, _threads(), _isa(),
+    )
+    return y

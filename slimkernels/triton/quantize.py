@@ -20,35 +20,33 @@ from __future__ import annotations
 
 import torch
 
-from . import interpreting, unavailable_reason
+from . import interpreting
+from ._common import (
+    HAVE_TRITON, NO_FP_FUSION, bf16_manual, launch_device, needs_int64_index, require_float,
+    require_triton, tl, triton,
+)
 
-try:
-    import triton
-    import triton.language as tl
-
-    _HAVE_TRITON = True
-except Exception:  # pragma: no cover - exercised only where triton is absent
-    triton = None
-    tl = None
-    _HAVE_TRITON = False
+if HAVE_TRITON:
+    from ._common import load_maybe_bf16, widen
 
 __all__ = ["quantize_per_token_int8"]
 
-_INT32_LIMIT = 2**31 - 1
-_FLOAT_IN = (torch.float32, torch.float16, torch.bfloat16)
-
-if _HAVE_TRITON:
+if HAVE_TRITON:
 
     @triton.jit
     def _load_f32(ptrs, mask, BF16_MANUAL: tl.constexpr):
-        if BF16_MANUAL:
-            # bfloat16 -> float32 by moving the bits up: exact, subnormals included. Only under
-            # the interpreter, whose own cast mangles bfloat16 subnormals; the GPU cast is exact.
-            bits = tl.load(ptrs.to(tl.pointer_type(tl.uint16)), mask=mask, other=0)
-            x = (bits.to(tl.uint32) << 16).to(tl.float32, bitcast=True)
-        else:
-            x = tl.load(ptrs, mask=mask, other=0.0).to(tl.float32)
-        return x
+        # Masked load as float32 (bfloat16 moved up on the bits under the interpreter, whose own
+        # cast mangles bfloat16 subnormals; the GPU cast is exact).
+        return load_maybe_bf16(ptrs, mask, True, BF16_MANUAL).to(tl.float32)
+
+    @triton.jit
+    def _quantize_block(x, div, bad):
+        # clamp(rint(x / div), -127, 127) as int8, 0 in bad rows.
+        v = tl.math.div_rn(x, div)
+        r = (v + 12582912.0) - 12582912.0
+        r = tl.minimum(tl.maximum(r, -127.0), 127.0)
+        r = tl.where(bad, 0.0, r)
+        return r.to(tl.int8)
 
     @triton.jit
     def _quantize_per_token_int8_kernel(
@@ -56,9 +54,7 @@ if _HAVE_TRITON:
         INT64_IDX: tl.constexpr, ONE_BLOCK: tl.constexpr, BLOCK_K: tl.constexpr,
         BF16_MANUAL: tl.constexpr,
     ):
-        row = tl.program_id(0)
-        if INT64_IDX:
-            row = row.to(tl.int64)
+        row = widen(tl.program_id(0), INT64_IDX)
         x_row = x_ptr + row * stride_xm
         q_row = q_ptr + row * stride_qm
         offs = tl.arange(0, BLOCK_K)
@@ -92,20 +88,12 @@ if _HAVE_TRITON:
 
         # Pass 2: q = clamp(rint(x / scale), -127, 127).
         if ONE_BLOCK:
-            v = tl.math.div_rn(x, div)
-            r = (v + 12582912.0) - 12582912.0
-            r = tl.minimum(tl.maximum(r, -127.0), 127.0)
-            r = tl.where(bad, 0.0, r)
-            tl.store(q_row + offs, r.to(tl.int8), mask=mask)
+            tl.store(q_row + offs, _quantize_block(x, div, bad), mask=mask)
         else:
             for k0 in range(0, K, BLOCK_K):
                 mk = k0 + offs < K
                 xk = _load_f32(x_row + k0 + offs, mk, BF16_MANUAL)
-                v = tl.math.div_rn(xk, div)
-                r = (v + 12582912.0) - 12582912.0
-                r = tl.minimum(tl.maximum(r, -127.0), 127.0)
-                r = tl.where(bad, 0.0, r)
-                tl.store(q_row + k0 + offs, r.to(tl.int8), mask=mk)
+                tl.store(q_row + k0 + offs, _quantize_block(xk, div, bad), mask=mk)
 
 
 def _block_and_warps(K: int):
@@ -119,10 +107,8 @@ def _block_and_warps(K: int):
 
 def quantize_per_token_int8(x: torch.Tensor):
     """Per-row symmetric int8 quantization: returns (q int8 [M, K], scale float32 [M])."""
-    if not _HAVE_TRITON:
-        raise RuntimeError(f"slimkernels.triton.quantize: {unavailable_reason()}")
-    if x.dtype not in _FLOAT_IN:
-        raise TypeError(f"x must be float32, float16 or bfloat16, got {x.dtype}")
+    require_triton("quantize")
+    require_float(x)
     M, K = x.shape
     q = torch.empty((M, K), dtype=torch.int8, device=x.device)
     if M == 0:
@@ -132,18 +118,10 @@ def quantize_per_token_int8(x: torch.Tensor):
         return q, torch.ones((M,), dtype=torch.float32, device=x.device)
     scale = torch.empty((M,), dtype=torch.float32, device=x.device)
     block, warps = _block_and_warps(K)
-    ctx = (torch.cuda.device(x.device.index)
-           if x.is_cuda and x.device.index != torch.cuda.current_device() else None)
-    if ctx is not None:
-        ctx.__enter__()
-    try:
+    with launch_device(x):
         _quantize_per_token_int8_kernel[(M,)](
             x, q, scale, K, x.stride(0), q.stride(0),
-            INT64_IDX=x.numel() > _INT32_LIMIT, ONE_BLOCK=K <= block, BLOCK_K=block,
-            BF16_MANUAL=x.dtype == torch.bfloat16 and interpreting(),
-            num_warps=warps, enable_fp_fusion=False,
+            INT64_IDX=needs_int64_index(x.numel()), ONE_BLOCK=K <= block, BLOCK_K=block,
+            BF16_MANUAL=bf16_manual(x.dtype), num_warps=warps, **NO_FP_FUSION,
         )
-    finally:
-        if ctx is not None:
-            ctx.__exit__(None, None, None)
     return q, scale

@@ -78,3 +78,12 @@ def test_misaligned_views_give_correct_results(device, impl):
     torch.testing.assert_close(got, reference.int8_scaled_mm(a, sa, b, sb, None, torch.float32), rtol=1.2e-7, atol=1e-6)
     q_ref, s_ref = reference.quantize_rows_int8(x)
     assert torch.equal(q, q_ref) and torch.equal(s, s_ref)
+
+
+def test_zero_features_is_a_result_not_a_crash():
+    """K == 0: every product is an empty sum, so outputs are the bias (or 0)."""
+    x, w, s, bias = torch.randn(3, 0), rand_int8(4, 0), torch.rand(4), torch.randn(4)
+    torch.testing.assert_close(ops.dequant_mm_int8(x, w, s, bias), bias.expand(3, 4))
+    torch.testing.assert_close(ops.int8_dynamic_linear(x, ops.int8_prepack(w), s, bias), bias.expand(3, 4))
+    q, scale = ops.quantize_per_token_int8(torch.randn(2, 3, 0))
+    assert q.shape == (6, 0) and torch.equal(scale, torch.ones(6))

@@ -10,18 +10,15 @@ magnitude of each output channel (scales differ per channel by orders of magnitu
 import pytest
 import torch
 
-pytest.importorskip("triton")
+import slimkernels
+import slimkernels.triton as sk_triton
+from slimkernels.backends import reference
+from slimkernels.triton import dequant_int8 as dq_mod  # imports even without triton
+from slimkernels.triton.dequant_int8 import dequant_mm_int8
 
-import slimkernels  # noqa: E402
-import slimkernels.triton as sk_triton  # noqa: E402
-
-if not sk_triton.available():
+if not sk_triton.available():  # no triton, or neither a GPU nor the interpreter
     pytest.skip(f"Triton kernels cannot run: {sk_triton.unavailable_reason()}",
                 allow_module_level=True)
-
-from slimkernels.backends import reference  # noqa: E402
-from slimkernels.triton import dequant_int8 as dq_mod  # noqa: E402
-from slimkernels.triton.dequant_int8 import dequant_mm_int8  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
