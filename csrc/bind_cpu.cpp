@@ -11,6 +11,7 @@
 #include "slim/dequant_int8.h"
 #include "slim/int8_gemm.h"
 #include "slim/quantize.h"
+#include "slim/thread_pool.h"
 
 namespace py = pybind11;
 
@@ -61,6 +62,10 @@ PYBIND11_MODULE(_C, m) {
         return v;
       },
       "All usable ISAs, best first.");
+  m.def("use_openmp_runtime", &slim::use_openmp_runtime, py::arg("path"),
+        "Run the kernels' threads on the already-loaded OpenMP runtime at `path` (torch's); '' detaches. "
+        "Returns False if it is not loaded or lacks GOMP_parallel.");
+  m.def("thread_runtime", &slim::thread_runtime, "'openmp:<path>' or 'own pool'.");
   m.def("int8_gemm", &int8_gemm, py::arg("a"), py::arg("lda"), py::arg("packed"), py::arg("M"), py::arg("N"),
         py::arg("K"), py::arg("out"), py::arg("ldc"), py::arg("out_kind"), py::arg("a_scale"), py::arg("b_scale"),
         py::arg("bias"), py::arg("num_threads"), py::arg("isa") = "",

@@ -21,6 +21,37 @@ _C, _C_ERROR = _try_import("_C")
 _C_cuda, _C_CUDA_ERROR = _try_import("_C_cuda")
 
 
+def _torch_openmp_library() -> str | None:
+    """Path of the OpenMP runtime torch loaded (its parallel backend), or None."""
+    import torch
+
+    if not torch._C.has_openmp or not os.path.exists("/proc/self/maps"):
+        return None
+    names = ("libgomp", "libiomp5", "libomp")
+    with open("/proc/self/maps") as maps:
+        loaded = {line.split()[-1] for line in maps if any(n in line.rsplit("/", 1)[-1] for n in names)}
+    torch_dir = os.path.dirname(torch.__file__)
+    # Prefer the copy inside torch's own directory: other packages may load a second runtime.
+    for path in sorted(loaded, key=lambda p: not p.startswith(torch_dir)):
+        if path.startswith("/"):
+            return path
+    return None
+
+
+def _share_torch_threads() -> None:
+    """Run our CPU kernels' threads on torch's OpenMP team, not a pool of our own: torch's workers
+    spin for a while after each parallel op, and a second pool would fight them for the cores.
+    SLIMKERNELS_THREADS=own keeps a separate pool."""
+    if _C is None or os.environ.get("SLIMKERNELS_THREADS", "") == "own":
+        return
+    path = _torch_openmp_library()
+    if path:
+        _C.use_openmp_runtime(path)
+
+
+_share_torch_threads()
+
+
 def cpu_available() -> bool:
     return _C is not None
 
@@ -76,6 +107,7 @@ def info() -> dict:
         "cuda_archs": _C_cuda.compiled_archs() if _C_cuda is not None else "",
         "cuda_device": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
         "threads": torch.get_num_threads(),
+        "cpu_thread_runtime": _C.thread_runtime() if _C is not None else None,
     }
     from .triton import available as _triton_available, unavailable_reason
 

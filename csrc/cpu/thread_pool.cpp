@@ -10,6 +10,11 @@
 #include <thread>
 #include <vector>
 
+#if defined(__linux__) || defined(__APPLE__)
+#include <dlfcn.h>
+#define SLIM_HAVE_DLOPEN 1
+#endif
+
 #include "slim/scratch.h"
 
 namespace slim {
@@ -96,11 +101,70 @@ class Pool {
   int job_nt_ = 0;
 };
 
+// torch's OpenMP runtime, reached through the GNU OpenMP ABI (libgomp; LLVM's and Intel's
+// runtimes export the same entry points) so that the native library never links libtorch.
+struct OpenMp {
+  void (*parallel)(void (*)(void*), void*, unsigned, unsigned) = nullptr;  // GOMP_parallel
+  int (*thread_num)() = nullptr;                                           // omp_get_thread_num
+  int (*num_threads)() = nullptr;                                          // omp_get_num_threads
+  std::string path;
+};
+std::mutex omp_mu;
+std::shared_ptr<const OpenMp> omp;  // read under omp_mu; replaced whole, never mutated
+
+struct OmpJob {
+  const std::function<void(int, int)>* fn;
+  const OpenMp* rt;
+};
+
+void omp_trampoline(void* data) {
+  auto* job = static_cast<OmpJob*>(data);
+  (*job->fn)(job->rt->thread_num(), job->rt->num_threads());
+}
+
 }  // namespace
+
+bool use_openmp_runtime(const std::string& path) {
+  std::lock_guard<std::mutex> lk(omp_mu);
+  if (path.empty()) {
+    omp.reset();
+    return true;
+  }
+#ifdef SLIM_HAVE_DLOPEN
+  // RTLD_NOLOAD: attach to the copy torch already loaded, never load a second runtime.
+  void* h = dlopen(path.c_str(), RTLD_NOW | RTLD_NOLOAD | RTLD_LOCAL);
+  if (!h) return false;
+  auto rt = std::make_shared<OpenMp>();
+  rt->parallel = reinterpret_cast<decltype(rt->parallel)>(dlsym(h, "GOMP_parallel"));
+  rt->thread_num = reinterpret_cast<decltype(rt->thread_num)>(dlsym(h, "omp_get_thread_num"));
+  rt->num_threads = reinterpret_cast<decltype(rt->num_threads)>(dlsym(h, "omp_get_num_threads"));
+  rt->path = path;
+  if (!rt->parallel || !rt->thread_num || !rt->num_threads) return false;  // handle kept: it was loaded anyway
+  omp = std::move(rt);
+  return true;
+#else
+  return false;
+#endif
+}
+
+std::string thread_runtime() {
+  std::lock_guard<std::mutex> lk(omp_mu);
+  return omp ? "openmp:" + omp->path : "own pool";
+}
 
 void parallel_for(int num_threads, const std::function<void(int, int)>& fn) {
   if (num_threads <= 1) {
     fn(0, 1);
+    return;
+  }
+  std::shared_ptr<const OpenMp> rt;
+  {
+    std::lock_guard<std::mutex> lk(omp_mu);
+    rt = omp;
+  }
+  if (rt) {
+    OmpJob job{&fn, rt.get()};
+    rt->parallel(omp_trampoline, &job, static_cast<unsigned>(num_threads), 0);
     return;
   }
   Pool::get().run(num_threads, fn);
