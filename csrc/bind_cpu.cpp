@@ -9,6 +9,7 @@
 
 #include "slim/cpu_isa.h"
 #include "slim/dequant_int8.h"
+#include "slim/dynamic_linear.h"
 #include "slim/int8_gemm.h"
 #include "slim/quantize.h"
 #include "slim/thread_pool.h"
@@ -50,6 +51,16 @@ void dequant_mm_int8(uintptr_t x, int64_t ldx, const std::string& x_kind, uintpt
   slim::dequant_mm_int8(g, num_threads, i);
 }
 
+void int8_dynamic_linear(uintptr_t x, int64_t ldx, const std::string& x_kind, uintptr_t packed, uintptr_t w_scale,
+                         uintptr_t bias, int64_t M, int64_t N, int64_t K, uintptr_t out, int64_t ldc, int num_threads,
+                         const std::string& isa) {
+  slim::DynamicLinearArgs g{ptr<const void>(x), ldx, slim::parse_in_kind(x_kind, "x_kind"), ptr<const int8_t>(packed),
+                            ptr<const float>(w_scale), ptr<const float>(bias), M, N, K, ptr<void>(out), ldc};
+  const slim::CpuIsa i = slim::resolve_isa(isa, "isa");
+  py::gil_scoped_release nogil;
+  slim::int8_dynamic_linear(g, num_threads, i);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -72,6 +83,11 @@ PYBIND11_MODULE(_C, m) {
         "out[M, N] = epilogue(int8 a[M, K] @ b[N, K].T) with b in the pack_int8_cpu layout; exact int32 "
         "accumulation; out_kind 'int32' | 'float32' | 'float16' | 'bfloat16' (float: ((acc * a_scale[m]) * "
         "b_scale[n]) + bias[n], bias 0 = none).");
+  m.def("int8_dynamic_linear", &int8_dynamic_linear, py::arg("x"), py::arg("ldx"), py::arg("x_kind"), py::arg("packed"),
+        py::arg("w_scale"), py::arg("bias"), py::arg("M"), py::arg("N"), py::arg("K"), py::arg("out"), py::arg("ldc"),
+        py::arg("num_threads"), py::arg("isa") = "",
+        "W8A8 linear: per-token quantize of float x [M, K] (scratch), then int8_gemm against the packed weight; "
+        "out [M, N] in x's float kind.");
   m.def("quantize_per_token_int8", &quantize_per_token_int8, py::arg("x"), py::arg("ldx"), py::arg("M"),
         py::arg("K"), py::arg("x_kind"), py::arg("q"), py::arg("ldq"), py::arg("scale"), py::arg("num_threads"),
         py::arg("isa") = "",

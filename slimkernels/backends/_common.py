@@ -51,7 +51,7 @@ def register_native_gemm(device: str, pack, gemm, quantize_rows) -> None:
     register_dynamic_linear("native", (device,), quantize_rows, int8_scaled_mm_packed)
 
 
-def register_dynamic_linear(impl: str, devices: tuple[str, ...], quantize_rows, scaled_mm_packed) -> None:
+def register_dynamic_linear(impl: str, devices: tuple[str, ...], quantize_rows, scaled_mm_packed):
     """int8_dynamic_linear for an implementation = its own per-token quantize + its packed GEMM."""
     from . import register
 
@@ -59,3 +59,5 @@ def register_dynamic_linear(impl: str, devices: tuple[str, ...], quantize_rows, 
     def int8_dynamic_linear(x, w_packed, w_scale, bias):
         q, scale = quantize_rows(x)
         return scaled_mm_packed(q, scale, w_packed, w_scale, bias, x.dtype)
+
+    return int8_dynamic_linear

@@ -52,6 +52,24 @@ def gemm_packed(a, b_packed, n, out_dtype, a_scale=None, b_scale=None, bias=None
 register_native_gemm("cpu", packing.pack_int8_cpu, gemm_packed, quantize_rows_int8)
 
 
+# Replaces the generic quantize + GEMM composition for the CPU: one native call, no intermediate
+# tensors (at M <= 8 the Python round trips cost more than the quantization itself).
+@register("int8_dynamic_linear", "native", ("cpu",))
+def int8_dynamic_linear(x, w_packed, w_scale, bias):
+    m, k = x.shape
+    n = w_scale.shape[0]
+    if m == 0 or k == 0 or n == 0:
+        return reference.int8_dynamic_linear(x, w_packed, w_scale, bias)
+    C = _native.require_cpu()
+    x = x.contiguous()
+    out = torch.empty((m, n), dtype=x.dtype)
+    bias = f32(bias)
+    w_packed, w_scale = w_packed.contiguous(), w_scale.contiguous()
+    C.int8_dynamic_linear(x.data_ptr(), k, KIND[x.dtype], w_packed.data_ptr(), w_scale.data_ptr(), ptr(bias),
+                          m, n, k, out.data_ptr(), n, _threads(), _isa())
+    return out
+
+
 @register("dequant_mm_int8", "native", ("cpu",))
 def dequant_mm_int8(x, qweight, scales, bias):
     """W8A16: x [M, K] (validated by the op) @ (qweight * scales[:, None]).T + bias, in x.dtype."""

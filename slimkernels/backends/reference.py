@@ -67,7 +67,7 @@ def int8_scaled_mm_packed(a, a_scale, b_packed, b_scale, bias, out_dtype):
     return int8_scaled_mm(a, a_scale, b, b_scale, bias, out_dtype)
 
 
-register_dynamic_linear("reference", ALL_DEVICES, quantize_rows_int8, int8_scaled_mm_packed)
+int8_dynamic_linear = register_dynamic_linear("reference", ALL_DEVICES, quantize_rows_int8, int8_scaled_mm_packed)
 
 
 @register("dequant_mm_int8", "reference", ALL_DEVICES)
