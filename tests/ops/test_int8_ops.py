@@ -191,3 +191,22 @@ def test_forced_backend_switch():
         slimkernels.set_backend("fastest")
     with slimkernels.use_backend("torch"), pytest.raises(NotImplementedError, match="no 'torch' implementation"):
         ops.int8_mm(a, b)
+
+
+@pytest.mark.parametrize("isa", slimkernels._native._C.supported_isas() if slimkernels._native._C else [])
+def test_cpu_native_paths_on_every_isa(isa, monkeypatch):
+    """The fused W8A8 call and the W8A16 kernel on each CPU ISA (SLIMKERNELS_CPU_ISA forces one)."""
+    monkeypatch.setenv("SLIMKERNELS_CPU_ISA", isa)
+    gen = torch.Generator().manual_seed(6)
+    x = torch.randn(9, 130, generator=gen)
+    w, w_scale, bias = rand_int8(70, 130, gen=gen), torch.rand(70, generator=gen) * 0.01, torch.randn(70, generator=gen)
+    q, s = reference.quantize_rows_int8(x)
+    with slimkernels.use_backend("native"):
+        got = ops.int8_dynamic_linear(x, ops.int8_prepack(w), w_scale, bias)
+        w16 = ops.dequant_mm_int8(x, w, w_scale, bias)
+    torch.testing.assert_close(got, reference.int8_scaled_mm(q, s, w, w_scale, bias, torch.float32), rtol=1.2e-7, atol=1e-6)
+    torch.testing.assert_close(w16, reference.dequant_mm_int8(x, w, w_scale, bias), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="isa"):
+        monkeypatch.setenv("SLIMKERNELS_CPU_ISA", "avx9000")
+        with slimkernels.use_backend("native"):
+            ops.int8_dynamic_linear(x, ops.int8_prepack(w), w_scale, bias)
