@@ -23,9 +23,10 @@ IMPLEMENTATIONS = ("reference", "native", "triton", "torch")
 _REGISTRY: dict[str, dict[str, dict[str, Callable]]] = {}
 
 # Default order per device, best first; the first implementation that has the op and is available
-# wins. CPU: the native kernels beat every alternative at every M we measured (bench/results/).
-# CUDA: provisional until a GPU session measures it: Triton first (its logic is tested on CPU
-# under the interpreter), then the CUDA C++ kernels, then torch.
+# wins. CPU: the native kernels beat every alternative at every M measured (1..512 on Llama
+# shapes: bench/results/2026-11-23-epyc2c-int8.md); "torch" is the fallback for ops without one.
+# CUDA: provisional until a GPU session measures it (bench/gpu_session.sh): Triton first (its
+# logic is tested on CPU under the interpreter), then the CUDA C++ kernels, then torch.
 DEFAULT_ORDER: dict[str, tuple[str, ...]] = {
     "cpu": ("native", "torch", "reference"),
     "cuda": ("triton", "native", "torch", "reference"),
