@@ -24,6 +24,8 @@ def _flat_rows(x: Tensor) -> tuple[int, int]:
 
 
 def _as_rows(x: Tensor) -> Tensor:
+    if x.dim() == 2:
+        return x
     # reshape(-1, K) cannot infer -1 when K == 0, so name M explicitly.
     return x.reshape(_flat_rows(x))
 
@@ -164,7 +166,7 @@ def dequant_mm_int8(x: Tensor, qweight: Tensor, scales: Tensor, bias: Optional[T
     """Weight-only int8: x [.., K] (float) @ (qweight [N, K] * scales[n]).T + bias -> [.., N] in x.dtype."""
     _check_dequant_int8(x, qweight, scales, bias)
     y = dispatch("dequant_mm_int8", x.device.type, _as_rows(x), qweight, scales, bias)
-    return y.reshape(*x.shape[:-1], qweight.shape[0])
+    return y if x.dim() == 2 else y.reshape(*x.shape[:-1], qweight.shape[0])
 
 
 @dequant_mm_int8.register_fake
@@ -217,7 +219,7 @@ def int8_dynamic_linear(x: Tensor, w_packed: Tensor, w_scale: Tensor, bias: Opti
     the result [.., N] is in x.dtype. Equal to quantize_per_token_int8 + int8_scaled_mm_packed."""
     _check_dynamic_linear(x, w_packed, w_scale, bias)
     y = dispatch("int8_dynamic_linear", x.device.type, _as_rows(x), w_packed, w_scale, bias)
-    return y.reshape(*x.shape[:-1], w_scale.shape[0])
+    return y if x.dim() == 2 else y.reshape(*x.shape[:-1], w_scale.shape[0])
 
 
 @int8_dynamic_linear.register_fake
