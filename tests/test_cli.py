@@ -29,3 +29,17 @@ def test_demo_small(capsys, tmp_path):
 def test_unknown_command():
     with pytest.raises(SystemExit):
         cli.main(["fly"])
+
+
+def test_bench_runs_and_writes_json(tmp_path, capsys):
+    """`slimkernels bench` end to end on one tiny shape: ours and the CPU anchors, table and JSON."""
+    out = tmp_path / "bench.json"
+    code = cli.main(["bench", "--device", "cpu", "--shapes", "64x48", "--m", "1,3", "--quick", "--budget", "0.02",
+                     "--no-progress", "--json", str(out)])
+    assert code == 0
+    text = capsys.readouterr().out
+    assert "int8_scaled_mm_packed on cpu: N=64 K=48" in text and "QuantLinear on cpu" in text
+    rows = json.loads(out.read_text())["rows"]
+    names = {r["name"] for r in rows}
+    assert {"ours:native", "fp32 F.linear", "fbgemm dyn int8", "w8a8:native", "w8a16:native"} <= names
+    assert all(r["status"] in ("ok", "skipped") for r in rows), [r for r in rows if r["status"] == "error"]
