@@ -110,6 +110,16 @@ def _(b):
     return b.new_empty(int8_packed_shape(b.device.type, b.shape[0], b.shape[1]), dtype=torch.int8)
 
 
+def _check_packed_shape(op: str, name: str, packed: Tensor, n: int, k: int) -> None:
+    expected = int8_packed_shape(packed.device.type, n, k)
+    if tuple(packed.shape) != expected:
+        raise ValueError(
+            f"slimkernels.{op}: {name} has shape {tuple(packed.shape)} but a weight of N={n} (from the scales) "
+            f"and K={k} (from the activations) packs to {expected} on {packed.device.type}; pack it with "
+            "slimkernels.ops.int8_prepack on the device it is used on"
+        )
+
+
 def _check_packed(op: str, a: Tensor, b_packed: Tensor, b_scale: Tensor) -> None:
     check.dtype(op, "a", a, (torch.int8,))
     check.ndim(op, "a", a, 2)
@@ -117,13 +127,7 @@ def _check_packed(op: str, a: Tensor, b_packed: Tensor, b_scale: Tensor) -> None
     check.dtype(op, "b_scale", b_scale, (torch.float32,))
     check.ndim(op, "b_scale", b_scale, 1)
     check.same_device(op, a=a, b_packed=b_packed)
-    expected = int8_packed_shape(b_packed.device.type, b_scale.shape[0], a.shape[1])
-    if tuple(b_packed.shape) != expected:
-        raise ValueError(
-            f"slimkernels.{op}: b_packed has shape {tuple(b_packed.shape)} but a weight of N={b_scale.shape[0]} "
-            f"(from b_scale) and K={a.shape[1]} (from a) packs to {expected} on {b_packed.device.type}; "
-            "pack it with slimkernels.ops.int8_prepack on the device it is used on"
-        )
+    _check_packed_shape(op, "b_packed", b_packed, b_scale.shape[0], a.shape[1])
 
 
 @torch.library.custom_op(f"{LIB}::int8_scaled_mm_packed", mutates_args=())
@@ -205,12 +209,7 @@ def _check_dynamic_linear(x, w_packed, w_scale, bias):
         check.dtype(op, "bias", bias, check.FLOAT_DTYPES)
         check.shape(op, "bias", bias, (w_scale.shape[0],))
     check.same_device(op, x=x, w_packed=w_packed, w_scale=w_scale, bias=bias)
-    expected = int8_packed_shape(w_packed.device.type, w_scale.shape[0], x.shape[-1])
-    if tuple(w_packed.shape) != expected:
-        raise ValueError(
-            f"slimkernels.{op}: w_packed has shape {tuple(w_packed.shape)} but a weight of N={w_scale.shape[0]} "
-            f"and K={x.shape[-1]} packs to {expected} on {w_packed.device.type}"
-        )
+    _check_packed_shape(op, "w_packed", w_packed, w_scale.shape[0], x.shape[-1])
 
 
 @torch.library.custom_op(f"{LIB}::int8_dynamic_linear", mutates_args=())

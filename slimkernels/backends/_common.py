@@ -25,10 +25,10 @@ def ptr(t: torch.Tensor | None) -> int:
     return 0 if t is None else t.data_ptr()
 
 
-def register_native_gemm(device: str, pack, gemm, quantize_rows) -> None:
+def register_native_gemm(device: str, pack, gemm):
     """Register int8_mm / int8_scaled_mm / int8_scaled_mm_packed as "native" on `device`, given the
     device's packing function and its one GEMM call gemm(a, b_packed, n, out_dtype, a_scale, b_scale, bias).
-    Empty problems go to the reference (no kernel launch for M, N or K = 0)."""
+    Empty problems go to the reference (no kernel launch for M, N or K = 0). Returns the packed op."""
     from . import reference, register
 
     @register("int8_mm", "native", (device,))
@@ -48,7 +48,7 @@ def register_native_gemm(device: str, pack, gemm, quantize_rows) -> None:
     def int8_scaled_mm(a, a_scale, b, b_scale, bias, out_dtype):
         return int8_scaled_mm_packed(a, a_scale, pack(b), b_scale, bias, out_dtype)
 
-    register_dynamic_linear("native", (device,), quantize_rows, int8_scaled_mm_packed)
+    return int8_scaled_mm_packed
 
 
 def register_dynamic_linear(impl: str, devices: tuple[str, ...], quantize_rows, scaled_mm_packed):

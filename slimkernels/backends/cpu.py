@@ -49,11 +49,11 @@ def gemm_packed(a, b_packed, n, out_dtype, a_scale=None, b_scale=None, bias=None
     return out
 
 
-register_native_gemm("cpu", packing.pack_int8_cpu, gemm_packed, quantize_rows_int8)
+register_native_gemm("cpu", packing.pack_int8_cpu, gemm_packed)
 
 
-# Replaces the generic quantize + GEMM composition for the CPU: one native call, no intermediate
-# tensors (at M <= 8 the Python round trips cost more than the quantization itself).
+# One native call (quantize into scratch, then the GEMM) rather than the quantize + GEMM composition
+# other backends use: at M <= 8 the Python round trips cost more than the quantization itself.
 @register("int8_dynamic_linear", "native", ("cpu",))
 def int8_dynamic_linear(x, w_packed, w_scale, bias):
     m, k = x.shape

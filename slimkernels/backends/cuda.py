@@ -10,7 +10,7 @@ import torch
 from .. import _native
 from ..quant import packing
 from . import reference, register
-from ._common import KIND, f32, pad_k, ptr, register_native_gemm
+from ._common import KIND, f32, pad_k, ptr, register_dynamic_linear, register_native_gemm
 
 
 def _stream(device) -> int:
@@ -49,4 +49,5 @@ def gemm_plain(a, b_plain, n, out_dtype, a_scale=None, b_scale=None, bias=None):
     return out
 
 
-register_native_gemm("cuda", packing.pack_int8_plain, gemm_plain, quantize_rows_int8)
+int8_scaled_mm_packed = register_native_gemm("cuda", packing.pack_int8_plain, gemm_plain)
+register_dynamic_linear("native", ("cuda",), quantize_rows_int8, int8_scaled_mm_packed)

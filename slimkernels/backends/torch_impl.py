@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from . import register
 
-MATMUL_MIN_M = {"cpu": 64, "cuda": 1}
+INT8PACK_MAX_M = 64  # CPU: from this many rows on, dequantize + MKL beats torch's int8 weight-only kernel
 # torch 2.13's CPU _weight_int8pack_mm returns NaN or segfaults when K is not a multiple of 16
 # (seen for K = 8, 24, 33, 100, 200), so it only gets shapes it handles.
 INT8PACK_K_MULTIPLE = 16
@@ -29,7 +29,7 @@ def dequant_mm_int8(x, qweight, scales, bias):
     m = x.shape[0]
     k = x.shape[1]
     half = x.dtype in (torch.float16, torch.bfloat16)
-    if x.device.type == "cpu" and half and 0 < m < MATMUL_MIN_M["cpu"] and k % INT8PACK_K_MULTIPLE == 0:
+    if x.device.type == "cpu" and half and 0 < m < INT8PACK_MAX_M and k % INT8PACK_K_MULTIPLE == 0:
         y = torch.ops.aten._weight_int8pack_mm(x.contiguous(), qweight.contiguous(), scales.to(x.dtype))
         return y if bias is None else y + bias.to(x.dtype)
     return _dequant_then_matmul(x, qweight, scales, bias)
