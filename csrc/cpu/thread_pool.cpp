@@ -12,7 +12,8 @@
 
 #if defined(__linux__) || defined(__APPLE__)
 #include <dlfcn.h>
-#define SLIM_HAVE_DLOPEN 1
+#include <pthread.h>
+#define SLIM_POSIX 1
 #endif
 
 #include "slim/scratch.h"
@@ -32,8 +33,22 @@ constexpr int kMaxWorkers = 255;
 
 class Pool {
  public:
+  // Leaked on purpose: no join at interpreter exit. After fork() the child holds only the forking
+  // thread: the old pool's workers (and any lock they held) are gone, so the child starts a new pool
+  // instead of waiting forever for workers that do not exist.
   static Pool& get() {
-    static Pool* p = new Pool();  // leaked on purpose: no join at interpreter exit
+    static std::once_flag registered;
+    std::call_once(registered, [] {
+#ifdef SLIM_POSIX
+      pthread_atfork(nullptr, nullptr, [] { instance().store(nullptr, std::memory_order_relaxed); });
+#endif
+    });
+    Pool* p = instance().load(std::memory_order_acquire);
+    if (!p) {
+      Pool* fresh = new Pool();
+      if (instance().compare_exchange_strong(p, fresh, std::memory_order_acq_rel)) p = fresh;
+      else delete fresh;  // another thread installed one first; this one never started a worker
+    }
     return *p;
   }
 
@@ -62,6 +77,11 @@ class Pool {
   }
 
  private:
+  static std::atomic<Pool*>& instance() {
+    static std::atomic<Pool*> p{nullptr};
+    return p;
+  }
+
   void ensure_workers(int n) {
     while (nworkers_ < n) {
       int id = ++nworkers_;
@@ -130,7 +150,7 @@ bool use_openmp_runtime(const std::string& path) {
     omp.reset();
     return true;
   }
-#ifdef SLIM_HAVE_DLOPEN
+#ifdef SLIM_POSIX
   // RTLD_NOLOAD: attach to the copy torch already loaded, never load a second runtime.
   void* h = dlopen(path.c_str(), RTLD_NOW | RTLD_NOLOAD | RTLD_LOCAL);
   if (!h) return false;

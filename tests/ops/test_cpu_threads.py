@@ -57,3 +57,34 @@ def test_concurrent_callers():
     for t in threads:
         t.join()
     assert not errors
+
+
+FORK_SCRIPT = r"""
+import os, torch
+from slimkernels import _native, ops
+C = _native._C
+C.use_openmp_runtime("")  # our own pool (OpenMP after fork hangs in torch itself: see README)
+a = torch.randint(-128, 128, (37, 1000), dtype=torch.int8)
+packed = ops.int8_prepack(torch.randint(-128, 128, (700, 1000), dtype=torch.int8))
+out = torch.empty(37, 700, dtype=torch.int32)
+run = lambda: C.int8_gemm(a.data_ptr(), 1000, packed.data_ptr(), 37, 700, 1000, out.data_ptr(), 700, "int32", 0, 0, 0, 2, "")
+run()  # the parent's pool has workers now
+pid = os.fork()
+if pid == 0:
+    run()
+    os._exit(0)
+_, status = os.waitpid(pid, 0)
+raise SystemExit(os.waitstatus_to_exitcode(status))
+"""
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs fork()")
+def test_own_pool_survives_fork(tmp_path):
+    """A forked child gets a fresh pool instead of waiting forever for its parent's workers."""
+    import subprocess
+    import sys
+
+    # cwd outside the repo: `python -c` puts the working directory first on sys.path.
+    result = subprocess.run([sys.executable, "-c", FORK_SCRIPT], timeout=120, capture_output=True, text=True,
+                            cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
