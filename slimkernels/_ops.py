@@ -30,6 +30,12 @@ def _as_rows(x: Tensor) -> Tensor:
     return x.reshape(_flat_rows(x))
 
 
+def _dispatch_rows(op: str, x: Tensor, n: int, *rest) -> Tensor:
+    """Run a linear-like op on x [..., K] flattened to rows; the result is [..., n]."""
+    y = dispatch(op, x.device.type, _as_rows(x), *rest)
+    return y if x.dim() == 2 else y.reshape(*x.shape[:-1], n)
+
+
 # ---- quantize_per_token_int8 / quantize_per_channel_int8 ----------------------------------------
 @torch.library.custom_op(f"{LIB}::quantize_per_token_int8", mutates_args=())
 def quantize_per_token_int8(x: Tensor) -> tuple[Tensor, Tensor]:
@@ -169,8 +175,7 @@ def _check_dequant_int8(x, qweight, scales, bias):
 def dequant_mm_int8(x: Tensor, qweight: Tensor, scales: Tensor, bias: Optional[Tensor]) -> Tensor:
     """Weight-only int8: x [.., K] (float) @ (qweight [N, K] * scales[n]).T + bias -> [.., N] in x.dtype."""
     _check_dequant_int8(x, qweight, scales, bias)
-    y = dispatch("dequant_mm_int8", x.device.type, _as_rows(x), qweight, scales, bias)
-    return y if x.dim() == 2 else y.reshape(*x.shape[:-1], qweight.shape[0])
+    return _dispatch_rows("dequant_mm_int8", x, qweight.shape[0], qweight, scales, bias)
 
 
 @dequant_mm_int8.register_fake
@@ -217,8 +222,7 @@ def int8_dynamic_linear(x: Tensor, w_packed: Tensor, w_scale: Tensor, bias: Opti
     """W8A8 linear: quantize x [.., K] per token, int8 GEMM with a packed weight, fused epilogue;
     the result [.., N] is in x.dtype. Equal to quantize_per_token_int8 + int8_scaled_mm_packed."""
     _check_dynamic_linear(x, w_packed, w_scale, bias)
-    y = dispatch("int8_dynamic_linear", x.device.type, _as_rows(x), w_packed, w_scale, bias)
-    return y if x.dim() == 2 else y.reshape(*x.shape[:-1], w_scale.shape[0])
+    return _dispatch_rows("int8_dynamic_linear", x, w_scale.shape[0], w_packed, w_scale, bias)
 
 
 @int8_dynamic_linear.register_fake
