@@ -76,3 +76,18 @@ def float_input(op: str, name: str, x: torch.Tensor) -> None:
     dtype(op, name, x, FLOAT_DTYPES)
     if x.dim() < 1:
         raise ValueError(f"slimkernels.{op}: {name} must have at least 1 dimension, got a scalar")
+
+
+def group_size(op: str, value: int, k: int) -> None:
+    """Group sizes of group-wise quantization: a multiple of 32 dividing K, or K itself (per channel)."""
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ValueError(f"slimkernels.{op}: group_size must be a positive int, got {value!r}")
+    if k == 0:
+        return
+    if k % value != 0:
+        raise ValueError(
+            f"slimkernels.{op}: group_size={value} does not divide K={k}; pick a group size that divides the "
+            "number of input features, or group_size=K for one group per output channel"
+        )
+    if value != k and value % 32 != 0:
+        raise ValueError(f"slimkernels.{op}: group_size must be a multiple of 32 or equal to K={k}, got {value}")

@@ -13,6 +13,7 @@ from torch import Tensor
 
 from . import _checks as check
 from .backends import dispatch
+from .quant import lowbit
 from .quant.packing import int8_packed_shape, pack_int8
 
 LIB = "slimkernels"
@@ -229,3 +230,110 @@ def int8_dynamic_linear(x: Tensor, w_packed: Tensor, w_scale: Tensor, bias: Opti
 def _(x, w_packed, w_scale, bias):
     _check_dynamic_linear(x, w_packed, w_scale, bias)
     return x.new_empty((*x.shape[:-1], w_scale.shape[0]))
+
+
+# ---- low-bit weight-only: dequant_mm_int4 and lut_mm (layouts in quant/lowbit.py) -------------------
+def _check_lowbit_common(op, x, codes, codes_name, bits, bias, n_from):
+    check.float_input(op, "x", x)
+    check.dtype(op, codes_name, codes, (torch.uint8,))
+    check.ndim(op, codes_name, codes, 2)
+    k = x.shape[-1]
+    row_bytes = lowbit.packed_row_bytes(k, bits)
+    if codes.shape[1] != row_bytes:
+        raise ValueError(
+            f"slimkernels.{op}: {codes_name} has shape {tuple(codes.shape)} but x has K={k} features, which "
+            f"pack {bits}-bit codes into [N, {row_bytes}] bytes per row (see slimkernels.quant.lowbit)"
+        )
+    if codes.shape[0] != n_from:
+        raise ValueError(f"slimkernels.{op}: {codes_name} has N={codes.shape[0]} rows but its scales/codebook say N={n_from}")
+    if bias is not None:
+        check.dtype(op, "bias", bias, check.FLOAT_DTYPES)
+        check.shape(op, "bias", bias, (codes.shape[0],))
+
+
+def _check_dequant_int4(x, qweight, scales, zeros, group_size, bias):
+    op = "dequant_mm_int4"
+    k = x.shape[-1] if isinstance(x, Tensor) and x.dim() else 0
+    check.group_size(op, group_size, k)
+    check.dtype(op, "scales", scales, (torch.float32,))
+    check.ndim(op, "scales", scales, 2)
+    n = scales.shape[0]
+    _check_lowbit_common(op, x, qweight, "qweight", 4, bias, n)
+    groups = k // group_size if k else 0
+    check.shape(op, "scales", scales, (n, groups))
+    if zeros is not None:
+        check.dtype(op, "zeros", zeros, (torch.uint8,))
+        check.shape(op, "zeros", zeros, (n, groups))
+    check.same_device(op, x=x, qweight=qweight, scales=scales, zeros=zeros, bias=bias)
+
+
+@torch.library.custom_op(f"{LIB}::dequant_mm_int4", mutates_args=())
+def dequant_mm_int4(
+    x: Tensor, qweight: Tensor, scales: Tensor, zeros: Optional[Tensor], group_size: int, bias: Optional[Tensor]
+) -> Tensor:
+    """Weight-only int4 (W4A16): x [.., K] (float) @ dequantize_int4(qweight, scales, zeros).T + bias
+    -> [.., N] in x.dtype. zeros None = symmetric (zero point 8); group_size == K is per-channel."""
+    _check_dequant_int4(x, qweight, scales, zeros, group_size, bias)
+    return _dispatch_rows("dequant_mm_int4", x, qweight.shape[0], qweight, scales, zeros, group_size, bias)
+
+
+@dequant_mm_int4.register_fake
+def _(x, qweight, scales, zeros, group_size, bias):
+    _check_dequant_int4(x, qweight, scales, zeros, group_size, bias)
+    return x.new_empty((*x.shape[:-1], qweight.shape[0]))
+
+
+def _check_lut_mm(x, indices, codebook, bias):
+    op = "lut_mm"
+    check.dtype(op, "codebook", codebook, (torch.float32,))
+    check.ndim(op, "codebook", codebook, 2)
+    try:
+        bits = lowbit.bits_from_codebook(codebook.shape[1])
+    except ValueError as exc:
+        raise ValueError(f"slimkernels.{op}: codebook has shape {tuple(codebook.shape)}: {exc}") from None
+    n = indices.shape[0] if isinstance(indices, Tensor) and indices.dim() == 2 else -1
+    if codebook.shape[0] not in (1, n):
+        raise ValueError(
+            f"slimkernels.{op}: codebook must have 1 row (per layer) or N={n} rows (per output row), "
+            f"got shape {tuple(codebook.shape)}"
+        )
+    _check_lowbit_common(op, x, indices, "indices", bits, bias, n)
+    check.same_device(op, x=x, indices=indices, codebook=codebook, bias=bias)
+
+
+@torch.library.custom_op(f"{LIB}::lut_mm", mutates_args=())
+def lut_mm(x: Tensor, indices: Tensor, codebook: Tensor, bias: Optional[Tensor]) -> Tensor:
+    """Codebook (non-uniform) weights: x [.., K] @ codebook[row, indices].T + bias -> [.., N] in x.dtype.
+    The code width (2, 3 or 4 bits) is log2 of the codebook's length."""
+    _check_lut_mm(x, indices, codebook, bias)
+    return _dispatch_rows("lut_mm", x, indices.shape[0], indices, codebook, bias)
+
+
+@lut_mm.register_fake
+def _(x, indices, codebook, bias):
+    _check_lut_mm(x, indices, codebook, bias)
+    return x.new_empty((*x.shape[:-1], indices.shape[0]))
+
+
+# Autograd for both: the weights are frozen codes, so only x and bias get gradients (used by
+# distillation and fine-tuning around quantized layers). The weight is dequantized for the backward.
+def _lowbit_backward(dequantize, n_weight_args):
+    def setup(ctx, inputs, output):
+        ctx.k = inputs[0].shape[-1]
+        ctx.weight_args = inputs[1:1 + n_weight_args]
+        bias = inputs[-1]
+        ctx.bias_dtype = bias.dtype if bias is not None else None
+
+    def backward(ctx, grad):
+        w = dequantize(*ctx.weight_args, ctx.k)
+        grad_x = (grad.float() @ w).to(grad.dtype)
+        grad_bias = None if ctx.bias_dtype is None else _as_rows(grad).float().sum(0).to(ctx.bias_dtype)
+        return (grad_x,) + (None,) * n_weight_args + (grad_bias,)
+
+    return backward, setup
+
+
+_int4_backward, _int4_setup = _lowbit_backward(lowbit.dequantize_int4, 4)
+dequant_mm_int4.register_autograd(_int4_backward, setup_context=_int4_setup)
+_lut_backward, _lut_setup = _lowbit_backward(lowbit.dequantize_codebook, 2)
+lut_mm.register_autograd(_lut_backward, setup_context=_lut_setup)

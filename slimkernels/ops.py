@@ -72,7 +72,24 @@ def dequant_mm_int8(x: Tensor, qweight: Tensor, scales: Tensor, bias: Optional[T
     return _OPS.dequant_mm_int8(x, qweight, scales, bias)
 
 
+def dequant_mm_int4(
+    x: Tensor, qweight: Tensor, scales: Tensor, zeros: Optional[Tensor], group_size: int,
+    bias: Optional[Tensor] = None,
+) -> Tensor:
+    """Weight-only int4 (W4A16), group-wise: x [..., K] @ W.T + bias with
+    W[n, k] = (q[n, k] - zeros[n, g]) * scales[n, g], g = k // group_size (zeros None: 8).
+    qweight is uint8 [N, ceil(K/2)] (two codes a byte, low nibble first; see quant.lowbit)."""
+    return _OPS.dequant_mm_int4(x, qweight, scales, zeros, group_size, bias)
+
+
+def lut_mm(x: Tensor, indices: Tensor, codebook: Tensor, bias: Optional[Tensor] = None) -> Tensor:
+    """Codebook weights: x [..., K] @ W.T + bias with W[n, k] = codebook[n or 0, idx[n, k]].
+    indices are 2/3/4-bit codes packed as in quant.lowbit; codebook is float32 [1 or N, 2^bits]."""
+    return _OPS.lut_mm(x, indices, codebook, bias)
+
+
 __all__ = [
     "quantize_per_token_int8", "quantize_per_channel_int8", "int8_mm", "int8_scaled_mm",
     "int8_prepack", "int8_scaled_mm_packed", "int8_dynamic_linear", "dequant_mm_int8",
+    "dequant_mm_int4", "lut_mm",
 ]

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from ..quant import packing
+from ..quant import lowbit, packing
 from . import register
 from ._common import register_dynamic_linear
 
@@ -77,3 +77,22 @@ def dequant_mm_int8(x, qweight, scales, bias):
     if bias is not None:
         y = y + bias.float()
     return y.to(x.dtype)
+
+
+def _linear_f32(x, w, bias):
+    y = x.float() @ w.T
+    if bias is not None:
+        y = y + bias.float()
+    return y.to(x.dtype)
+
+
+@register("dequant_mm_int4", "reference", ALL_DEVICES)
+def dequant_mm_int4(x, qweight, scales, zeros, group_size, bias):
+    """x @ dequantize_int4(...).T + bias: weights dequantized in float32, the GEMM in float32."""
+    return _linear_f32(x, lowbit.dequantize_int4(qweight, scales, zeros, group_size, x.shape[1]), bias)
+
+
+@register("lut_mm", "reference", ALL_DEVICES)
+def lut_mm(x, indices, codebook, bias):
+    """x @ codebook[row, indices].T + bias, in float32, returned in x.dtype."""
+    return _linear_f32(x, lowbit.dequantize_codebook(indices, codebook, x.shape[1]), bias)
