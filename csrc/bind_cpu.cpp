@@ -11,6 +11,7 @@
 #include "slim/dequant_int8.h"
 #include "slim/dynamic_linear.h"
 #include "slim/int8_gemm.h"
+#include "slim/lowbit_gemm.h"
 #include "slim/quantize.h"
 #include "slim/thread_pool.h"
 
@@ -61,6 +62,19 @@ void int8_dynamic_linear(uintptr_t x, int64_t ldx, const std::string& x_kind, ui
   slim::int8_dynamic_linear(g, num_threads, i);
 }
 
+void lowbit_gemm(uintptr_t x, int64_t ldx, const std::string& x_kind, uintptr_t codes, int bits,
+                 const std::string& lut_kind, uintptr_t scales, uintptr_t zeros, int64_t group_size, uintptr_t codebook,
+                 int64_t codebook_rows, uintptr_t bias, uintptr_t y, int64_t ldy, int64_t M, int64_t N, int64_t K,
+                 int num_threads, const std::string& isa) {
+  slim::LowbitGemmArgs g{ptr<const void>(x), ldx, slim::parse_in_kind(x_kind, "x_kind"), ptr<const uint8_t>(codes),
+                         bits, slim::parse_lut_kind(lut_kind, "lut_kind"), ptr<const float>(scales),
+                         ptr<const uint8_t>(zeros), group_size, ptr<const float>(codebook), codebook_rows,
+                         ptr<const float>(bias), ptr<void>(y), ldy, M, N, K};
+  const slim::CpuIsa i = slim::resolve_isa(isa, "isa");
+  py::gil_scoped_release nogil;
+  slim::lowbit_gemm(g, num_threads, i);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -98,4 +112,13 @@ PYBIND11_MODULE(_C, m) {
         py::arg("K"), py::arg("num_threads"), py::arg("isa") = "",
         "W8A16: y[M, N] = (x[M, K] @ w[N, K].T) * scale[n] + bias[n] (bias 0 = none); x and y of x_kind "
         "'float32' | 'float16' | 'bfloat16', w int8 row-major, float32 accumulation, RNE output.");
+  m.def("lowbit_gemm", &lowbit_gemm, py::arg("x"), py::arg("ldx"), py::arg("x_kind"), py::arg("codes"),
+        py::arg("bits"), py::arg("lut_kind"), py::arg("scales"), py::arg("zeros"), py::arg("group_size"),
+        py::arg("codebook"), py::arg("codebook_rows"), py::arg("bias"), py::arg("y"), py::arg("ldy"), py::arg("M"),
+        py::arg("N"), py::arg("K"), py::arg("num_threads"), py::arg("isa") = "",
+        "Weight-only low-bit: y[M, N] = x[M, K] @ W.T + bias[n] (bias 0 = none) with W in the canonical "
+        "packed layouts of slimkernels.quant.lowbit: lut_kind 'int4' (codes uint8 [N, ceil(K/2)], scales "
+        "float32 [N, K/group_size], zeros uint8 or 0 = zero point 8; w = (q - z) * s) or 'codebook' "
+        "(bits-bit codes [N, ceil(K*bits/8)], codebook float32 [codebook_rows = 1 or N, 2^bits]). x and y "
+        "of x_kind 'float32' | 'float16' | 'bfloat16', float32 accumulation, RNE output.");
 }

@@ -8,19 +8,24 @@ from . import _native, ops
 from .backends import get_backend, set_backend, use_backend
 from .backends import register_all as _register_all  # noqa: F401
 from .compress import (
+    CodebookConfig,
     CompressionReport,
+    Int4WeightOnlyConfig,
     Int8DynamicConfig,
     Int8WeightOnlyConfig,
+    convert_,
     load,
+    prepare_qat_,
     quantize_,
     save,
 )
-from .nn import QuantLinear
+from .nn import FakeQuantLinear, QuantLinear
 
 __version__ = "0.1.0"
 info = _native.info
 
 __all__ = [
-    "ops", "QuantLinear", "quantize_", "Int8DynamicConfig", "Int8WeightOnlyConfig", "CompressionReport",
+    "ops", "QuantLinear", "FakeQuantLinear", "quantize_", "prepare_qat_", "convert_", "Int8DynamicConfig",
+    "Int8WeightOnlyConfig", "Int4WeightOnlyConfig", "CodebookConfig", "CompressionReport",
     "save", "load", "set_backend", "use_backend", "get_backend", "info", "__version__",
 ]

@@ -13,6 +13,10 @@ the weight stacks, the entry builders and the table from here):
                 torch._int_mm (int8 GEMM only, refuses M <= 16).
   quant_linear  end-to-end layers: QuantLinear w8a8 / w8a16 (default dispatch) against float
                 nn.Linear (fp32 on CPU, bf16 on GPU) and, on CPU, FBGEMM dynamic int8.
+  weight_only   low-bit layers: QuantLinear w4a16 (int4 g128, asymmetric) and 4-bit codebook
+                (per row) against float nn.Linear, torch's int4 weight-only kernel (tinygemm:
+                aten._weight_int4pack_mm[_for_cpu], g128) and our int8 paths (w8a8, and on CPU
+                FBGEMM dynamic int8), the comparison of the issue's goals.
 
 Method (BENCHMARKING.md): every case times a stack of layers with distinct weights whose int8
 copies together exceed the last-level cache (CPU L3) or L2 (GPU) several times over, cycling
@@ -60,8 +64,9 @@ GPU_M = (1, 4, 16, 32, 64, 128, 512, 2048, 8192)
 CPU_M_QUICK = (1, 32)
 GPU_M_QUICK = (1, 16, 128, 2048)
 
-SUITES = ("int8_mm", "quant_linear")
-SUITE_OP = {"int8_mm": "int8_scaled_mm_packed", "quant_linear": "QuantLinear"}
+SUITES = ("int8_mm", "quant_linear", "weight_only")
+SUITE_OP = {"int8_mm": "int8_scaled_mm_packed", "quant_linear": "QuantLinear", "weight_only": "QuantLinear (low-bit)"}
+LOWBIT_GROUP = 128  # the group size every weight_only entry uses (int4 ours and tinygemm)
 
 # The pure-torch reference of int8_scaled_mm_packed unpacks the weight and multiplies in int64
 # (~0.5 s for one 4096x4096 layer at M=1 on the 2-core CPU): it is timed only up to this many
@@ -372,6 +377,51 @@ class Stack:
 
         return self._get(("quant_linear", mode), lambda: [QuantLinear.from_float(l, mode) for l in self.float_linears()])
 
+    def lowbit_linears(self, mode: str) -> list[nn.Module]:
+        """QuantLinear w4a16 (RTN, g128, asymmetric) or codebook (4-bit, per row) layers. The
+        codebook's values do not change the time, so it is random rather than fitted (k-means on
+        hundreds of MB of weights would dominate the run)."""
+        from .compress import Int4WeightOnlyConfig
+        from .nn import QuantLinear
+
+        def build():
+            if mode == "w4a16":
+                return [QuantLinear.from_float(l, Int4WeightOnlyConfig(group_size=LOWBIT_GROUP)) for l in self.float_linears()]
+            gen = torch.Generator().manual_seed(7)
+            out = []
+            for b in self.biases:
+                codes = torch.randint(0, 16, (self.n, self.k), generator=gen, dtype=torch.uint8)
+                codebook = torch.randn(self.n, 16, generator=gen).sort(dim=1).values * 0.02
+                out.append(QuantLinear.from_codebook(codes.to(self.device), codebook.to(self.device), b))
+            return out
+
+        return self._get(("lowbit", mode), build)
+
+    def tinygemm(self) -> list[Callable]:
+        """torch's int4 weight-only kernel (aten._weight_int4pack_mm, _for_cpu on CPU), g128,
+        as functions of x; its weight layout is made by torch's own packing op."""
+
+        from .quant.lowbit import unpack_codes
+
+        def build():
+            out = []
+            for lin in self.lowbit_linears("w4a16"):
+                q = unpack_codes(lin.qweight, 4, self.k)
+                w_scale = lin.weight_scale
+                zeros = lin.weight_zero.float()
+                # tinygemm dequantizes w = (q - 8) * s + zero_point: our (q - z) * s means zero_point = (8 - z) * s.
+                sz = torch.stack([w_scale, (8 - zeros) * w_scale], dim=-1).transpose(0, 1).contiguous().to(torch.bfloat16)
+                if self.device == "cpu":
+                    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.to(torch.int32), 2)
+                    out.append(lambda x, p=packed, sz=sz: torch.ops.aten._weight_int4pack_mm_for_cpu(x, p, LOWBIT_GROUP, sz))
+                else:
+                    hi_lo = ((q[:, ::2] << 4) | q[:, 1::2]).contiguous()  # torch's order: even k in the high nibble
+                    packed = torch.ops.aten._convert_weight_to_int4pack(hi_lo, 8)
+                    out.append(lambda x, p=packed, sz=sz: torch.ops.aten._weight_int4pack_mm(x, p, LOWBIT_GROUP, sz))
+            return out
+
+        return self._get("tinygemm", build)
+
     def int_mm_weights(self) -> list[torch.Tensor]:
         """[K, N] column-major views of the int8 weights, the layout torch._int_mm wants."""
         return self._get("int_mm", lambda: [q.t() for q, _ in self.int8()])
@@ -479,6 +529,22 @@ def entry_specs(suite: str, device: str, n: int, k: int, m: int, include_referen
             specs.append(EntrySpec(suite, "fbgemm dyn int8", "fbgemm_dyn", "anchor"))
         else:
             specs.append(EntrySpec(suite, "bf16 nn.Linear", "bf16_linear", "anchor"))
+    elif suite == "weight_only":
+        for mode, op in (("w4a16", "dequant_mm_int4"), ("codebook", "lut_mm"), ("w8a8", "int8_dynamic_linear")):
+            impl = resolve(op, device)
+            specs.append(EntrySpec(suite, f"{mode}:{impl}", f"{mode}_{impl}", "ours", None,
+                                   _reference_skip(impl, n, k, m, include_reference)))
+            if impl == "native" and mode != "w8a8":
+                specs += [EntrySpec(suite, f"{mode}:native[{isa}]", f"{mode}_native_{isa}", "ours", None, isa=isa)
+                          for isa in lesser_isas(device)]
+        group_ok = None if k % LOWBIT_GROUP == 0 else f"K={k} is not a multiple of {LOWBIT_GROUP}"
+        if device == "cpu":
+            specs.append(EntrySpec(suite, "fp32 nn.Linear", "fp32_linear", "anchor"))
+            specs.append(EntrySpec(suite, "fbgemm dyn int8", "fbgemm_dyn", "anchor"))
+            specs.append(EntrySpec(suite, "tinygemm int4 (bf16)", "tinygemm", "anchor", skip=group_ok))
+        else:
+            specs.append(EntrySpec(suite, "bf16 nn.Linear", "bf16_linear", "anchor"))
+            specs.append(EntrySpec(suite, "tinygemm int4", "tinygemm", "anchor", skip=group_ok))
     else:
         raise ValueError(f"unknown suite {suite!r}; expected one of {SUITES}")
     return specs
@@ -523,6 +589,24 @@ def build_entry(spec: EntrySpec, stack: Stack, m: int) -> Entry:
             return Entry(spec, calls, fsize * (m * k + n * k + m * n + n), macs2)
         if name == "fbgemm_dyn":
             return Entry(spec, [functools.partial(l, x) for l in stack.fbgemm(bias=True)], 4 * m * k + n * k + 8 * n + 4 * m * n, macs2)
+    elif spec.suite == "weight_only":
+        mode = name.split("_", 1)[0]
+        if mode in ("w4a16", "codebook"):
+            calls = [functools.partial(l, x) for l in stack.lowbit_linears(mode)]
+            meta = 5 * n * (k // LOWBIT_GROUP) if mode == "w4a16" else 64 * n  # scales + zeros / the codebook rows
+            return Entry(spec, calls, fsize * (m * k + m * n) + n * ((k + 1) // 2) + meta + 4 * n, macs2)
+        if mode == "w8a8":
+            calls = [functools.partial(l, x) for l in stack.quant_linears("w8a8")]
+            return Entry(spec, calls, fsize * (m * k + m * n) + n * k + 8 * n, macs2)
+        if name in ("fp32_linear", "bf16_linear"):
+            calls = [functools.partial(l, x) for l in stack.float_linears()]
+            return Entry(spec, calls, fsize * (m * k + n * k + m * n + n), macs2)
+        if name == "fbgemm_dyn":
+            return Entry(spec, [functools.partial(l, x) for l in stack.fbgemm(bias=True)], 4 * m * k + n * k + 8 * n + 4 * m * n, macs2)
+        if name == "tinygemm":
+            xb = x.to(torch.bfloat16)
+            calls = [functools.partial(f, xb) for f in stack.tinygemm()]
+            return Entry(spec, calls, 2 * (m * k + m * n) + n * k // 2 + 4 * n * (k // LOWBIT_GROUP), macs2)
     raise ValueError(f"no builder for entry {spec.suite}/{spec.id}")
 
 

@@ -15,14 +15,23 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import Int8DynamicConfig, Int8WeightOnlyConfig, load, quantize_, save
+from . import (CodebookConfig, Int4WeightOnlyConfig, Int8DynamicConfig, Int8WeightOnlyConfig, convert_, load,
+               prepare_qat_, quantize_, save)
 from .compress import module_bytes
 
+# The first layer has 64 inputs, so int4 groups are 64 wide (128 would leave it in float).
+INT4_RTN = Int4WeightOnlyConfig(group_size=64)
 MODES = {
     "float32": None,
     "int8 dynamic (W8A8)": Int8DynamicConfig(),
     "int8 weight-only (W8A16)": Int8WeightOnlyConfig(),
+    "int4 g64 RTN (W4A16)": INT4_RTN,
+    "int4 g64 GPTQ (W4A16)": Int4WeightOnlyConfig(group_size=64, method="gptq"),
+    "int4 g64 QAT, 2 epochs": "qat",
+    "4-bit k-means codebook": CodebookConfig(bits=4, codebook="kmeans"),
+    "2-bit k-means codebook": CodebookConfig(bits=2, codebook="kmeans"),
 }
+QAT_EPOCHS = 2
 
 
 def load_digits_split(seed: int):
@@ -45,10 +54,10 @@ def build_model(hidden: int) -> nn.Module:
     )
 
 
-def train(model, x, y, epochs: int, seed: int, progress: bool):
+def train(model, x, y, epochs: int, seed: int, progress: bool, lr: float = 2e-3, desc: str = "training float model"):
     torch.manual_seed(seed)
-    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
-    for _ in tqdm(range(epochs), desc="training float model", unit="epoch", disable=not progress):
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    for _ in tqdm(range(epochs), desc=desc, unit="epoch", disable=not progress):
         for idx in torch.randperm(len(x)).split(128):
             opt.zero_grad()
             nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
@@ -78,10 +87,15 @@ def run(epochs: int = 8, hidden: int = 512, seed: int = 0, progress: bool = True
     torch.manual_seed(seed)
     float_model = train(build_model(hidden), x_train, y_train, epochs, seed, progress)
     rows = []
+    calibration = list(x_train.split(256))
     for name, config in MODES.items():
         model = copy.deepcopy(float_model)
-        if config is not None:
-            quantize_(model, config, progress=False)
+        if config == "qat":  # fine-tune through int4 fake quantization, then convert
+            prepare_qat_(model, INT4_RTN)
+            train(model.train(), x_train, y_train, QAT_EPOCHS, seed, progress, lr=2e-4, desc="QAT fine-tuning")
+            convert_(model, progress=False)
+        elif config is not None:
+            quantize_(model, config, progress=False, calibration=calibration)
         rows.append({
             "mode": name,
             "accuracy": accuracy(model, x_test, y_test),
@@ -108,11 +122,11 @@ def run(epochs: int = 8, hidden: int = 512, seed: int = 0, progress: bool = True
 
 
 def format_table(rows: list[dict], n_test: int) -> str:
-    head = f"{'mode':<26}{'accuracy':>9}{'size':>11}{'smaller':>8}{'batch ' + str(n_test):>12}{'speed-up':>9}{'batch 1':>10}{'speed-up':>9}"
+    head = f"{'mode':<28}{'accuracy':>9}{'size':>11}{'smaller':>8}{'batch ' + str(n_test):>12}{'speed-up':>9}{'batch 1':>10}{'speed-up':>9}"
     lines = [head, "-" * len(head)]
     for r in rows:
         lines.append(
-            f"{r['mode']:<26}{r['accuracy'] * 100:>8.1f}%{r['size_bytes'] / 1e6:>8.2f} MB{r['smaller']:>7.2f}x"
+            f"{r['mode']:<28}{r['accuracy'] * 100:>8.1f}%{r['size_bytes'] / 1e6:>8.2f} MB{r['smaller']:>7.2f}x"
             f"{r['latency_ms_batch']:>9.2f} ms{r['speedup_batch']:>8.2f}x{r['latency_ms_1']:>7.3f} ms{r['speedup_1']:>8.2f}x"
         )
     return "\n".join(lines)

@@ -9,7 +9,7 @@ import os
 import torch
 
 from .. import _native
-from ..quant import packing
+from ..quant import lowbit, packing
 from . import reference, register
 from ._common import KIND, f32, ptr, register_native_gemm
 
@@ -92,3 +92,40 @@ def dequant_mm_int8(x, qweight, scales, bias):
         ptr(bias), y.data_ptr(), n, m, n, k, _threads(), _isa(),
     )
     return y
+
+
+def _lowbit_gemm(x, codes, bits, lut_kind, n, *, scales=None, zeros=None, group_size=0, codebook=None, bias=None):
+    """The one call into the native low-bit kernel (int4 and codebooks share it); x [M, K] validated
+    by the op. Empty problems too: M or N = 0 write nothing, K = 0 gives the bias (the reference's
+    unpack_codes cannot take N = 0)."""
+    C = _native.require_cpu()
+    m, k = x.shape
+    # Row-strided views are read in place; the stride of a single row means nothing (torch may report any).
+    if x.stride(1) != 1 or (m > 1 and x.stride(0) < k):
+        x = x.contiguous()
+    ldx = x.stride(0) if m > 1 else k
+    codes = codes.contiguous()
+    scales, codebook, bias = f32(scales), f32(codebook), f32(bias)
+    zeros = None if zeros is None else zeros.contiguous()
+    y = torch.empty((m, n), dtype=x.dtype)
+    C.lowbit_gemm(
+        x.data_ptr(), ldx, KIND[x.dtype], codes.data_ptr(), bits, lut_kind, ptr(scales), ptr(zeros), group_size,
+        ptr(codebook), 0 if codebook is None else codebook.shape[0], ptr(bias), y.data_ptr(), n, m, n, k,
+        _threads(), _isa(),
+    )
+    return y
+
+
+@register("dequant_mm_int4", "native", ("cpu",))
+def dequant_mm_int4(x, qweight, scales, zeros, group_size, bias):
+    """W4A16 group-wise: x [M, K] @ dequantize_int4(...).T + bias, in x.dtype (layouts: quant/lowbit.py)."""
+    return _lowbit_gemm(x, qweight, 4, "int4", qweight.shape[0], scales=scales, zeros=zeros, group_size=group_size,
+                        bias=bias)
+
+
+@register("lut_mm", "native", ("cpu",))
+def lut_mm(x, indices, codebook, bias):
+    """Codebook weights (2/3/4-bit codes, per-layer or per-row codebook): x @ W.T + bias, in x.dtype."""
+    bits = lowbit.bits_from_codebook(codebook.shape[1])
+    return _lowbit_gemm(x, indices, bits, "codebook", indices.shape[0], group_size=x.shape[1], codebook=codebook,
+                        bias=bias)

@@ -60,3 +60,24 @@ def dequant_mm_int8(x, qweight, scales, bias):
         return reference.dequant_mm_int8(x, qweight, scales, bias)
     return launch(x.contiguous(), qweight.contiguous(), scales.contiguous(),
                   None if bias is None else bias.contiguous())
+
+
+@register("dequant_mm_int4", "triton", DEVICES)
+def dequant_mm_int4(x, qweight, scales, zeros, group_size, bias):
+    from ..triton.lowbit_mm import dequant_mm_int4 as launch
+
+    if is_empty_problem(x, qweight.shape[0]):
+        return reference.dequant_mm_int4(x, qweight, scales, zeros, group_size, bias)
+    return launch(x.contiguous(), qweight.contiguous(), scales.contiguous(),
+                  None if zeros is None else zeros.contiguous(), group_size,
+                  None if bias is None else bias.contiguous())
+
+
+@register("lut_mm", "triton", DEVICES)
+def lut_mm(x, indices, codebook, bias):
+    from ..triton.lowbit_mm import lut_mm as launch
+
+    if is_empty_problem(x, indices.shape[0]):
+        return reference.lut_mm(x, indices, codebook, bias)
+    return launch(x.contiguous(), indices.contiguous(), codebook.contiguous(),
+                  None if bias is None else bias.contiguous())

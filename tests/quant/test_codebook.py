@@ -1,0 +1,202 @@
+"""Codebook quantization (slimkernels.quant.codebook): k-means, NF4 and power-of-two codebooks,
+nearest-entry assignment, and the canonical codebook layout of slimkernels.quant.lowbit."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from slimkernels.quant import codebook as cbk
+from slimkernels.quant import lowbit
+from slimkernels.testing import DEVICES
+
+# QLoRA's NF4 levels as printed in bitsandbytes (functional.py) and the QLoRA paper, appendix E.
+NF4_PUBLISHED = [
+    -1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453, -0.28444138169288635,
+    -0.18477343022823334, -0.09105003625154495, 0.0, 0.07958029955625534, 0.16093020141124725,
+    0.24611230194568634, 0.33791524171829224, 0.44070982933044434, 0.5626170039176941, 0.7229568362236023, 1.0,
+]
+
+
+def _sse(w, codes, codebook):
+    return float(((_decode(codes, codebook) - w.float()) ** 2).sum())
+
+
+def _decode(codes, codebook):
+    return torch.gather(codebook.expand(codes.shape[0], -1), 1, codes.long())
+
+
+def _brute_nearest(w, codebook):
+    """Nearest entry by full distance table; the smallest value among equally near entries."""
+    cb = codebook.expand(w.shape[0], -1)
+    dist = (w.float()[:, :, None] - cb[:, None, :]).abs()
+    best = dist.min(-1, keepdim=True).values
+    value = torch.where(dist == best, cb[:, None, :], torch.inf).min(-1).values
+    return value
+
+
+def _check_result(w, codes, codebook, bits, per):
+    n, k = w.shape
+    assert codes.dtype == torch.uint8 and codes.shape == (n, k)
+    assert codebook.dtype == torch.float32 and codebook.shape == ((n if per == "row" else 1), 1 << bits)
+    assert bool(torch.isfinite(codebook).all())
+    if codes.numel():
+        assert int(codes.max()) < 1 << bits
+    # the canonical layout decodes to the same weights
+    torch.testing.assert_close(lowbit.dequantize_codebook(lowbit.pack_codes(codes, bits), codebook, k),
+                               _decode(codes, codebook), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("per", ["row", "layer"])
+def test_assign_codes_is_nearest_entry(device, per):
+    gen = torch.Generator().manual_seed(0)
+    w = torch.randn(9, 77, generator=gen)
+    cb = torch.randn(9 if per == "row" else 1, 16, generator=gen)
+    cb[:, 3] = cb[:, 7]  # duplicate entries
+    w[0, :16] = cb[0 if per == "layer" else 0]  # weights exactly on entries
+    codes = cbk.assign_codes(w.to(device), cb.to(device)).cpu()
+    torch.testing.assert_close(_decode(codes, cb), _brute_nearest(w, cb), rtol=0, atol=0)
+
+
+def test_assign_codes_ties_go_to_the_smaller_entry():
+    cb = torch.tensor([[2.0, -1.0, 1.0, 0.0]])
+    w = torch.tensor([[0.5, -0.5, 1.5, 5.0, -5.0]])
+    assert cbk.assign_codes(w, cb).tolist() == [[3, 1, 2, 0, 1]]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("bits", [2, 3, 4])
+@pytest.mark.parametrize("per", ["row", "layer"])
+def test_kmeans_beats_uniform_levels_and_is_deterministic(device, bits, per):
+    gen = torch.Generator().manual_seed(bits)
+    w = (torch.randn(24, 200, generator=gen) * torch.rand(24, 1, generator=gen)).to(device)
+    codes, cb = cbk.kmeans_codebook(w, bits, per=per)
+    _check_result(w.cpu(), codes.cpu(), cb.cpu(), bits, per)
+    again = cbk.kmeans_codebook(w, bits, per=per)
+    assert torch.equal(codes, again[0]) and torch.equal(cb, again[1])
+    assert bool((cb[:, 1:] >= cb[:, :-1]).all())  # ascending
+    # codes are the nearest entries of the returned codebook
+    torch.testing.assert_close(_decode(codes, cb).cpu(), _brute_nearest(w.cpu(), cb.cpu()), rtol=0, atol=0)
+    # RTN-like baseline: 2^bits evenly spaced levels over [min, max] of the row / layer
+    data = w if per == "row" else w.reshape(1, -1)
+    lo, hi = data.amin(1, keepdim=True), data.amax(1, keepdim=True)
+    uniform = lo + (hi - lo) * torch.linspace(0, 1, 1 << bits, device=device)
+    uni_sse = _sse(w, cbk.assign_codes(w, uniform), uniform)
+    assert _sse(w, codes, cb) < 0.9 * uni_sse
+
+
+def test_kmeans_finds_well_separated_clusters():
+    gen = torch.Generator().manual_seed(7)
+    centers = torch.tensor([-5.0, -1.0, 2.0, 9.0])
+    w = (centers[torch.randint(0, 4, (6, 300), generator=gen)] + torch.randn(6, 300, generator=gen) * 0.01)
+    w[:, :4] = centers  # every cluster present in every row
+    codes, cb = cbk.kmeans_codebook(w, 2, per="row")
+    torch.testing.assert_close(cb, centers.expand(6, 4), atol=0.01, rtol=0)
+
+
+def test_kmeans_seed_changes_only_restarts():
+    w = torch.randn(16, 128, generator=torch.Generator().manual_seed(3))
+    a = cbk.kmeans_codebook(w, 3, seed=0)
+    b = cbk.kmeans_codebook(w, 3, seed=1)
+    assert abs(_sse(w, *a) - _sse(w, *b)) < 0.05 * _sse(w, *a)
+
+
+@pytest.mark.parametrize("per", ["row", "layer"])
+def test_kmeans_degenerate_rows(per):
+    w = torch.randn(6, 40)
+    w[0] = 0.0  # constant zero row
+    w[1] = 3.5  # constant row
+    w[2] = torch.tensor([1.0, -2.0]).repeat(20)  # fewer distinct values than entries
+    w[3, :] = 1e-3
+    w[3, 7] = -1e30  # an outlier far beyond the rest of the row
+    w[4] = torch.linspace(-1, 1, 40) * 3e38  # float32 sums overflow
+    codes, cb = cbk.kmeans_codebook(w, 4, per=per)
+    _check_result(w, codes, cb, 4, per)
+    deq = _decode(codes, cb)
+    assert bool(torch.isfinite(deq).all())
+    if per == "row":
+        assert bool((deq[:3] == w[:3]).all())  # at most 16 distinct values: exact
+        assert deq[3, 7] == -1e30 and bool(((deq[3] - w[3]).abs() < 1e-6).all())
+
+
+def test_kmeans_tiny_and_empty_inputs():
+    for n, k in [(1, 1), (1, 3), (5, 2)]:
+        w = torch.randn(n, k)
+        codes, cb = cbk.kmeans_codebook(w, 3)
+        _check_result(w, codes, cb, 3, "row")
+        torch.testing.assert_close(_decode(codes, cb), w, rtol=0, atol=0)
+    codes, cb = cbk.kmeans_codebook(torch.randn(0, 8), 2)
+    assert codes.shape == (0, 8) and cb.shape == (0, 4)
+
+
+def test_kmeans_layer_subsample(monkeypatch):
+    monkeypatch.setattr(cbk, "KMEANS_MAX_SAMPLES", 1000)
+    w = torch.randn(40, 100, generator=torch.Generator().manual_seed(9))
+    codes, cb = cbk.kmeans_codebook(w, 3, per="layer", seed=4)
+    _check_result(w, codes, cb, 3, "layer")
+    assert torch.equal(cb, cbk.kmeans_codebook(w, 3, per="layer", seed=4)[1])
+
+
+def test_nf4_levels_match_qlora():
+    levels = cbk.NF4_LEVELS
+    torch.testing.assert_close(levels, torch.tensor(NF4_PUBLISHED), rtol=0, atol=1e-6)
+    assert levels.dtype == torch.float32 and levels[7].item() == 0.0
+    assert levels[0].item() == -1.0 and levels[-1].item() == 1.0
+
+
+@pytest.mark.parametrize("per", ["row", "layer"])
+def test_nf4_codebook(per):
+    gen = torch.Generator().manual_seed(11)
+    w = torch.randn(10, 64, generator=gen) * torch.rand(10, 1, generator=gen)
+    w[3] = 0
+    codes, cb = cbk.nf4_codebook(w, per=per)
+    _check_result(w, codes, cb, 4, per)
+    data = w if per == "row" else w.reshape(1, -1)
+    amax = data.abs().amax(1, keepdim=True)
+    amax = torch.where(amax > 0, amax, torch.ones_like(amax))
+    torch.testing.assert_close(cb, amax * cbk.NF4_LEVELS, rtol=0, atol=0)
+    torch.testing.assert_close(_decode(codes, cb), _brute_nearest(w, cb), rtol=0, atol=0)
+    assert bool((_decode(codes, cb)[3] == 0).all())
+
+
+def test_pow2_levels_as_documented():
+    assert cbk.pow2_levels(2).tolist() == [-1.0, 0.0, 0.5, 1.0]
+    assert cbk.pow2_levels(3).tolist() == [-1.0, -0.5, -0.25, 0.0, 0.125, 0.25, 0.5, 1.0]
+    mags = [2.0 ** -i for i in range(7)]
+    assert cbk.pow2_levels(4).tolist() == sorted([-m for m in mags] + [0.0, 2.0 ** -7] + mags)
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4])
+@pytest.mark.parametrize("per", ["row", "layer"])
+def test_pow2_codebook(bits, per):
+    gen = torch.Generator().manual_seed(bits)
+    w = torch.randn(7, 33, generator=gen).to(torch.float16)
+    codes, cb = cbk.pow2_codebook(w, bits, per=per)
+    _check_result(w, codes, cb, bits, per)
+    data = w.float() if per == "row" else w.float().reshape(1, -1)
+    torch.testing.assert_close(cb, data.abs().amax(1, keepdim=True) * cbk.pow2_levels(bits), rtol=0, atol=0)
+    torch.testing.assert_close(_decode(codes, cb), _brute_nearest(w, cb), rtol=0, atol=0)
+
+
+def test_fit_codebook_dispatch_and_errors():
+    w = torch.randn(4, 32)
+    for kind, bits in [("kmeans", 2), ("nf4", 4), ("pow2", 3)]:
+        codes, cb = cbk.fit_codebook(w, bits, kind, per="layer")
+        _check_result(w, codes, cb, bits, "layer")
+    assert torch.equal(cbk.fit_codebook(w, 4, "nf4")[1], cbk.nf4_codebook(w)[1])
+    with pytest.raises(ValueError, match="bits=4"):
+        cbk.fit_codebook(w, 3, "nf4")
+    with pytest.raises(ValueError, match="kind must be one of"):
+        cbk.fit_codebook(w, 4, "lloyd-max")
+    with pytest.raises(ValueError, match="bits must be one of"):
+        cbk.fit_codebook(w, 8, "kmeans")
+    with pytest.raises(ValueError, match="per must be"):
+        cbk.kmeans_codebook(w, 2, per="column")
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        cbk.pow2_codebook(w.masked_fill(w > 0, float("nan")), 2)
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        cbk.kmeans_codebook(w.masked_fill(w > 1, float("inf")), 2)
+    with pytest.raises(ValueError, match="codebook must be"):
+        cbk.assign_codes(w, torch.randn(3, 4))
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        cbk.assign_codes(w, torch.tensor([[0.0, float("nan")]]))
