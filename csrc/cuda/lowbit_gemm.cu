@@ -67,18 +67,8 @@ struct LowbitWeights {
   int cb_rows;
 };
 
-__device__ __forceinline__ float to_float(float v) { return v; }
-__device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
-__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
-
-template <typename T>
-__device__ __forceinline__ T from_float(float v);
-template <>
-__device__ __forceinline__ float from_float<float>(float v) { return v; }
-template <>
-__device__ __forceinline__ __half from_float<__half>(float v) { return __float2half_rn(v); }
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+using cuda_detail::from_float;
+using cuda_detail::to_float;
 
 // Code j of a span held as BITS little-endian 32-bit words (j is a constant after unrolling, so
 // the shifts fold; a 3-bit code may straddle two words).

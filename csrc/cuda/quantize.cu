@@ -25,9 +25,7 @@ using cuda_detail::throw_invalid;
 
 constexpr int kWarpsPerBlock = 4;
 
-__device__ __forceinline__ float to_float(float v) { return v; }
-__device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
-__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
+using cuda_detail::to_float;
 
 // clamp(rint(x / scale), -127, 127); cvt.rni saturates +-inf to INT_MAX/INT_MIN, NaN to 0.
 __device__ __forceinline__ int8_t quantize_one(float x, float scale) {
