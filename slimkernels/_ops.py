@@ -154,6 +154,25 @@ def _(a, a_scale, b_packed, b_scale, bias, out_dtype):
     return a.new_empty((a.shape[0], b_scale.shape[0]), dtype=out_dtype)
 
 
+# Autograd of the weight-only ops: the weights are frozen integers or codes, so only x and bias get
+# gradients (distillation and fine-tuning around quantized layers); the backward dequantizes the weight
+# with `dequantize(*weight_args, K)`.
+def _weight_only_autograd(dequantize, n_weight_args):
+    def setup(ctx, inputs, output):
+        ctx.k = inputs[0].shape[-1]
+        ctx.weight_args = inputs[1:1 + n_weight_args]
+        bias = inputs[-1]
+        ctx.bias_dtype = bias.dtype if bias is not None else None
+
+    def backward(ctx, grad):
+        w = dequantize(*ctx.weight_args, ctx.k)
+        grad_x = (grad.float() @ w).to(grad.dtype)
+        grad_bias = None if ctx.bias_dtype is None else _as_rows(grad).float().sum(0).to(ctx.bias_dtype)
+        return (grad_x,) + (None,) * n_weight_args + (grad_bias,)
+
+    return backward, setup
+
+
 # ---- dequant_mm_int8 (W8A16) -----------------------------------------------------------------------
 def _check_dequant_int8(x, qweight, scales, bias):
     op = "dequant_mm_int8"
@@ -185,23 +204,12 @@ def _(x, qweight, scales, bias):
     return x.new_empty((*x.shape[:-1], qweight.shape[0]))
 
 
-def _dequant_mm_int8_setup(ctx, inputs, output):
-    _, qweight, scales, bias = inputs
-    ctx.bias_dtype = bias.dtype if bias is not None else None
-    ctx.save_for_backward(qweight, scales)
+def _dequantize_int8(qweight, scales, _k):
+    return qweight.float() * scales[:, None]
 
 
-def _dequant_mm_int8_backward(ctx, grad):
-    qweight, scales = ctx.saved_tensors
-    # d/dx of x @ (q * s).T is grad @ (q * s): the weights are frozen integers, so only x gets a grad.
-    grad_x = (grad.float() * scales) @ qweight.float()
-    grad_bias = None
-    if ctx.bias_dtype is not None:
-        grad_bias = _as_rows(grad).float().sum(0).to(ctx.bias_dtype)
-    return grad_x.to(grad.dtype), None, None, grad_bias
-
-
-dequant_mm_int8.register_autograd(_dequant_mm_int8_backward, setup_context=_dequant_mm_int8_setup)
+_int8_backward, _int8_setup = _weight_only_autograd(_dequantize_int8, 2)
+dequant_mm_int8.register_autograd(_int8_backward, setup_context=_int8_setup)
 
 
 # ---- int8_dynamic_linear (W8A8 in one op) ----------------------------------------------------------
@@ -315,25 +323,7 @@ def _(x, indices, codebook, bias):
     return x.new_empty((*x.shape[:-1], indices.shape[0]))
 
 
-# Autograd for both: the weights are frozen codes, so only x and bias get gradients (used by
-# distillation and fine-tuning around quantized layers). The weight is dequantized for the backward.
-def _lowbit_backward(dequantize, n_weight_args):
-    def setup(ctx, inputs, output):
-        ctx.k = inputs[0].shape[-1]
-        ctx.weight_args = inputs[1:1 + n_weight_args]
-        bias = inputs[-1]
-        ctx.bias_dtype = bias.dtype if bias is not None else None
-
-    def backward(ctx, grad):
-        w = dequantize(*ctx.weight_args, ctx.k)
-        grad_x = (grad.float() @ w).to(grad.dtype)
-        grad_bias = None if ctx.bias_dtype is None else _as_rows(grad).float().sum(0).to(ctx.bias_dtype)
-        return (grad_x,) + (None,) * n_weight_args + (grad_bias,)
-
-    return backward, setup
-
-
-_int4_backward, _int4_setup = _lowbit_backward(lowbit.dequantize_int4, 4)
+_int4_backward, _int4_setup = _weight_only_autograd(lowbit.dequantize_int4, 4)
 dequant_mm_int4.register_autograd(_int4_backward, setup_context=_int4_setup)
-_lut_backward, _lut_setup = _lowbit_backward(lowbit.dequantize_codebook, 2)
+_lut_backward, _lut_setup = _weight_only_autograd(lowbit.dequantize_codebook, 2)
 lut_mm.register_autograd(_lut_backward, setup_context=_lut_setup)

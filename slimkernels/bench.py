@@ -579,25 +579,15 @@ def build_entry(spec: EntrySpec, stack: Stack, m: int) -> Entry:
             a = torch.randint(-127, 128, (m, k), generator=gen, device=dev, dtype=torch.int8)
             calls = [functools.partial(torch._int_mm, a, w) for w in stack.int_mm_weights()]
             return Entry(spec, calls, m * k + n * k + 4 * m * n, macs2)
-    elif spec.suite == "quant_linear":
-        if name.startswith(("w8a8_", "w8a16_")):
-            mode = name.split("_", 1)[0]
+    elif spec.suite in ("quant_linear", "weight_only"):  # whole layers (with bias) of every kind
+        mode = name.split("_", 1)[0]
+        if mode in ("w8a8", "w8a16"):
             calls = [functools.partial(l, x) for l in stack.quant_linears(mode)]
             return Entry(spec, calls, fsize * (m * k + m * n) + n * k + 8 * n, macs2)
-        if name in ("fp32_linear", "bf16_linear"):
-            calls = [functools.partial(l, x) for l in stack.float_linears()]
-            return Entry(spec, calls, fsize * (m * k + n * k + m * n + n), macs2)
-        if name == "fbgemm_dyn":
-            return Entry(spec, [functools.partial(l, x) for l in stack.fbgemm(bias=True)], 4 * m * k + n * k + 8 * n + 4 * m * n, macs2)
-    elif spec.suite == "weight_only":
-        mode = name.split("_", 1)[0]
         if mode in ("w4a16", "codebook"):
             calls = [functools.partial(l, x) for l in stack.lowbit_linears(mode)]
             meta = 5 * n * (k // LOWBIT_GROUP) if mode == "w4a16" else 64 * n  # scales + zeros / the codebook rows
             return Entry(spec, calls, fsize * (m * k + m * n) + n * ((k + 1) // 2) + meta + 4 * n, macs2)
-        if mode == "w8a8":
-            calls = [functools.partial(l, x) for l in stack.quant_linears("w8a8")]
-            return Entry(spec, calls, fsize * (m * k + m * n) + n * k + 8 * n, macs2)
         if name in ("fp32_linear", "bf16_linear"):
             calls = [functools.partial(l, x) for l in stack.float_linears()]
             return Entry(spec, calls, fsize * (m * k + n * k + m * n + n), macs2)
