@@ -30,6 +30,7 @@ struct ScalarPolicy {
   struct Lut { float t[16]; };
   static V zero() { return 0.f; }
   static V loadx(const float* p) { return *p; }
+  static void storew(float* p, V v) { *p = v; }
   static V fma(V a, V b, V c) { return c + a * b; }
   static V add(V a, V b) { return a + b; }
   static V masked(V w, const uint32_t* mask) { return *mask ? w : 0.f; }

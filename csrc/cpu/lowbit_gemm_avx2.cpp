@@ -19,6 +19,7 @@ struct Avx2Policy {
   struct Lut { __m256 lo, hi; };
   static V zero() { return _mm256_setzero_ps(); }
   static V loadx(const float* p) { return _mm256_loadu_ps(p); }
+  static void storew(float* p, V v) { _mm256_storeu_ps(p, v); }
   static V fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
   static V add(V a, V b) { return _mm256_add_ps(a, b); }
   static V masked(V w, const uint32_t* mask) {

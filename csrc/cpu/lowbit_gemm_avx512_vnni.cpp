@@ -19,6 +19,7 @@ struct Avx512Policy {
   using Lut = __m512;
   static V zero() { return _mm512_setzero_ps(); }
   static V loadx(const float* p) { return _mm512_loadu_ps(p); }
+  static void storew(float* p, V v) { _mm512_storeu_ps(p, v); }
   static V fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
   static V add(V a, V b) { return _mm512_add_ps(a, b); }
   static V masked(V w, const uint32_t* mask) {

@@ -17,6 +17,7 @@
 #include "slim/cpu_convert.h"
 #include "slim/cpu_isa.h"
 #include "slim/quantize.h"  // InKind, parse_in_kind
+#include "slim/scratch.h"
 
 namespace slim {
 
@@ -94,12 +95,13 @@ inline void lowbit_store(const LowbitGemmArgs& g, int64_t m, int64_t n, float ac
 
 // ---- the tile loop every ISA shares, over an ISA policy P ----------------------------------------
 // P provides: V (float vector of P::kLanes lanes), kMaxAcc (accumulators that fit in registers),
-// zero(), loadx(const float*), fma(a, b, c), add(a, b),
+// zero(), loadx(const float*), storew(float*, V), fma(a, b, c), add(a, b),
 // masked(V, const uint32_t* lane_mask), hsum(V), Lut + lut(const float* table16) and
 // lut_int4(s, z) (the int4 table: (c - z) * s in float32 for c = 0..15), and
 // Codes<BITS> with kSubs, kChunkBytes, kLoadBytes, Raw load(const uint8_t*), V weight<s>(Raw, Lut).
-// Output tile: MR activation rows x NR weight rows, one vector accumulator each, over all of K;
-// each weight chunk is decoded once and used for the MR rows.
+// Output tile: MR activation rows x NR weight rows, one vector accumulator each (two when registers
+// allow), over all of K, reduced horizontally once. Small M decodes each weight chunk once per tile and
+// uses it for the MR rows; larger M decodes NR rows once per block (see block()).
 template <class P, int BITS>
 struct LowbitTiles {
   using C = typename P::template Codes<BITS>;
@@ -123,17 +125,11 @@ struct LowbitTiles {
     }
   }
 
-  template <int MR, int NR, int A, int... Ss>
-  static inline void chunk(const uint8_t* const (&rows)[NR], const typename P::Lut (&lut)[NR], const float* x,
-                           int64_t ldxp, typename P::V (&acc)[MR][NR][A], const uint32_t* mask) {
-    typename C::Raw raw[NR];
-    for (int j = 0; j < NR; ++j) raw[j] = C::load(rows[j]);
-    (sub_fma<Ss, MR, NR, A>(raw, lut, x, ldxp, acc, mask), ...);
-  }
-
-  template <int MR, int NR, size_t... Ss>
-  static void tile_impl(const LowbitGemmArgs& g, const float* xp, int64_t ldxp, int64_t m0, int64_t n0,
-                        std::index_sequence<Ss...>) {
+  // Walks rows [n0, n0 + NR) of codes chunk by chunk, calling f(c, raw[NR], lut[NR], mask) with the
+  // chunk's loaded codes, the tables in force and, for chunks at a row's end, the lane mask of the
+  // codes below K (else nullptr).
+  template <int NR, class F>
+  static inline void walk(const LowbitGemmArgs& g, int64_t n0, F&& f) {
     const int64_t K = g.K, rb = lowbit_row_bytes(g);
     const int64_t nchunks = (K + kCK - 1) / kCK;
     const int64_t groups = g.kind == LutKind::kInt4 ? K / g.group_size : 1;
@@ -143,12 +139,6 @@ struct LowbitTiles {
     while (nsafe > 0 && (nsafe - 1) * C::kChunkBytes + C::kLoadBytes > rb) --nsafe;
     const uint8_t* base[NR];
     for (int j = 0; j < NR; ++j) base[j] = g.codes + (n0 + j) * rb;
-    const float* x = xp + m0 * ldxp;
-    constexpr int A = kSets<MR, NR>;
-    typename P::V acc[MR][NR][A];
-    for (int i = 0; i < MR; ++i)
-      for (int j = 0; j < NR; ++j)
-        for (int a = 0; a < A; ++a) acc[i][j][a] = P::zero();
     typename P::Lut lut[NR];
     if (g.kind == LutKind::kCodebook) {
       for (int j = 0; j < NR; ++j) {
@@ -163,18 +153,18 @@ struct LowbitTiles {
         lut[j] = P::lut_int4(g.scales[at], g.zeros ? float(g.zeros[at]) : 8.f);
       }
     };
-    const uint8_t* rows[NR];
+    typename C::Raw raw[NR];
     for (int64_t grp = 0; grp < groups; ++grp) {
       if (g.kind == LutKind::kInt4) int4_tables(grp);
       const int64_t c1 = std::min(grp == groups - 1 ? nchunks : (grp + 1) * per_group, nsafe);
       for (int64_t c = grp * per_group; c < c1; ++c) {
-        for (int j = 0; j < NR; ++j) rows[j] = base[j] + c * C::kChunkBytes;
         // Rows are short (2 KB at K = 4096) and a tile reads NR of them side by side, which the
         // hardware prefetchers follow poorly: fetch the next tile's line at the same offset, once
         // per 64-byte line (prefetching past the last row is harmless).
         if (uint64_t(c * C::kChunkBytes) % 64 < uint64_t(C::kChunkBytes))
-          for (int j = 0; j < NR; ++j) __builtin_prefetch(rows[j] + NR * rb, 0, 3);
-        chunk<MR, NR, A, int(Ss)...>(rows, lut, x + c * kCK, ldxp, acc, nullptr);
+          for (int j = 0; j < NR; ++j) __builtin_prefetch(base[j] + c * C::kChunkBytes + NR * rb, 0, 3);
+        for (int j = 0; j < NR; ++j) raw[j] = C::load(base[j] + c * C::kChunkBytes);
+        f(c, raw, lut, static_cast<const uint32_t*>(nullptr));
       }
     }
     // Row end (only when K is not a multiple of the chunk, i.e. in the last group): copy what is left
@@ -182,18 +172,34 @@ struct LowbitTiles {
     // (a table entry may be inf: 0 * inf would be NaN).
     for (int64_t c = nsafe; c < nchunks; ++c) {
       if (groups > 1) int4_tables(std::min(c / per_group, groups - 1));
-      alignas(64) uint8_t buf[NR][64];
+      alignas(64) uint8_t buf[64];
       alignas(64) uint32_t mask[kCK];
       const int64_t avail = std::min<int64_t>(C::kLoadBytes, rb - c * C::kChunkBytes);
       for (int j = 0; j < NR; ++j) {
-        std::memset(buf[j], 0, sizeof(buf[j]));
-        std::memcpy(buf[j], base[j] + c * C::kChunkBytes, size_t(avail));
-        rows[j] = buf[j];
+        std::memset(buf, 0, sizeof(buf));
+        std::memcpy(buf, base[j] + c * C::kChunkBytes, size_t(avail));
+        raw[j] = C::load(buf);
       }
       for (int64_t s = 0; s < kS; ++s)
         for (int64_t l = 0; l < kL; ++l) mask[s * kL + l] = c * kCK + l * kS + s < K ? ~0u : 0u;
-      chunk<MR, NR, A, int(Ss)...>(rows, lut, x + c * kCK, ldxp, acc, mask);
+      f(c, raw, lut, static_cast<const uint32_t*>(mask));
     }
+  }
+
+  // Small M: MR x NR tile straight from the codes, each chunk decoded once for the MR rows.
+  template <int MR, int NR, size_t... Ss>
+  static void tile_impl(const LowbitGemmArgs& g, const float* xp, int64_t ldxp, int64_t m0, int64_t n0,
+                        std::index_sequence<Ss...>) {
+    const float* x = xp + m0 * ldxp;
+    constexpr int A = kSets<MR, NR>;
+    typename P::V acc[MR][NR][A];
+    for (int i = 0; i < MR; ++i)
+      for (int j = 0; j < NR; ++j)
+        for (int a = 0; a < A; ++a) acc[i][j][a] = P::zero();
+    walk<NR>(g, n0, [&](int64_t c, const typename C::Raw (&raw)[NR], const typename P::Lut (&lut)[NR],
+                        const uint32_t* mask) {
+      (sub_fma<int(Ss), MR, NR, A>(raw, lut, x + c * kCK, ldxp, acc, mask), ...);
+    });
     for (int i = 0; i < MR; ++i)
       for (int j = 0; j < NR; ++j) {
         typename P::V a = acc[i][j][0];
@@ -207,31 +213,74 @@ struct LowbitTiles {
     tile_impl<MR, NR>(g, xp, ldxp, m0, n0, std::make_index_sequence<size_t(kS)>{});
   }
 
-  // mr in [1, MR]: the row-count tail of a block runs a narrower tile.
-  template <int NR, int MR>
-  static void tile_rows(const LowbitGemmArgs& g, const float* xp, int64_t ldxp, int64_t m0, int64_t mr, int64_t n0) {
-    if constexpr (MR > 1) {
-      if (mr < MR) return tile_rows<NR, MR - 1>(g, xp, ldxp, m0, mr, n0);
+  // Larger M: row n decoded once into float32 w (in xp's order, zero past K) for all the x rows.
+  template <size_t... Ss>
+  static void decode_row(const LowbitGemmArgs& g, int64_t n, float* w, std::index_sequence<Ss...>) {
+    walk<1>(g, n, [&](int64_t c, const typename C::Raw (&raw)[1], const typename P::Lut (&lut)[1],
+                      const uint32_t* mask) {
+      auto put = [&](auto s) {
+        typename P::V v = C::template weight<decltype(s)::value>(raw[0], lut[0]);
+        if (mask) v = P::masked(v, mask + decltype(s)::value * kL);
+        P::storew(w + c * kCK + decltype(s)::value * kL, v);
+      };
+      (put(std::integral_constant<int, int(Ss)>{}), ...);
+    });
+  }
+
+  template <int MR, int NR>
+  static void dense_tile(const LowbitGemmArgs& g, const float* xp, int64_t ldxp, const float* w, int64_t m0,
+                         int64_t n0) {
+    typename P::V acc[MR][NR];
+    for (int i = 0; i < MR; ++i)
+      for (int j = 0; j < NR; ++j) acc[i][j] = P::zero();
+    const float* x = xp + m0 * ldxp;
+    for (int64_t k = 0; k < ldxp; k += kL) {
+      typename P::V wv[NR];
+      for (int j = 0; j < NR; ++j) wv[j] = P::loadx(w + j * ldxp + k);
+      for (int i = 0; i < MR; ++i) {
+        const typename P::V xv = P::loadx(x + i * ldxp + k);
+        for (int j = 0; j < NR; ++j) acc[i][j] = P::fma(xv, wv[j], acc[i][j]);
+      }
     }
-    tile<MR, NR>(g, xp, ldxp, m0, n0);
+    for (int i = 0; i < MR; ++i)
+      for (int j = 0; j < NR; ++j) lowbit_store(g, m0 + i, n0 + j, P::hsum(acc[i][j]));
+  }
+
+  // mr in [1, MR], nr in [1, NR]: the tails of a block run narrower tiles. w: decoded rows or null.
+  template <int NR, int MR>
+  static void tile_rows(const LowbitGemmArgs& g, const float* xp, int64_t ldxp, const float* w, int64_t m0,
+                        int64_t mr, int64_t n0) {
+    if constexpr (MR > 1) {
+      if (mr < MR) return tile_rows<NR, MR - 1>(g, xp, ldxp, w, m0, mr, n0);
+    }
+    if (w) dense_tile<MR, NR>(g, xp, ldxp, w, m0, n0);
+    else tile<MR, NR>(g, xp, ldxp, m0, n0);
   }
   template <int NR, int MR>
-  static void tile_cols(const LowbitGemmArgs& g, const float* xp, int64_t ldxp, int64_t m0, int64_t mr, int64_t n0,
-                        int64_t nr) {
+  static void tile_cols(const LowbitGemmArgs& g, const float* xp, int64_t ldxp, const float* w, int64_t m0,
+                        int64_t mr, int64_t n0, int64_t nr) {
     if constexpr (NR > 1) {
-      if (nr < NR) return tile_cols<NR - 1, MR>(g, xp, ldxp, m0, mr, n0, nr);
+      if (nr < NR) return tile_cols<NR - 1, MR>(g, xp, ldxp, w, m0, mr, n0, nr);
     }
-    tile_rows<NR, MR>(g, xp, ldxp, m0, mr, n0);
+    tile_rows<NR, MR>(g, xp, ldxp, w, m0, mr, n0);
   }
 
   // Weight-row tiles outermost: a tile's packed rows (NR * K / 2 bytes for int4) stay in L1 while
-  // the activation rows [m0, m1) stream past them.
+  // the activation rows [m0, m1) stream past them. From two row tiles on, the NR weight rows are
+  // decoded once into float32 (NR * K * 4 bytes, L2) and the tiles run a plain float32 kernel:
+  // decoding per tile would cost as much as the FMAs.
   template <int MR, int NR>
   static void block(const LowbitGemmArgs& g, const float* xp, int64_t ldxp, int64_t m0, int64_t m1, int64_t n0,
                     int64_t n1) {
-    for (int64_t n = n0; n < n1; n += NR)
+    const bool dense = m1 - m0 >= 2 * MR;
+    float* w = dense ? static_cast<float*>(thread_scratch(1, size_t(NR * ldxp) * sizeof(float))) : nullptr;
+    for (int64_t n = n0; n < n1; n += NR) {
+      const int64_t nr = std::min<int64_t>(NR, n1 - n);
+      if (dense)
+        for (int64_t j = 0; j < nr; ++j) decode_row(g, n + j, w + j * ldxp, std::make_index_sequence<size_t(kS)>{});
       for (int64_t m = m0; m < m1; m += MR)
-        tile_cols<NR, MR>(g, xp, ldxp, m, std::min<int64_t>(MR, m1 - m), n, std::min<int64_t>(NR, n1 - n));
+        tile_cols<NR, MR>(g, xp, ldxp, w, m, std::min<int64_t>(MR, m1 - m), n, nr);
+    }
   }
 
   static LowbitLayout layout() { return {kL, kS, C::kChunkBytes, C::kLoadBytes}; }
