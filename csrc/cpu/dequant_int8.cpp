@@ -3,7 +3,6 @@
 #include "slim/dequant_int8.h"
 
 #include <algorithm>
-#include <atomic>
 #include <stdexcept>
 #include <string>
 
@@ -96,31 +95,11 @@ void dequant_mm_int8(const DequantInt8Args& g, int num_threads, CpuIsa isa) {
     xf = buf;
   }
 
-  const int64_t nblocks = (g.N + kern.nr - 1) / kern.nr;
   // Rows of x per task: the block of x a task sweeps for each weight tile stays in L2 (~384 KB).
   int64_t mblock = std::max<int64_t>(1, (384 * 1024) / (g.K * 4) / kern.mr) * kern.mr;
   mblock = std::min(mblock, g.M);
-  const int64_t mtasks = (g.M + mblock - 1) / mblock;
-  // Waking a worker costs a few microseconds: small problems run on the calling thread.
-  const double work = double(g.M) * double(g.N) * double(g.K);
-  const int64_t nt = std::min<int64_t>(work < (1 << 18) ? 1 : num_threads, nblocks * mtasks);
-  if (nt <= 1) {
-    for (int64_t m0 = 0; m0 < g.M; m0 += mblock) kern.block(g, xf, ldxf, m0, std::min(g.M, m0 + mblock), 0, g.N);
-    return;
-  }
-  // Tasks: N chunks x M blocks, taken from a shared counter (a thread whose core is busy elsewhere
-  // does not hold the others up); about 16 tasks per thread.
-  const int64_t chunk = std::max<int64_t>(1, nblocks * mtasks / (16 * nt));
-  const int64_t nchunks = (nblocks + chunk - 1) / chunk;
-  const int64_t ntasks = nchunks * mtasks;
-  std::atomic<int64_t> next{0};
-  parallel_for(static_cast<int>(nt), [&](int, int) {
-    for (int64_t t; (t = next.fetch_add(1, std::memory_order_relaxed)) < ntasks;) {
-      const int64_t ic = t / mtasks, im = t % mtasks;
-      const int64_t n0 = ic * chunk * kern.nr, n1 = std::min(g.N, (ic + 1) * chunk * kern.nr);
-      const int64_t m0 = im * mblock, m1 = std::min(g.M, m0 + mblock);
-      kern.block(g, xf, ldxf, m0, m1, n0, n1);
-    }
+  parallel_tiles(g.M, g.N, g.K, mblock, kern.nr, num_threads, [&](int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
+    kern.block(g, xf, ldxf, m0, m1, n0, n1);
   });
 }
 
