@@ -530,21 +530,22 @@ def entry_specs(suite: str, device: str, n: int, k: int, m: int, include_referen
         else:
             specs.append(EntrySpec(suite, "bf16 nn.Linear", "bf16_linear", "anchor"))
     elif suite == "weight_only":
+        group_skip = None if k % LOWBIT_GROUP == 0 else f"K={k} is not a multiple of the group size {LOWBIT_GROUP}"
         for mode, op in (("w4a16", "dequant_mm_int4"), ("codebook", "lut_mm"), ("w8a8", "int8_dynamic_linear")):
             impl = resolve(op, device)
-            specs.append(EntrySpec(suite, f"{mode}:{impl}", f"{mode}_{impl}", "ours", None,
-                                   _reference_skip(impl, n, k, m, include_reference)))
+            skip = (group_skip if mode == "w4a16" else None) or _reference_skip(impl, n, k, m, include_reference)
+            specs.append(EntrySpec(suite, f"{mode}:{impl}", f"{mode}_{impl}", "ours", None, skip))
             if impl == "native" and mode != "w8a8":
-                specs += [EntrySpec(suite, f"{mode}:native[{isa}]", f"{mode}_native_{isa}", "ours", None, isa=isa)
+                specs += [EntrySpec(suite, f"{mode}:native[{isa}]", f"{mode}_native_{isa}", "ours", None,
+                                    skip if mode == "w4a16" else None, isa=isa)
                           for isa in lesser_isas(device)]
-        group_ok = None if k % LOWBIT_GROUP == 0 else f"K={k} is not a multiple of {LOWBIT_GROUP}"
         if device == "cpu":
             specs.append(EntrySpec(suite, "fp32 nn.Linear", "fp32_linear", "anchor"))
             specs.append(EntrySpec(suite, "fbgemm dyn int8", "fbgemm_dyn", "anchor"))
-            specs.append(EntrySpec(suite, "tinygemm int4 (bf16)", "tinygemm", "anchor", skip=group_ok))
+            specs.append(EntrySpec(suite, "tinygemm int4 (bf16)", "tinygemm", "anchor", skip=group_skip))
         else:
             specs.append(EntrySpec(suite, "bf16 nn.Linear", "bf16_linear", "anchor"))
-            specs.append(EntrySpec(suite, "tinygemm int4", "tinygemm", "anchor", skip=group_ok))
+            specs.append(EntrySpec(suite, "tinygemm int4", "tinygemm", "anchor", skip=group_skip))
     else:
         raise ValueError(f"unknown suite {suite!r}; expected one of {SUITES}")
     return specs

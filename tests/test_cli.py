@@ -41,5 +41,6 @@ def test_bench_runs_and_writes_json(tmp_path, capsys):
     assert "int8_scaled_mm_packed on cpu: N=64 K=48" in text and "QuantLinear on cpu" in text
     rows = json.loads(out.read_text())["rows"]
     names = {r["name"] for r in rows}
-    assert {"ours:native", "fp32 F.linear", "fbgemm dyn int8", "w8a8:native", "w8a16:native"} <= names
+    assert {"ours:native", "fp32 F.linear", "fbgemm dyn int8", "w8a8:native", "w8a16:native", "codebook:native"} <= names
+    assert "QuantLinear (low-bit) on cpu" in text
     assert all(r["status"] in ("ok", "skipped") for r in rows), [r for r in rows if r["status"] == "error"]
