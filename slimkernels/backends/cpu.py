@@ -96,8 +96,7 @@ def dequant_mm_int8(x, qweight, scales, bias):
 
 def _lowbit_gemm(x, codes, bits, lut_kind, n, *, scales=None, zeros=None, group_size=0, codebook=None, bias=None):
     """The one call into the native low-bit kernel (int4 and codebooks share it); x [M, K] validated
-    by the op. Empty problems too: M or N = 0 write nothing, K = 0 gives the bias (the reference's
-    unpack_codes cannot take N = 0)."""
+    by the op. Empty problems too, with no Python detour: M or N = 0 write nothing, K = 0 gives the bias."""
     C = _native.require_cpu()
     m, k = x.shape
     # Row-strided views are read in place; the stride of a single row means nothing (torch may report any).
