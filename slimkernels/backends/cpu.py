@@ -22,6 +22,15 @@ def _isa() -> str:
     return os.environ.get("SLIMKERNELS_CPU_ISA", "")
 
 
+def _row_strided(t: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """(t, row stride) for a kernel that reads [R, C] rows at any stride: row-strided views are read
+    in place, anything else is copied. A single row's stride means nothing (torch may report any)."""
+    rows, cols = t.shape
+    if t.stride(1) != 1 or (rows > 1 and t.stride(0) < cols):
+        t = t.contiguous()
+    return t, (t.stride(0) if rows > 1 else cols)
+
+
 @register("quantize_per_token_int8", "native", ("cpu",))
 def quantize_rows_int8(x):
     m, k = x.shape
@@ -78,13 +87,8 @@ def dequant_mm_int8(x, qweight, scales, bias):
     if m == 0 or n == 0 or k == 0:
         return reference.dequant_mm_int8(x, qweight, scales, bias)
     C = _native.require_cpu()
-    # Row-strided views are read in place; the stride of a single row means nothing (torch may report any).
-    if x.stride(1) != 1 or (m > 1 and x.stride(0) < k):
-        x = x.contiguous()
-    if qweight.stride(1) != 1 or (n > 1 and qweight.stride(0) < k):
-        qweight = qweight.contiguous()
-    ldx = x.stride(0) if m > 1 else k
-    ldw = qweight.stride(0) if n > 1 else k
+    x, ldx = _row_strided(x)
+    qweight, ldw = _row_strided(qweight)
     scales, bias = f32(scales), f32(bias)
     y = torch.empty((m, n), dtype=x.dtype)
     C.dequant_mm_int8(
@@ -99,10 +103,7 @@ def _lowbit_gemm(x, codes, bits, lut_kind, n, *, scales=None, zeros=None, group_
     by the op. Empty problems too, with no Python detour: M or N = 0 write nothing, K = 0 gives the bias."""
     C = _native.require_cpu()
     m, k = x.shape
-    # Row-strided views are read in place; the stride of a single row means nothing (torch may report any).
-    if x.stride(1) != 1 or (m > 1 and x.stride(0) < k):
-        x = x.contiguous()
-    ldx = x.stride(0) if m > 1 else k
+    x, ldx = _row_strided(x)
     codes = codes.contiguous()
     scales, codebook, bias = f32(scales), f32(codebook), f32(bias)
     zeros = None if zeros is None else zeros.contiguous()
