@@ -51,6 +51,10 @@ def modes() -> dict[str, tuple[str, dict]]:
         "cb4-kmeans-row": ("CodebookConfig", dict(bits=4, codebook="kmeans", per="row")),
         "cb4-nf4-row": ("CodebookConfig", dict(bits=4, codebook="nf4", per="row")),
         "cb4-pow2-row": ("CodebookConfig", dict(bits=4, codebook="pow2", per="row")),
+        "cb4-kmeans-row-gptq": ("CodebookConfig", dict(bits=4, codebook="kmeans", per="row", method="gptq")),
+        "cb4-nf4-row-gptq": ("CodebookConfig", dict(bits=4, codebook="nf4", per="row", method="gptq")),
+        "cb3-kmeans-row": ("CodebookConfig", dict(bits=3, codebook="kmeans", per="row")),
+        "cb3-kmeans-row-gptq": ("CodebookConfig", dict(bits=3, codebook="kmeans", per="row", method="gptq")),
     }
 
 

@@ -35,9 +35,9 @@ struct ScalarPolicy {
   static V masked(V w, const uint32_t* mask) { return *mask ? w : 0.f; }
   static float hsum(V v) { return v; }
   static Lut lut(const float* t) { Lut l; std::memcpy(l.t, t, sizeof(l.t)); return l; }
-  static Lut lut_int4(float s, float z) {
+  static Lut lut_int4(float s, int z) {
     Lut l;
-    for (int c = 0; c < 16; ++c) l.t[c] = (float(c) - z) * s;
+    for (int c = 0; c < 16; ++c) l.t[c] = kCodeMinusZero.v[z][c] * s;
     return l;
   }
   template <int BITS>

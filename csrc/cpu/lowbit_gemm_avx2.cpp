@@ -31,10 +31,9 @@ struct Avx2Policy {
     return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
   }
   static Lut lut(const float* t) { return {_mm256_loadu_ps(t), _mm256_loadu_ps(t + 8)}; }
-  static Lut lut_int4(float s, float z) {
-    const __m256 c = _mm256_setr_ps(0, 1, 2, 3, 4, 5, 6, 7), zv = _mm256_set1_ps(z), sv = _mm256_set1_ps(s);
-    const __m256 lo = _mm256_sub_ps(c, zv), hi = _mm256_sub_ps(_mm256_add_ps(c, _mm256_set1_ps(8.f)), zv);
-    return {_mm256_mul_ps(lo, sv), _mm256_mul_ps(hi, sv)};
+  static Lut lut_int4(float s, int z) {
+    const __m256 sv = _mm256_set1_ps(s);
+    return {_mm256_mul_ps(_mm256_load_ps(kCodeMinusZero.v[z]), sv), _mm256_mul_ps(_mm256_load_ps(kCodeMinusZero.v[z] + 8), sv)};
   }
   static V lookup(__m256i idx, const Lut& t) {
     const __m256 lo = _mm256_permutevar8x32_ps(t.lo, idx), hi = _mm256_permutevar8x32_ps(t.hi, idx);

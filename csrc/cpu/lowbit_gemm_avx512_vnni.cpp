@@ -27,10 +27,7 @@ struct Avx512Policy {
   }
   static float hsum(V v) { return _mm512_reduce_add_ps(v); }
   static Lut lut(const float* t) { return _mm512_loadu_ps(t); }
-  static Lut lut_int4(float s, float z) {
-    const __m512 c = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-    return _mm512_mul_ps(_mm512_sub_ps(c, _mm512_set1_ps(z)), _mm512_set1_ps(s));
-  }
+  static Lut lut_int4(float s, int z) { return _mm512_mul_ps(_mm512_load_ps(kCodeMinusZero.v[z]), _mm512_set1_ps(s)); }
 
   // 2 and 4 bits: 16 bytes -> 16 lanes of 8 / BITS codes; sub-vector s is the lanes >> (s * BITS).
   template <int BITS>

@@ -45,6 +45,15 @@ def _check_min_features(cls_name: str, value) -> None:
         raise ValueError(f"{cls_name}.min_features must be an int >= 1, got {value!r}")
 
 
+def _check_gptq_knobs(cls_name: str, method, damp, block_size) -> None:
+    if method not in ("rtn", "gptq"):
+        raise ValueError(f"{cls_name}.method must be 'rtn' or 'gptq', got {method!r}")
+    if not isinstance(damp, (int, float)) or isinstance(damp, bool) or not (0 < damp < 1):
+        raise ValueError(f"{cls_name}.damp must be in (0, 1), got {damp!r}")
+    if not isinstance(block_size, int) or isinstance(block_size, bool) or block_size < 1:
+        raise ValueError(f"{cls_name}.block_size must be an int >= 1, got {block_size!r}")
+
+
 @dataclass(frozen=True)
 class Int4WeightOnlyConfig:
     """W4A16: 4-bit weights with a float32 scale (and a 4-bit zero point unless symmetric) per group
@@ -70,12 +79,7 @@ class Int4WeightOnlyConfig:
         _check_min_features("Int4WeightOnlyConfig", self.min_features)
         if not isinstance(self.group_size, int) or not (self.group_size == -1 or (self.group_size > 0 and self.group_size % 32 == 0)):
             raise ValueError(f"Int4WeightOnlyConfig.group_size must be a positive multiple of 32 or -1 (per channel), got {self.group_size!r}")
-        if self.method not in ("rtn", "gptq"):
-            raise ValueError(f"Int4WeightOnlyConfig.method must be 'rtn' or 'gptq', got {self.method!r}")
-        if not (0 < self.damp < 1):
-            raise ValueError(f"Int4WeightOnlyConfig.damp must be in (0, 1), got {self.damp!r}")
-        if not isinstance(self.block_size, int) or self.block_size < 1:
-            raise ValueError(f"Int4WeightOnlyConfig.block_size must be an int >= 1, got {self.block_size!r}")
+        _check_gptq_knobs("Int4WeightOnlyConfig", self.method, self.damp, self.block_size)
 
     @property
     def needs_calibration(self) -> bool:
@@ -96,6 +100,9 @@ class CodebookConfig:
 
     codebook: "kmeans" (1-D k-means, as in Deep Compression; seeded, deterministic), "nf4" (the
       NormalFloat-4 levels scaled by the absmax; bits=4 only) or "pow2" (0 and +-2^-i levels).
+    method: "rtn" (every weight to its nearest entry) or "gptq" (the codebook as fitted, then GPTQ
+      picks the codes, pushing each column's error onto the columns not yet assigned; needs
+      `calibration` batches in quantize_). damp, block_size and act_order are GPTQ's knobs.
     """
 
     bits: int = 4
@@ -103,6 +110,10 @@ class CodebookConfig:
     per: str = "row"
     min_features: int = 1
     seed: int = 0
+    method: str = "rtn"
+    damp: float = 0.01
+    block_size: int = 128
+    act_order: bool = False
 
     mode = "codebook"
 
@@ -116,8 +127,11 @@ class CodebookConfig:
             raise ValueError(f"CodebookConfig: the nf4 codebook has 16 levels, so bits must be 4, got {self.bits}")
         if self.per not in ("row", "layer"):
             raise ValueError(f"CodebookConfig.per must be 'row' or 'layer', got {self.per!r}")
+        _check_gptq_knobs("CodebookConfig", self.method, self.damp, self.block_size)
 
-    needs_calibration = False
+    @property
+    def needs_calibration(self) -> bool:
+        return self.method == "gptq"
 
     def describe(self) -> str:
-        return f"codebook {self.bits}-bit {self.codebook} per {self.per}"
+        return f"codebook {self.bits}-bit {self.codebook} per {self.per}" + (" gptq" if self.method == "gptq" else "")

@@ -33,6 +33,12 @@ def _mode_of(config) -> str:
     return config if isinstance(config, str) else getattr(config, "mode", None)
 
 
+def _need_hessian(hessian) -> None:
+    if hessian is None:
+        raise ValueError("QuantLinear.from_float: GPTQ needs the layer's input Hessian; pass hessian= or use "
+                         "slimkernels.quantize_(model, config, calibration=batches)")
+
+
 class QuantLinear(nn.Module):
     def __init__(self, in_features: int, out_features: int, bias: bool = True, mode: str = "w8a8", device=None, *,
                  group_size: int = 128, symmetric: bool = False, bits: int = 4, per: str = "row"):
@@ -74,8 +80,8 @@ class QuantLinear(nn.Module):
     def from_float(cls, linear: nn.Linear, config="w8a8", hessian: torch.Tensor | None = None) -> "QuantLinear":
         """Quantize `linear`. `config` is a mode name ("w8a8", "w8a16", "w4a16", "codebook": default
         settings) or a config object (Int8DynamicConfig, Int8WeightOnlyConfig, Int4WeightOnlyConfig,
-        CodebookConfig). GPTQ (Int4WeightOnlyConfig(method="gptq")) needs the layer's input Hessian
-        (quant.gptq.HessianAccumulator); quantize_(..., calibration=...) computes it for you."""
+        CodebookConfig). GPTQ (method="gptq" in Int4WeightOnlyConfig or CodebookConfig) needs the layer's
+        input Hessian (quant.gptq.HessianAccumulator); quantize_(..., calibration=...) computes it for you."""
         from ..compress.config import CodebookConfig, Int4WeightOnlyConfig
 
         mode = _mode_of(config)
@@ -97,9 +103,7 @@ class QuantLinear(nn.Module):
             if cfg.method == "gptq":
                 from ..quant.gptq import gptq_quantize_int4
 
-                if hessian is None:
-                    raise ValueError("QuantLinear.from_float: GPTQ needs the layer's input Hessian; pass hessian= or use "
-                                     "slimkernels.quantize_(model, config, calibration=batches)")
+                _need_hessian(hessian)
                 codes, scales, zeros = gptq_quantize_int4(w, hessian, group_size, cfg.symmetric, block_size=cfg.block_size,
                                                           damp=cfg.damp, act_order=cfg.act_order)
             else:
@@ -110,7 +114,15 @@ class QuantLinear(nn.Module):
         from ..quant.codebook import fit_codebook
 
         cfg = config if isinstance(config, CodebookConfig) else CodebookConfig()
+        if cfg.method == "gptq":
+            _need_hessian(hessian)
+        # The codebook is fitted to the float weights either way; GPTQ then chooses the codes.
         codes, codebook = fit_codebook(w, cfg.bits, cfg.codebook, cfg.per, seed=cfg.seed)
+        if cfg.method == "gptq":
+            from ..quant.gptq import gptq_quantize_codebook
+
+            codes = gptq_quantize_codebook(w, hessian, codebook, block_size=cfg.block_size, damp=cfg.damp,
+                                           act_order=cfg.act_order)
         return cls.from_codebook(codes, codebook, bias)
 
     @classmethod

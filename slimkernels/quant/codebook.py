@@ -52,15 +52,27 @@ def assign_codes(w: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"assign_codes: codebook must be [1, E] or [{n}, E] with 1 <= E <= 256, got {desc}")
     if not bool(torch.isfinite(codebook).all()):
         raise ValueError("assign_codes: the codebook holds NaN or Inf values")
-    cb = codebook.to(device=w.device, dtype=torch.float32)
-    values, order = torch.sort(cb, dim=1, stable=True)
-    mids = values[:, :-1] / 2 + values[:, 1:] / 2  # halves first: a + b overflows near float32 max
-    x = w.to(torch.float32)
-    if cb.shape[0] == 1:
-        pos = torch.searchsorted(mids[0].contiguous(), x)
-        return order[0][pos].to(torch.uint8)
-    pos = torch.searchsorted(mids.contiguous(), x.contiguous())
-    return torch.gather(order, 1, pos).to(torch.uint8)
+    return NearestEntry(codebook.to(device=w.device))(w)[0]
+
+
+class NearestEntry:
+    """The nearest-entry search of assign_codes with the codebook [1 or N, E] sorted once, for callers
+    that assign many slices of a weight (GPTQ assigns one column at a time)."""
+
+    def __init__(self, codebook: torch.Tensor):
+        cb = codebook.to(torch.float32)
+        self.values, self.order = torch.sort(cb, dim=1, stable=True)
+        # halves first: a + b overflows near float32 max
+        self.mids = (self.values[:, :-1] / 2 + self.values[:, 1:] / 2).contiguous()
+
+    def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x [N, J] -> (uint8 codes [N, J], their float32 codebook values [N, J])."""
+        x = x.to(torch.float32).contiguous()
+        if self.values.shape[0] == 1:
+            pos = torch.searchsorted(self.mids[0], x)
+            return self.order[0][pos].to(torch.uint8), self.values[0][pos]
+        pos = torch.searchsorted(self.mids, x)
+        return torch.gather(self.order, 1, pos).to(torch.uint8), torch.gather(self.values, 1, pos)
 
 
 def _lloyd_sorted(xs: torch.Tensor, cent: torch.Tensor, iters: int) -> torch.Tensor:

@@ -84,6 +84,32 @@ def test_gptq_beats_rtn_and_reports():
     assert _output_error(gptq, ref, held_out) < _output_error(rtn, ref, held_out)
 
 
+def test_codebook_gptq_beats_nearest_entries_and_reports():
+    calib, held_out = _batches(8, seed=1), _batches(4, seed=2)
+    ref, plain, gptq = _model(), _model(), _model()
+    slimkernels.quantize_(plain, CodebookConfig(bits=3), progress=False)
+    report = slimkernels.quantize_(gptq, CodebookConfig(bits=3, method="gptq", act_order=True), calibration=calib,
+                                   progress=False)
+    details = {r.name: r.detail for r in report.layers}
+    assert details["layers.0.up"] == "codebook 3-bit kmeans per row gptq"
+    assert "-> rtn" in details["head"]
+    # GPTQ keeps each layer's fitted codebook and only changes which entries the weights use
+    assert torch.equal(gptq.layers[1].down.codebook, plain.layers[1].down.codebook)
+    assert _output_error(gptq, ref, held_out) < _output_error(plain, ref, held_out)
+    with pytest.raises(ValueError, match="needs calibration data"):
+        slimkernels.quantize_(_model(), CodebookConfig(method="gptq"), progress=False)
+    with pytest.raises(ValueError, match="Hessian"):
+        QuantLinear.from_float(nn.Linear(8, 4), CodebookConfig(method="gptq"))
+
+
+@pytest.mark.parametrize("kwargs, match", [({"method": "kmeans"}, "method"), ({"damp": 0.0}, "damp"),
+                                           ({"block_size": 0}, "block_size"), ({"damp": True}, "damp")])
+def test_gptq_knobs_are_checked(kwargs, match):
+    for cls in (Int4WeightOnlyConfig, CodebookConfig):
+        with pytest.raises(ValueError, match=f"{cls.__name__}.{match}"):
+            cls(**kwargs)
+
+
 def test_gptq_keyword_inputs_and_no_blocks():
     model = _model()
     calib = [{"ids": b, "scale": 0.5} for b in _batches(3)]

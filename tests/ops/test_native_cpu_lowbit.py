@@ -86,8 +86,9 @@ def run_codebook(x, indices, codebook, bias, **kw):
     check(y, reference.lut_mm(x, indices, codebook, bias), x, lowbit.dequantize_codebook(indices, codebook, k))
 
 
-# (K, group_size): group-wise 32/64/128 and per-channel with an odd K (rows end mid-byte)
-INT4_GROUPS = [(256, 32), (192, 64), (384, 128), (77, 77)]
+# (K, group_size): group-wise 32/64/128 and per-channel with an odd K (rows end mid-byte), one of them
+# longer than a 128-code chunk (a full chunk, then a row end)
+INT4_GROUPS = [(256, 32), (192, 64), (384, 128), (77, 77), (201, 201)]
 
 
 @pytest.mark.parametrize("isa", ISAS)
@@ -150,6 +151,16 @@ def test_large_magnitudes(isa, dtype):
     run_int4(x, q, scales, z, 64, torch.randn(N), isa=isa)
     indices, codebook = make_codebook(N, k, 4, True, seed=9)
     run_codebook(x, indices, codebook * (1e-3 if dtype == torch.float16 else 1e3), None, isa=isa)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_zero_points_outside_the_layout(isa):
+    # The layout says 0..15, but the op does not scan zeros on every call: any uint8 zero point must
+    # compute what the reference computes, never index past the kernel's tables.
+    m, k = 3, 256
+    qweight, scales, _ = make_int4(N, k, 128, False, seed=11)
+    zeros = torch.randint(16, 256, (N, k // 128), dtype=torch.uint8)
+    run_int4(rand_x(m, k, torch.float32, 11), qweight, scales, zeros, 128, None, isa=isa)
 
 
 @pytest.mark.parametrize("isa", ISAS)
