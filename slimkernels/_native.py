@@ -102,6 +102,7 @@ def info() -> dict:
         "cpu_extension_error": _C_ERROR,
         "cpu_isa": cpu_isa(),
         "cpu_isas": list(_C.supported_isas()) if _C is not None else [],
+        "cpu_amx_bf16": bool(_C.amx_bf16_supported()) if _C is not None else False,
         "cuda_extension": _C_cuda is not None,
         "cuda_extension_error": _C_CUDA_ERROR,
         "cuda_archs": _C_cuda.compiled_archs() if _C_cuda is not None else "",

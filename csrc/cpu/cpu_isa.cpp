@@ -6,6 +6,10 @@
 #ifdef SLIM_X86
 #include <cpuid.h>
 #endif
+#if defined(SLIM_X86) && defined(__linux__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 
 namespace slim {
 
@@ -39,8 +43,32 @@ bool detect_avx512_vnni() {
          __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
          __builtin_cpu_supports("avx512vnni") && (xcr0() & 0xE6) == 0xE6;  // + opmask, zmm0-15 hi, zmm16-31
 }
+bool detect_amx_bf16() {
+  unsigned a, b, c, d;
+  if (!detect_avx512_vnni() || !__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;
+  if (!(d & (1u << 22)) || !(d & (1u << 24))) return false;  // AMX-BF16, AMX-TILE
+  if ((xcr0() & 0x60000) != 0x60000) return false;           // XTILECFG + XTILEDATA state
+  if (!__get_cpuid_count(7, 1, &a, &b, &c, &d) || !(a & (1u << 5))) return false;  // AVX512-BF16
+#if defined(__linux__)
+  // Linux hands out the 8 KB of tile state only to processes that ask (ARCH_REQ_XCOMP_PERM for
+  // XFEATURE_XTILEDATA); without it the first tile instruction kills the process.
+  constexpr long kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+  return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
+#else
+  return false;
+#endif
+}
 }  // namespace
 #endif
+
+bool amx_bf16_supported() {
+#ifdef SLIM_X86
+  static const bool ok = detect_amx_bf16();
+  return ok;
+#else
+  return false;
+#endif
+}
 
 bool isa_supported(CpuIsa isa) {
   switch (isa) {

@@ -12,6 +12,13 @@
 
 namespace slim {
 
+LowbitAmx parse_lowbit_amx(const std::string& name, const char* arg_name) {
+  if (name == "auto" || name.empty()) return LowbitAmx::kAuto;
+  if (name == "on") return LowbitAmx::kOn;
+  if (name == "off") return LowbitAmx::kOff;
+  throw std::invalid_argument(std::string(arg_name) + ": expected 'auto', 'on' or 'off', got '" + name + "'");
+}
+
 LutKind parse_lut_kind(const std::string& name, const char* arg_name) {
   if (name == "int4") return LutKind::kInt4;
   if (name == "codebook") return LutKind::kCodebook;
@@ -102,7 +109,22 @@ void store_bias_only(const LowbitGemmArgs& g) {  // K == 0: y = bias (or 0)
 }
 }  // namespace
 
-void lowbit_gemm(const LowbitGemmArgs& g, int num_threads, CpuIsa isa) {
+namespace {
+bool use_amx(const LowbitGemmArgs& g, CpuIsa isa, LowbitAmx amx) {
+  if (amx == LowbitAmx::kOff || g.kind != LutKind::kInt4) return false;
+#ifdef SLIM_AMX
+  const bool usable = isa == CpuIsa::kAvx512Vnni && amx_bf16_supported();
+#else
+  const bool usable = false;
+  (void)isa;
+#endif
+  if (amx == LowbitAmx::kOn && !usable)
+    bad("amx='on' needs AMX-BF16 (CPU, OS permission and this build) and the avx512_vnni ISA");
+  return usable && (amx == LowbitAmx::kOn || g.M >= kLowbitAmxMinM);
+}
+}  // namespace
+
+void lowbit_gemm(const LowbitGemmArgs& g, int num_threads, CpuIsa isa, LowbitAmx amx) {
   if (g.M < 0) bad("M must be >= 0, got " + std::to_string(g.M));
   if (g.N < 0) bad("N must be >= 0, got " + std::to_string(g.N));
   if (g.K < 0) bad("K must be >= 0, got " + std::to_string(g.K));
@@ -129,6 +151,19 @@ void lowbit_gemm(const LowbitGemmArgs& g, int num_threads, CpuIsa isa) {
   if (g.kind == LutKind::kInt4 && !g.scales) bad("scales must not be null");
   if (g.kind == LutKind::kCodebook && !g.codebook) bad("codebook must not be null");
 
+  if (use_amx(g, isa, amx)) {
+#ifdef SLIM_AMX
+    auto* xb = static_cast<uint16_t*>(thread_scratch(0, size_t(lowbit_amx_x_elems(g)) * sizeof(uint16_t) + 64));
+    lowbit_amx_prepare_x(g, xb);
+    // Rows of x per task: a multiple of the 16-row tile whose three bfloat16 pieces (6 bytes a value)
+    // stay in L2 (~1 MB) while the task sweeps its weight rows.
+    const int64_t per_row = ((g.K + 31) / 32) * 32 * 6;
+    const int64_t mblock = std::max<int64_t>(16, (1 << 20) / per_row / 16 * 16);
+    parallel_tiles(g.M, g.N, g.K, mblock, kLowbitAmxRows, num_threads,
+                   [&](int64_t m0, int64_t m1, int64_t n0, int64_t n1) { lowbit_amx_block(g, xb, m0, m1, n0, n1); });
+    return;
+#endif
+  }
   const Kernels kern = kernels_for(isa);
   const LowbitLayout lay = kern.layout(g.bits);
   const int64_t ck = lay.lanes * lay.subs;

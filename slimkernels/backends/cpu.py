@@ -1,6 +1,7 @@
 """CPU backend: our C++ kernels (slimkernels._C) with run-time ISA dispatch.
 
-Threads follow torch.get_num_threads(); SLIMKERNELS_CPU_ISA=avx2|avx512_vnni|scalar forces an ISA.
+Threads follow torch.get_num_threads(); SLIMKERNELS_CPU_ISA=avx2|avx512_vnni|scalar forces an ISA;
+SLIMKERNELS_CPU_AMX=auto|on|off says when int4 runs on AMX-BF16 tiles (auto: from 6 rows of x).
 """
 from __future__ import annotations
 
@@ -20,6 +21,11 @@ def _threads() -> int:
 
 def _isa() -> str:
     return os.environ.get("SLIMKERNELS_CPU_ISA", "")
+
+
+def _amx() -> str:
+    """SLIMKERNELS_CPU_AMX=auto|on|off: int4 on AMX-BF16 tiles from 6 rows of x / always / never."""
+    return os.environ.get("SLIMKERNELS_CPU_AMX", "auto")
 
 
 def _row_strided(t: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -111,7 +117,7 @@ def _lowbit_gemm(x, codes, bits, lut_kind, n, *, scales=None, zeros=None, group_
     C.lowbit_gemm(
         x.data_ptr(), ldx, KIND[x.dtype], codes.data_ptr(), bits, lut_kind, ptr(scales), ptr(zeros), group_size,
         ptr(codebook), 0 if codebook is None else codebook.shape[0], ptr(bias), y.data_ptr(), n, m, n, k,
-        _threads(), _isa(),
+        _threads(), _isa(), _amx(),
     )
     return y
 

@@ -55,7 +55,7 @@ def check(y, ref, x, w):
 
 
 def call(x, codes, bits, lut_kind, n, *, scales=None, zeros=None, group_size=0, codebook=None, bias=None,
-         threads=1, isa="", ldy=None):
+         threads=1, isa="", ldy=None, amx="auto"):
     """Call the binding on x [M, K] (possibly a row-strided view); returns y [M, N]."""
     m, k = x.shape
     ldy = n if ldy is None else ldy
@@ -64,7 +64,7 @@ def call(x, codes, bits, lut_kind, n, *, scales=None, zeros=None, group_size=0, 
     C.lowbit_gemm(
         x.data_ptr(), x.stride(0) if m > 1 else k, KIND[x.dtype], codes.data_ptr(), bits, lut_kind, p(scales),
         p(zeros), group_size, p(codebook), 0 if codebook is None else codebook.shape[0], p(bias), buf.data_ptr(),
-        ldy, m, n, k, threads, isa,
+        ldy, m, n, k, threads, isa, amx,
     )
     y = buf[: m * ldy].view(m, ldy)
     if ldy > n:
@@ -286,3 +286,74 @@ def test_ops_opcheck():
     with slimkernels.use_backend("native"):
         torch.library.opcheck(torch.ops.slimkernels.dequant_mm_int4.default, (x, qweight, scales, zeros, 32, None))
         torch.library.opcheck(torch.ops.slimkernels.lut_mm.default, (x, indices, codebook, torch.randn(5)))
+
+
+# ---- int4 on AMX-BF16 tiles (amx='on' forces it at any M; 'auto' from 6 rows of x) ----
+AMX = C.amx_bf16_supported()
+needs_amx = pytest.mark.skipif(not AMX, reason="no AMX-BF16 here (CPU, OS or build)")
+
+
+@needs_amx
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("k, group_size", INT4_GROUPS + [(1024, 128)], ids=lambda v: str(v))
+def test_int4_amx(dtype, k, group_size):
+    # M not a multiple of the 16-row tile, N not a multiple of the 48-row unit, one and two threads
+    for i, (m, n) in enumerate([(1, 37), (5, 48), (16, 100), (17, 49), (40, 37)]):
+        qweight, scales, zeros = make_int4(n, k, group_size, i % 2 == 0, seed=i)
+        bias = torch.randn(n) if i % 3 else None
+        for threads in (1, 2):
+            run_int4(rand_x(m, k, dtype, i), qweight, scales, zeros, group_size, bias, threads=threads, amx="on")
+
+
+@needs_amx
+def test_int4_amx_edges():
+    m, k, n = 7, 384, 37
+    for dtype in DTYPES:  # large magnitudes; all codes and zero points extreme
+        x = rand_x(m, k, dtype, 7, scale=1e4)
+        q = lowbit.pack_codes(torch.where(torch.rand(n, k) < 0.5, 0, 15), 4)
+        z = torch.where(torch.rand(n, k // 64) < 0.5, 0, 15).to(torch.uint8)
+        scales = torch.rand(n, k // 64) * (1e-3 if dtype == torch.float16 else 10.0) + 1e-3
+        run_int4(x, q, scales, z, 64, torch.randn(n), amx="on")
+    x = torch.randn(m + 3, k + 9)[:, 4 : 4 + k]  # strided x and y
+    qweight, scales, zeros = make_int4(n, k, 128, True, seed=3)
+    run_int4(x, qweight, scales, zeros, 128, None, amx="on", ldy=n + 5, threads=2)
+    zeros = torch.randint(16, 256, (n, k // 128), dtype=torch.uint8)  # outside the layout: as the reference
+    run_int4(rand_x(m, k, torch.float32, 1), qweight, scales, zeros, 128, None, amx="on")
+    # Inf and NaN in x give what the float32 kernel gives; so does a huge finite x (the split into
+    # bfloat16 pieces truncates, never rounding up into Inf; it overflows only above ~2e37, where
+    # (q - z) * x does before the scale)
+    x = rand_x(m, k, torch.float32, 2)
+    x[0, 3], x[1, 5], x[2, 0] = float("inf"), float("nan"), 1e36
+    qweight, scales, zeros = make_int4(n, k, 128, False, seed=4)
+    on = call(x, qweight, 4, "int4", n, scales=scales, group_size=128, amx="on")
+    off = call(x, qweight, 4, "int4", n, scales=scales, group_size=128, amx="off")
+    assert torch.equal(torch.isnan(on[:2]), torch.isnan(off[:2])) and torch.equal(on[:2].isinf(), off[:2].isinf())
+    assert torch.isfinite(on[2]).all()
+    torch.testing.assert_close(on[2:], off[2:], rtol=1e-5, atol=1e-5)
+
+
+@needs_amx
+def test_amx_auto_threshold():
+    # 'auto' is exactly 'on' from 6 rows and exactly 'off' below
+    k, n = 256, 40
+    qweight, scales, zeros = make_int4(n, k, 128, True, seed=5)
+    for m, same_as in ((5, "off"), (6, "on"), (33, "on")):
+        x = rand_x(m, k, torch.float32, m)
+        kw = dict(scales=scales, zeros=zeros, group_size=128)
+        assert torch.equal(call(x, qweight, 4, "int4", n, **kw), call(x, qweight, 4, "int4", n, amx=same_as, **kw))
+
+
+def test_amx_arguments():
+    qweight, scales, zeros = make_int4(8, 64, 32, True, seed=6)
+    x = rand_x(8, 64, torch.float32, 6)
+    with pytest.raises(ValueError, match="amx"):
+        call(x, qweight, 4, "int4", 8, scales=scales, zeros=zeros, group_size=32, amx="yes")
+    if "avx2" in ISAS:
+        with pytest.raises(ValueError, match="amx='on' needs AMX-BF16"):
+            call(x, qweight, 4, "int4", 8, scales=scales, zeros=zeros, group_size=32, amx="on", isa="avx2")
+    if not AMX:
+        with pytest.raises(ValueError, match="amx='on' needs AMX-BF16"):
+            call(x, qweight, 4, "int4", 8, scales=scales, zeros=zeros, group_size=32, amx="on")
+    # codebooks never use AMX: 'on' changes nothing for them
+    indices, codebook = make_codebook(8, 64, 4, True, seed=7)
+    run_codebook(x, indices, codebook, None, amx="off")

@@ -53,8 +53,15 @@ struct LowbitGemmArgs {
   int64_t M, N, K;
 };
 
+// Whether int4 runs on AMX-BF16 tiles (lowbit_gemm_amx.cpp): kAuto from kLowbitAmxMinM rows of x on
+// when the avx512_vnni tier is in use and amx_bf16_supported(); kOn at any M (an error where AMX is
+// not supported); kOff never. Codebooks never do (their entries are not exact in bfloat16).
+enum class LowbitAmx { kOff = 0, kOn = 1, kAuto = 2 };
+LowbitAmx parse_lowbit_amx(const std::string& name, const char* arg_name);
+constexpr int64_t kLowbitAmxMinM = 6;  // measured: 4096x4096 g128, AMX wins from M = 6 (bench/results)
+
 // Validates (std::invalid_argument naming the argument), then runs on up to num_threads threads.
-void lowbit_gemm(const LowbitGemmArgs& args, int num_threads, CpuIsa isa);
+void lowbit_gemm(const LowbitGemmArgs& args, int num_threads, CpuIsa isa, LowbitAmx amx = LowbitAmx::kAuto);
 
 // ---- what the per-ISA kernels share --------------------------------------------------------------
 // A kernel walks each code row in chunks of `lanes * subs` codes. Lane j of sub-vector s of chunk c
@@ -79,6 +86,14 @@ void lowbit_block_avx2(const LowbitGemmArgs& g, const float* xp, int64_t ldxp, i
 LowbitLayout lowbit_layout_avx512_vnni(int bits);
 void lowbit_block_avx512_vnni(const LowbitGemmArgs& g, const float* xp, int64_t ldxp, int64_t m0, int64_t m1,
                               int64_t n0, int64_t n1);
+#endif
+#ifdef SLIM_AMX
+// The AMX path (int4 only): x is prepared once per call into xb (lowbit_amx_x_elems(g) uint16s),
+// then blocks of rows [m0, m1) (m0 a multiple of 16) x weight rows [n0, n1) run from any thread.
+constexpr int64_t kLowbitAmxRows = 48;  // weight rows per unit of the N split: three 16-row tiles
+int64_t lowbit_amx_x_elems(const LowbitGemmArgs& g);
+void lowbit_amx_prepare_x(const LowbitGemmArgs& g, uint16_t* xb);
+void lowbit_amx_block(const LowbitGemmArgs& g, const uint16_t* xb, int64_t m0, int64_t m1, int64_t n0, int64_t n1);
 #endif
 
 namespace {

@@ -6,7 +6,7 @@
 
 namespace slim {
 
-constexpr int kScratchSlots = 2;
+constexpr int kScratchSlots = 3;
 // 64-byte aligned, at least `bytes`, valid until the next call with the same slot on this thread.
 void* thread_scratch(int slot, size_t bytes);
 

@@ -1,0 +1,226 @@
+// lowbit_gemm for int4 on AMX-BF16 tiles (compiled with the amx flags; used for larger M).
+//
+// Float32 results from bfloat16 tiles: a weight is (q - z) * s, and q - z is an integer in
+// [-255, 15], exact in bfloat16; the scale s multiplies each group's float32 partial sum. x is split
+// into three bfloat16 pieces by truncation, x = hi + mid + lo (8 + 8 + 8 significand bits: exact for
+// normal x, which never rounds up into infinity), and the tile products are exact in float32. So the
+// result is a float32 GEMM summed in another order; three tile products per step are the price.
+//
+// Tiles (C += A * B, 16 x 16 float32): A = 16 weight rows x 32 k of decoded weights, B = one piece
+// of x in the pair-interleaved layout (16 k pairs x 16 rows of x x 2), C[n][m]. Tile registers:
+// 0-2 the pieces of x, 3-4 weights (two, so a load never waits on the products still reading the
+// other), 5-7 three weight tiles' sums.
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#include "slim/lowbit_gemm.h"
+#include "slim/scratch.h"
+
+namespace slim {
+namespace {
+
+constexpr int64_t kTileBytes = 1024;  // 16 rows x 64 bytes
+constexpr int64_t kTileElems = 512;   // bfloat16s per tile
+
+struct alignas(64) TileConfig {
+  uint8_t palette, start_row;
+  uint8_t reserved[14];
+  uint16_t colsb[16];
+  uint8_t rows[16];
+};
+
+int64_t steps_of(int64_t k) { return (k + 31) / 32; }  // 32-k tile steps, the last one zero-padded
+
+// 16 floats -> 16 float32 whose low 16 bits are zero (bfloat16 values as float32), by truncation.
+inline __m512 trunc_bf16(__m512 v) { return _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(v), _mm512_set1_epi32(int(0xFFFF0000u)))); }
+
+// x[m, k0 .. k0 + 32) as float32, zero past K.
+inline void load32(const LowbitGemmArgs& g, int64_t m, int64_t k0, __m512& v0, __m512& v1) {
+  const int64_t n = std::min<int64_t>(32, g.K - k0);
+  const __mmask16 m0 = n >= 16 ? 0xFFFF : __mmask16((1u << n) - 1), m1 = n >= 32 ? 0xFFFF : n > 16 ? __mmask16((1u << (n - 16)) - 1) : 0;
+  if (g.x_kind == InKind::kFloat32) {
+    const float* p = static_cast<const float*>(g.x) + m * g.ldx + k0;
+    v0 = _mm512_maskz_loadu_ps(m0, p);
+    v1 = _mm512_maskz_loadu_ps(m1, p + 16);
+    return;
+  }
+  const uint16_t* p = static_cast<const uint16_t*>(g.x) + m * g.ldx + k0;
+  const __m256i h0 = _mm256_maskz_loadu_epi16(m0, p), h1 = _mm256_maskz_loadu_epi16(m1, p + 16);
+  if (g.x_kind == InKind::kFloat16) {
+    v0 = _mm512_cvtph_ps(h0);
+    v1 = _mm512_cvtph_ps(h1);
+  } else {
+    v0 = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h0), 16));
+    v1 = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h1), 16));
+  }
+}
+
+// In-register transpose of a 16 x 16 matrix of 32-bit elements.
+inline void transpose16(__m512i (&r)[16]) {
+  __m512i t[16];
+  for (int i = 0; i < 16; i += 2) {
+    t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
+    t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 16; i += 4) {
+    r[i] = _mm512_unpacklo_epi64(t[i], t[i + 2]);
+    r[i + 1] = _mm512_unpackhi_epi64(t[i], t[i + 2]);
+    r[i + 2] = _mm512_unpacklo_epi64(t[i + 1], t[i + 3]);
+    r[i + 3] = _mm512_unpackhi_epi64(t[i + 1], t[i + 3]);
+  }
+  // r[4b + c], 128-bit lane L: column 4L + c of rows 4b .. 4b + 3. Output row 4L + c gathers lane L of
+  // r[c], r[4 + c], r[8 + c], r[12 + c]: a 4 x 4 transpose of 128-bit lanes.
+  for (int c = 0; c < 4; ++c) {
+    const __m512i p = _mm512_shuffle_i32x4(r[c], r[4 + c], 0x44), q = _mm512_shuffle_i32x4(r[8 + c], r[12 + c], 0x44);
+    const __m512i u = _mm512_shuffle_i32x4(r[c], r[4 + c], 0xEE), v = _mm512_shuffle_i32x4(r[8 + c], r[12 + c], 0xEE);
+    t[c] = _mm512_shuffle_i32x4(p, q, 0x88);
+    t[4 + c] = _mm512_shuffle_i32x4(p, q, 0xDD);
+    t[8 + c] = _mm512_shuffle_i32x4(u, v, 0x88);
+    t[12 + c] = _mm512_shuffle_i32x4(u, v, 0xDD);
+  }
+  for (int i = 0; i < 16; ++i) r[i] = t[i];
+}
+
+}  // namespace
+
+// xb: [piece 3][m tile][step][k pair 16][m 16][2] bfloat16, zero past M and K.
+int64_t lowbit_amx_x_elems(const LowbitGemmArgs& g) { return 3 * ((g.M + 15) / 16) * steps_of(g.K) * kTileElems; }
+
+void lowbit_amx_prepare_x(const LowbitGemmArgs& g, uint16_t* xb) {
+  const int64_t mtiles = (g.M + 15) / 16, steps = steps_of(g.K), piece_stride = mtiles * steps * kTileElems;
+  for (int64_t mt = 0; mt < mtiles; ++mt)
+    for (int64_t st = 0; st < steps; ++st) {
+      __m512i piece[3][16];  // [piece][row of x]: 16 dwords, each a (k even, k odd) pair
+      for (int r = 0; r < 16; ++r) {
+        const int64_t m = mt * 16 + r;
+        __m512 v[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()};
+        if (m < g.M) load32(g, m, st * 32, v[0], v[1]);
+        __m512 p[3][2];
+        for (int h = 0; h < 2; ++h) {
+          // Inf and NaN stay whole in hi (x - hi would be NaN for an infinite x).
+          const __mmask16 finite = _mm512_cmp_ps_mask(_mm512_abs_ps(v[h]), _mm512_set1_ps(INFINITY), _CMP_LT_OQ);
+          p[0][h] = _mm512_mask_blend_ps(finite, v[h], trunc_bf16(v[h]));
+          const __m512 r1 = _mm512_maskz_sub_ps(finite, v[h], p[0][h]);
+          p[1][h] = trunc_bf16(r1);
+          p[2][h] = trunc_bf16(_mm512_sub_ps(r1, p[1][h]));
+        }
+        // Every piece is exact in bfloat16, so the converting instruction's rounding never acts, and a
+        // NaN stays a NaN (truncating one whose payload sits in the low bits would make it Inf).
+        for (int q = 0; q < 3; ++q)
+          piece[q][r] = (__m512i)_mm512_cvtne2ps_pbh(p[q][1], p[q][0]);
+      }
+      for (int q = 0; q < 3; ++q) {
+        transpose16(piece[q]);  // row j: k pair j of the 16 rows of x
+        uint16_t* dst = xb + q * piece_stride + (mt * steps + st) * kTileElems;
+        for (int j = 0; j < 16; ++j) _mm512_store_si512(dst + j * 32, piece[q][j]);
+      }
+    }
+}
+
+void lowbit_amx_block(const LowbitGemmArgs& g, const uint16_t* xb, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
+  const int64_t K = g.K, steps = steps_of(K), rb = lowbit_row_bytes(g);
+  const int64_t groups = K / g.group_size;
+  const int64_t gsteps = groups == 1 ? steps : g.group_size / 32;  // group sizes are K or multiples of 32
+  const int64_t mtiles = (g.M + 15) / 16, piece_stride = mtiles * steps * kTileElems;
+  const int64_t mt0 = m0 / 16, mt1 = (m1 + 15) / 16;
+  // decoded weights of one group: [tile 3][step][row 16][32 bfloat16]; sums: [m tile][tile 3][16 x 16]
+  auto* w = static_cast<uint16_t*>(thread_scratch(1, size_t(3 * gsteps) * kTileBytes));
+  auto* acc = static_cast<float*>(thread_scratch(2, size_t((mt1 - mt0) * 3) * 256 * sizeof(float)));
+
+  TileConfig cfg{};
+  cfg.palette = 1;
+  for (int t = 0; t < 8; ++t) {
+    cfg.rows[t] = 16;
+    cfg.colsb[t] = 64;
+  }
+  _tile_loadconfig(&cfg);
+  alignas(64) float sums[3][16][16];
+  for (int64_t n = n0; n < n1; n += kLowbitAmxRows) {
+    std::fill(acc, acc + (mt1 - mt0) * 3 * 256, 0.f);
+    for (int64_t grp = 0; grp < groups; ++grp) {
+      const int64_t s0 = grp * gsteps, ns = std::min(gsteps, steps - s0);
+      // Decode: a step of a row is 16 code bytes -> 16 dwords (bfloat16 of codes 2j, 2j + 1, minus z).
+      for (int t = 0; t < 3; ++t)
+        for (int r = 0; r < 16; ++r) {
+          const int64_t row = n + t * 16 + r;
+          uint16_t* dst = w + (t * gsteps * 16 + r) * 32;
+          if (row >= n1) {
+            for (int64_t st = 0; st < ns; ++st) _mm512_store_si512(dst + st * 512, _mm512_setzero_si512());
+            continue;
+          }
+          const int64_t at = row * groups + grp;
+          const __m512 table = _mm512_load_ps(kCodeMinusZero.v[g.zeros ? g.zeros[at] : 8]);
+          const uint8_t* codes = g.codes + row * rb + s0 * 16;
+          for (int64_t st = 0; st < ns; ++st) {
+            __m128i bytes;
+            const int64_t avail = rb - (s0 + st) * 16;  // bytes of this row from here on
+            if (avail >= 16) {
+              bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(codes + st * 16));
+            } else {  // the row's end: never read past it (codes past K meet zero x)
+              bytes = _mm_maskz_loadu_epi8(__mmask16((1u << avail) - 1), codes + st * 16);
+            }
+            const __m512i b = _mm512_cvtepu8_epi32(bytes);
+            const __m512i lo = _mm512_castps_si512(_mm512_permutexvar_ps(b, table));
+            const __m512i hi = _mm512_castps_si512(_mm512_permutexvar_ps(_mm512_srli_epi32(b, 4), table));
+            // (hi & 0xFFFF0000) | (lo >> 16): both are exact in bfloat16, so truncation is exact
+            _mm512_store_si512(dst + st * 512, _mm512_ternarylogic_epi32(hi, _mm512_set1_epi32(int(0xFFFF0000u)),
+                                                                         _mm512_srli_epi32(lo, 16), 0xEA));
+          }
+        }
+      for (int64_t mt = mt0; mt < mt1; ++mt) {
+        _tile_zero(5);
+        _tile_zero(6);
+        _tile_zero(7);
+        const uint16_t* xs = xb + (mt * steps + s0) * kTileElems;
+        for (int64_t st = 0; st < ns; ++st) {
+          const uint16_t* xt = xs + st * kTileElems;
+          _tile_loadd(0, xt, 64);
+          _tile_loadd(1, xt + piece_stride, 64);
+          _tile_loadd(2, xt + 2 * piece_stride, 64);
+          const uint16_t* wt = w + st * 512;
+          _tile_loadd(3, wt, 64);
+          _tile_loadd(4, wt + gsteps * 512, 64);
+          _tile_dpbf16ps(5, 3, 0);
+          _tile_dpbf16ps(6, 4, 0);
+          _tile_dpbf16ps(5, 3, 1);
+          _tile_dpbf16ps(6, 4, 1);
+          _tile_dpbf16ps(5, 3, 2);
+          _tile_dpbf16ps(6, 4, 2);
+          _tile_loadd(3, wt + 2 * gsteps * 512, 64);
+          _tile_dpbf16ps(7, 3, 0);
+          _tile_dpbf16ps(7, 3, 1);
+          _tile_dpbf16ps(7, 3, 2);
+        }
+        _tile_stored(5, sums[0], 64);
+        _tile_stored(6, sums[1], 64);
+        _tile_stored(7, sums[2], 64);
+        float* a = acc + (mt - mt0) * 3 * 256;
+        for (int t = 0; t < 3; ++t)
+          for (int r = 0; r < 16; ++r) {
+            const int64_t row = n + t * 16 + r;
+            const float s = row < n1 ? g.scales[row * groups + grp] : 0.f;
+            float* ar = a + (t * 16 + r) * 16;
+            _mm512_storeu_ps(ar, _mm512_fmadd_ps(_mm512_load_ps(sums[t][r]), _mm512_set1_ps(s), _mm512_loadu_ps(ar)));
+          }
+      }
+    }
+    for (int64_t mt = mt0; mt < mt1; ++mt)
+      for (int t = 0; t < 3; ++t)
+        for (int r = 0; r < 16; ++r) {
+          const int64_t row = n + t * 16 + r;
+          if (row >= n1) break;
+          const float* ar = acc + ((mt - mt0) * 3 + t) * 256 + r * 16;
+          for (int c = 0; c < 16; ++c) {
+            const int64_t m = mt * 16 + c;
+            if (m >= m0 && m < m1) lowbit_store(g, m, row, ar[c]);
+          }
+        }
+  }
+  _tile_release();
+}
+
+}  // namespace slim
