@@ -1,6 +1,7 @@
-"""Scratch CPU weight-only low-bit benchmark: our native dequant_mm_int4 (W4 g128) and lut_mm (4-bit
-codebook) against our W8A8 / W8A16 QuantLinear, FBGEMM dynamic int8, fp32 nn.Linear (MKL) and
-aten._weight_int4pack_mm_for_cpu (bf16 x), all in one process.
+"""Scratch CPU weight-only low-bit benchmark: our native dequant_mm_int4 (W4 g128; float32 x, and
+bfloat16 x on the same layers) and lut_mm (4-bit codebook) against our W8A8 / W8A16 QuantLinear,
+FBGEMM dynamic int8, fp32 nn.Linear (MKL) and aten._weight_int4pack_mm_for_cpu (bf16 x), all in one
+process. SLIMKERNELS_CPU_AMX=off|on|auto applies as everywhere.
 
 Run from the repo root:  PYTHONPATH=. python bench/scratch_cpu_lowbit.py [--ms 1,8,32,128]
     [--shapes 4096x4096,11008x4096] [--threads 2] [--stack-mb 0] [--reps 15]
@@ -49,6 +50,9 @@ def build(n, k, stack_bytes):
     w4 = [(torch.randint(0, 256, (n, k // 2), dtype=torch.uint8, generator=g), torch.rand(n, k // 128, generator=g) * 0.01)
           for _ in range(count(b4))]
     methods["int4 g128"] = ([lambda x, q=q, s=s: ops.dequant_mm_int4(x, q, s, None, 128, None) for q, s in w4], b4)
+    # the same layers with bfloat16 activations (converted per call, as for aten int4pack below)
+    methods["int4 g128 (bf16 x)"] = ([lambda x, q=q, s=s: ops.dequant_mm_int4(x.to(torch.bfloat16), q, s, None, 128, None)
+                                      for q, s in w4], b4)
     bcb = n * k // 2 + n * 16 * 4
     cbs = [(torch.randint(0, 256, (n, k // 2), dtype=torch.uint8, generator=g), torch.randn(n, 16, generator=g))
            for _ in range(count(bcb))]

@@ -153,12 +153,13 @@ void lowbit_gemm(const LowbitGemmArgs& g, int num_threads, CpuIsa isa, LowbitAmx
 
   if (use_amx(g, isa, amx)) {
 #ifdef SLIM_AMX
-    auto* xb = static_cast<uint16_t*>(thread_scratch(0, size_t(lowbit_amx_x_elems(g)) * sizeof(uint16_t) + 64));
+    const int64_t xb_elems = lowbit_amx_x_elems(g);
+    auto* xb = static_cast<uint16_t*>(thread_scratch(0, size_t(xb_elems) * sizeof(uint16_t) + 64));
     lowbit_amx_prepare_x(g, xb);
-    // Rows of x per task: a multiple of the 16-row tile whose three bfloat16 pieces (6 bytes a value)
-    // stay in L2 (~1 MB) while the task sweeps its weight rows.
-    const int64_t per_row = ((g.K + 31) / 32) * 32 * 6;
-    const int64_t mblock = std::max<int64_t>(16, (1 << 20) / per_row / 16 * 16);
+    // Rows of x per task: 16-row tiles whose bfloat16 pieces stay in L2 (~1 MB) while the task sweeps
+    // its weight rows (each task decodes its weight rows again: fewer, larger row blocks are better).
+    const int64_t tile_bytes = xb_elems * 2 / ((g.M + 15) / 16);
+    const int64_t mblock = 16 * std::max<int64_t>(1, (1 << 20) / tile_bytes);
     parallel_tiles(g.M, g.N, g.K, mblock, kLowbitAmxRows, num_threads,
                    [&](int64_t m0, int64_t m1, int64_t n0, int64_t n1) { lowbit_amx_block(g, xb, m0, m1, n0, n1); });
     return;

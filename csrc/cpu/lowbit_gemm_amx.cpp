@@ -2,9 +2,10 @@
 //
 // Float32 results from bfloat16 tiles: a weight is (q - z) * s, and q - z is an integer in
 // [-255, 15], exact in bfloat16; the scale s multiplies each group's float32 partial sum. x is split
-// into three bfloat16 pieces by truncation, x = hi + mid + lo (8 + 8 + 8 significand bits: exact for
-// normal x, which never rounds up into infinity), and the tile products are exact in float32. So the
-// result is a float32 GEMM summed in another order; three tile products per step are the price.
+// into bfloat16 pieces by truncation, x = hi + mid + lo (8 + 8 + 8 significand bits: exact for normal
+// x, which never rounds up into infinity): three pieces for float32 x, two for float16 (11 bits), one
+// for bfloat16. The tile products are exact in float32, so the result is a float32 GEMM summed in
+// another order; one tile product per piece and step is the price.
 //
 // Tiles (C += A * B, 16 x 16 float32): A = 16 weight rows x 32 k of decoded weights, B = one piece
 // of x in the pair-interleaved layout (16 k pairs x 16 rows of x x 2), C[n][m]. Tile registers:
@@ -34,6 +35,34 @@ struct alignas(64) TileConfig {
 };
 
 int64_t steps_of(int64_t k) { return (k + 31) / 32; }  // 32-k tile steps, the last one zero-padded
+
+// bfloat16 pieces that hold every value of x's kind exactly (float16: 11 significand bits).
+int pieces_of(InKind kind) { return kind == InKind::kBFloat16 ? 1 : kind == InKind::kFloat16 ? 2 : 3; }
+
+// One 32-k step of three weight tiles against the P pieces of x: tiles 0..P-1 <- x, 3 and 4 <- weights
+// (two, so a load never waits on the products still reading the other), sums in 5, 6, 7.
+template <int P>
+inline void int4_step(const uint16_t* xt, int64_t piece_stride, const uint16_t* wt, int64_t tile_stride) {
+  _tile_loadd(0, xt, 64);
+  if constexpr (P > 1) _tile_loadd(1, xt + piece_stride, 64);
+  if constexpr (P > 2) _tile_loadd(2, xt + 2 * piece_stride, 64);
+  _tile_loadd(3, wt, 64);
+  _tile_loadd(4, wt + tile_stride, 64);
+  _tile_dpbf16ps(5, 3, 0);
+  _tile_dpbf16ps(6, 4, 0);
+  if constexpr (P > 1) {
+    _tile_dpbf16ps(5, 3, 1);
+    _tile_dpbf16ps(6, 4, 1);
+  }
+  if constexpr (P > 2) {
+    _tile_dpbf16ps(5, 3, 2);
+    _tile_dpbf16ps(6, 4, 2);
+  }
+  _tile_loadd(3, wt + 2 * tile_stride, 64);
+  _tile_dpbf16ps(7, 3, 0);
+  if constexpr (P > 1) _tile_dpbf16ps(7, 3, 1);
+  if constexpr (P > 2) _tile_dpbf16ps(7, 3, 2);
+}
 
 // 16 floats -> 16 float32 whose low 16 bits are zero (bfloat16 values as float32), by truncation.
 inline __m512 trunc_bf16(__m512 v) { return _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(v), _mm512_set1_epi32(int(0xFFFF0000u)))); }
@@ -87,11 +116,14 @@ inline void transpose16(__m512i (&r)[16]) {
 
 }  // namespace
 
-// xb: [piece 3][m tile][step][k pair 16][m 16][2] bfloat16, zero past M and K.
-int64_t lowbit_amx_x_elems(const LowbitGemmArgs& g) { return 3 * ((g.M + 15) / 16) * steps_of(g.K) * kTileElems; }
+// xb: [piece (pieces_of)][m tile][step][k pair 16][m 16][2] bfloat16, zero past M and K.
+int64_t lowbit_amx_x_elems(const LowbitGemmArgs& g) {
+  return pieces_of(g.x_kind) * ((g.M + 15) / 16) * steps_of(g.K) * kTileElems;
+}
 
 void lowbit_amx_prepare_x(const LowbitGemmArgs& g, uint16_t* xb) {
   const int64_t mtiles = (g.M + 15) / 16, steps = steps_of(g.K), piece_stride = mtiles * steps * kTileElems;
+  const int pieces = pieces_of(g.x_kind);
   for (int64_t mt = 0; mt < mtiles; ++mt)
     for (int64_t st = 0; st < steps; ++st) {
       __m512i piece[3][16];  // [piece][row of x]: 16 dwords, each a (k even, k odd) pair
@@ -113,7 +145,7 @@ void lowbit_amx_prepare_x(const LowbitGemmArgs& g, uint16_t* xb) {
         for (int q = 0; q < 3; ++q)
           piece[q][r] = (__m512i)_mm512_cvtne2ps_pbh(p[q][1], p[q][0]);
       }
-      for (int q = 0; q < 3; ++q) {
+      for (int q = 0; q < pieces; ++q) {
         transpose16(piece[q]);  // row j: k pair j of the 16 rows of x
         uint16_t* dst = xb + q * piece_stride + (mt * steps + st) * kTileElems;
         for (int j = 0; j < 16; ++j) _mm512_store_si512(dst + j * 32, piece[q][j]);
@@ -127,6 +159,7 @@ void lowbit_amx_block(const LowbitGemmArgs& g, const uint16_t* xb, int64_t m0, i
   const int64_t gsteps = groups == 1 ? steps : g.group_size / 32;  // group sizes are K or multiples of 32
   const int64_t mtiles = (g.M + 15) / 16, piece_stride = mtiles * steps * kTileElems;
   const int64_t mt0 = m0 / 16, mt1 = (m1 + 15) / 16;
+  const int pieces = pieces_of(g.x_kind);
   // decoded weights of one group: [tile 3][step][row 16][32 bfloat16]; sums: [m tile][tile 3][16 x 16]
   auto* w = static_cast<uint16_t*>(thread_scratch(1, size_t(3 * gsteps) * kTileBytes));
   auto* acc = static_cast<float*>(thread_scratch(2, size_t((mt1 - mt0) * 3) * 256 * sizeof(float)));
@@ -177,23 +210,10 @@ void lowbit_amx_block(const LowbitGemmArgs& g, const uint16_t* xb, int64_t m0, i
         _tile_zero(7);
         const uint16_t* xs = xb + (mt * steps + s0) * kTileElems;
         for (int64_t st = 0; st < ns; ++st) {
-          const uint16_t* xt = xs + st * kTileElems;
-          _tile_loadd(0, xt, 64);
-          _tile_loadd(1, xt + piece_stride, 64);
-          _tile_loadd(2, xt + 2 * piece_stride, 64);
-          const uint16_t* wt = w + st * 512;
-          _tile_loadd(3, wt, 64);
-          _tile_loadd(4, wt + gsteps * 512, 64);
-          _tile_dpbf16ps(5, 3, 0);
-          _tile_dpbf16ps(6, 4, 0);
-          _tile_dpbf16ps(5, 3, 1);
-          _tile_dpbf16ps(6, 4, 1);
-          _tile_dpbf16ps(5, 3, 2);
-          _tile_dpbf16ps(6, 4, 2);
-          _tile_loadd(3, wt + 2 * gsteps * 512, 64);
-          _tile_dpbf16ps(7, 3, 0);
-          _tile_dpbf16ps(7, 3, 1);
-          _tile_dpbf16ps(7, 3, 2);
+          const uint16_t *xt = xs + st * kTileElems, *wt = w + st * kTileElems;
+          if (pieces == 1) int4_step<1>(xt, piece_stride, wt, gsteps * kTileElems);
+          else if (pieces == 2) int4_step<2>(xt, piece_stride, wt, gsteps * kTileElems);
+          else int4_step<3>(xt, piece_stride, wt, gsteps * kTileElems);
         }
         _tile_stored(5, sums[0], 64);
         _tile_stored(6, sums[1], 64);
