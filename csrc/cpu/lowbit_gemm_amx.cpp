@@ -65,12 +65,16 @@ inline void int4_step(const uint16_t* xt, int64_t piece_stride, const uint16_t* 
 }
 
 // 16 floats -> 16 float32 whose low 16 bits are zero (bfloat16 values as float32), by truncation.
-inline __m512 trunc_bf16(__m512 v) { return _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(v), _mm512_set1_epi32(int(0xFFFF0000u)))); }
+inline __m512 trunc_bf16(__m512 v) {
+  return _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(v), _mm512_set1_epi32(int(0xFFFF0000u))));
+}
+
+inline __mmask16 head_mask(int64_t n) { return n >= 16 ? 0xFFFF : n <= 0 ? 0 : __mmask16((1u << n) - 1); }
 
 // x[m, k0 .. k0 + 32) as float32, zero past K.
 inline void load32(const LowbitGemmArgs& g, int64_t m, int64_t k0, __m512& v0, __m512& v1) {
   const int64_t n = std::min<int64_t>(32, g.K - k0);
-  const __mmask16 m0 = n >= 16 ? 0xFFFF : __mmask16((1u << n) - 1), m1 = n >= 32 ? 0xFFFF : n > 16 ? __mmask16((1u << (n - 16)) - 1) : 0;
+  const __mmask16 m0 = head_mask(n), m1 = head_mask(n - 16);
   if (g.x_kind == InKind::kFloat32) {
     const float* p = static_cast<const float*>(g.x) + m * g.ldx + k0;
     v0 = _mm512_maskz_loadu_ps(m0, p);

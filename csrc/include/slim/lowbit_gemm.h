@@ -152,8 +152,9 @@ struct LowbitTiles {
   static constexpr int kSets = MR * NR * 2 <= P::kMaxAcc ? 2 : 1;
 
   template <int S, int MR, int NR, int A>
-  static SLIM_FORCE_INLINE void sub_fma(const typename C::Raw (&raw)[NR], const typename P::Lut (&lut)[NR], const float* x,
-                             int64_t ldxp, typename P::V (&acc)[MR][NR][A], const uint32_t* mask) {
+  static SLIM_FORCE_INLINE void sub_fma(const typename C::Raw (&raw)[NR], const typename P::Lut (&lut)[NR],
+                                        const float* x, int64_t ldxp, typename P::V (&acc)[MR][NR][A],
+                                        const uint32_t* mask) {
     typename P::V w[NR];
     for (int j = 0; j < NR; ++j) {
       w[j] = C::template weight<S>(raw[j], lut[j]);
