@@ -121,9 +121,9 @@ PYBIND11_MODULE(_C, m) {
         "packed layouts of slimkernels.quant.lowbit: lut_kind 'int4' (codes uint8 [N, ceil(K/2)], scales "
         "float32 [N, K/group_size], zeros uint8 or 0 = zero point 8; w = (q - z) * s) or 'codebook' "
         "(bits-bit codes [N, ceil(K*bits/8)], codebook float32 [codebook_rows = 1 or N, 2^bits]). x and y "
-        "of x_kind 'float32' | 'float16' | 'bfloat16', float32 accumulation, RNE output. amx: 'auto' (int4 on "
-        "AMX-BF16 tiles from 6 rows of x, where supported), 'on' (int4 on AMX at any M; an error where "
-        "unsupported) or 'off'.");
+        "of x_kind 'float32' | 'float16' | 'bfloat16', float32 accumulation, RNE output. amx: 'auto' (AMX-BF16 "
+        "tiles from 6 rows of x for int4 and 16 for 2- and 4-bit codebooks, where supported), 'on' (at any "
+        "M; an error where unsupported) or 'off'.");
   m.def("amx_bf16_supported",
         [] {
 #ifdef SLIM_AMX

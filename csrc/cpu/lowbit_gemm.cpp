@@ -111,7 +111,7 @@ void store_bias_only(const LowbitGemmArgs& g) {  // K == 0: y = bias (or 0)
 
 namespace {
 bool use_amx(const LowbitGemmArgs& g, CpuIsa isa, LowbitAmx amx) {
-  if (amx == LowbitAmx::kOff || g.kind != LutKind::kInt4) return false;
+  if (amx == LowbitAmx::kOff || g.bits == 3) return false;
 #ifdef SLIM_AMX
   const bool usable = isa == CpuIsa::kAvx512Vnni && amx_bf16_supported();
 #else
@@ -120,7 +120,8 @@ bool use_amx(const LowbitGemmArgs& g, CpuIsa isa, LowbitAmx amx) {
 #endif
   if (amx == LowbitAmx::kOn && !usable)
     bad("amx='on' needs AMX-BF16 (CPU, OS permission and this build) and the avx512_vnni ISA");
-  return usable && (amx == LowbitAmx::kOn || g.M >= kLowbitAmxMinM);
+  const int64_t min_m = g.kind == LutKind::kInt4 ? kLowbitAmxMinM : kLowbitAmxCodebookMinM;
+  return usable && (amx == LowbitAmx::kOn || g.M >= min_m);
 }
 }  // namespace
 
@@ -160,8 +161,12 @@ void lowbit_gemm(const LowbitGemmArgs& g, int num_threads, CpuIsa isa, LowbitAmx
     // its weight rows (each task decodes its weight rows again: fewer, larger row blocks are better).
     const int64_t tile_bytes = xb_elems * 2 / ((g.M + 15) / 16);
     const int64_t mblock = 16 * std::max<int64_t>(1, (1 << 20) / tile_bytes);
-    parallel_tiles(g.M, g.N, g.K, mblock, kLowbitAmxRows, num_threads,
-                   [&](int64_t m0, int64_t m1, int64_t n0, int64_t n1) { lowbit_amx_block(g, xb, m0, m1, n0, n1); });
+    const bool int4 = g.kind == LutKind::kInt4;
+    parallel_tiles(g.M, g.N, g.K, mblock, int4 ? kLowbitAmxInt4Rows : kLowbitAmxCodebookRows, num_threads,
+                   [&](int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
+                     if (int4) lowbit_amx_block_int4(g, xb, m0, m1, n0, n1);
+                     else lowbit_amx_block_codebook(g, xb, m0, m1, n0, n1);
+                   });
     return;
 #endif
   }

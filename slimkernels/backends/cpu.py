@@ -1,7 +1,8 @@
 """CPU backend: our C++ kernels (slimkernels._C) with run-time ISA dispatch.
 
 Threads follow torch.get_num_threads(); SLIMKERNELS_CPU_ISA=avx2|avx512_vnni|scalar forces an ISA;
-SLIMKERNELS_CPU_AMX=auto|on|off says when int4 runs on AMX-BF16 tiles (auto: from 6 rows of x).
+SLIMKERNELS_CPU_AMX=auto|on|off says when the low-bit kernels run on AMX-BF16 tiles (auto: from 6
+rows of x for int4, 16 for 2- and 4-bit codebooks).
 """
 from __future__ import annotations
 
@@ -24,7 +25,8 @@ def _isa() -> str:
 
 
 def _amx() -> str:
-    """SLIMKERNELS_CPU_AMX=auto|on|off: int4 on AMX-BF16 tiles from 6 rows of x / always / never."""
+    """SLIMKERNELS_CPU_AMX=auto|on|off: low-bit kernels on AMX-BF16 tiles from 6 (int4) or 16
+    (codebooks) rows of x / always / never."""
     return os.environ.get("SLIMKERNELS_CPU_AMX", "auto")
 
 

@@ -2,8 +2,9 @@
 under the "native" backend, against the reference (weights dequantized in float32, float32 GEMM,
 rounded once to x.dtype).
 
-Tolerance per element: 1e-5 * (|x| @ |w|.T) (a float32 sum in another order) plus, for float16 and
-bfloat16 outputs, one rounding step of the output kind (2^-10 and 2^-7 of |y|).
+Tolerance per element: 1e-5 * (|x| @ |w|.T) (a float32 sum in another order) plus one rounding step of
+the output kind (2^-23, 2^-10 and 2^-7 of |y| for float32, float16 and bfloat16: a sum that differs
+in its last bit can round the other way once the bias is added or the output is narrowed).
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ C = pytest.importorskip("slimkernels._C")
 ISAS = C.supported_isas()
 KIND = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
 DTYPES = list(KIND)
-STEP = {torch.float32: 0.0, torch.float16: 2.0**-10, torch.bfloat16: 2.0**-7}
+STEP = {torch.float32: 2.0**-23, torch.float16: 2.0**-10, torch.bfloat16: 2.0**-7}
 MS = (1, 2, 3, 4, 5, 17, 64)
 N = 37  # odd, not a multiple of any register tile
 
@@ -288,17 +289,17 @@ def test_ops_opcheck():
         torch.library.opcheck(torch.ops.slimkernels.lut_mm.default, (x, indices, codebook, torch.randn(5)))
 
 
-# ---- int4 on AMX-BF16 tiles (amx='on' forces it at any M; 'auto' from 6 rows of x) ----
+# ---- AMX-BF16 tiles (amx='on' forces them at any M; 'auto' from 6 rows of x for int4, 16 for codebooks) ----
 AMX = C.amx_bf16_supported()
 needs_amx = pytest.mark.skipif(not AMX, reason="no AMX-BF16 here (CPU, OS or build)")
+AMX_SHAPES = [(1, 37), (5, 48), (16, 100), (17, 49), (40, 37)]  # (M, N): tails of the 16-row tiles and units
 
 
 @needs_amx
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("k, group_size", INT4_GROUPS + [(1024, 128)], ids=lambda v: str(v))
 def test_int4_amx(dtype, k, group_size):
-    # M not a multiple of the 16-row tile, N not a multiple of the 48-row unit, one and two threads
-    for i, (m, n) in enumerate([(1, 37), (5, 48), (16, 100), (17, 49), (40, 37)]):
+    for i, (m, n) in enumerate(AMX_SHAPES):
         qweight, scales, zeros = make_int4(n, k, group_size, i % 2 == 0, seed=i)
         bias = torch.randn(n) if i % 3 else None
         for threads in (1, 2):
@@ -333,14 +334,55 @@ def test_int4_amx_edges():
 
 
 @needs_amx
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("bits", [2, 3, 4])  # 3-bit codebooks keep the float32 kernel, even with 'on'
+@pytest.mark.parametrize("per_row", [True, False], ids=["per_row", "per_layer"])
+def test_codebook_amx(dtype, bits, per_row):
+    for i, (m, n) in enumerate(AMX_SHAPES):
+        for k in (77, 256, 1, 1000):
+            indices, codebook = make_codebook(n, k, bits, per_row, seed=i)
+            bias = torch.randn(n) if i % 2 else None
+            run_codebook(rand_x(m, k, dtype, i), indices, codebook, bias, threads=1 + i % 2, amx="on")
+    # entries of every magnitude: each is split into three bfloat16 pieces
+    indices, codebook = make_codebook(37, 300, bits, per_row, seed=9)
+    lo, hi = (-4, 2) if dtype == torch.float16 else (-30, 30)  # float16 outputs: stay below 65504
+    codebook = codebook * torch.logspace(lo, hi, codebook.numel()).reshape(codebook.shape)
+    run_codebook(rand_x(7, 300, dtype, 9), indices, codebook, None, amx="on")
+
+
+@needs_amx
+def test_codebook_amx_padding_and_specials():
+    # An Inf entry no code uses stays out (the padding codes of the last step weigh 0); Inf and NaN in
+    # x give non-finite outputs where the float32 kernel does (an Inf x can meet a zero piece of a
+    # weight, Inf * 0, so some may be NaN rather than +-Inf).
+    m, k, n = 9, 45, 37
+    for bits in (2, 4):
+        codes = torch.randint(1, 1 << bits, (n, k))
+        codebook = torch.randn(1, 1 << bits)
+        codebook[0, 0] = float("inf")
+        x = torch.randn(m, k)
+        y = call(x, lowbit.pack_codes(codes, bits), bits, "codebook", n, codebook=codebook, group_size=k, amx="on")
+        torch.testing.assert_close(y, x @ codebook[0][codes.long()].T, rtol=1e-5, atol=1e-5)
+        x[0, 3], x[1, 5] = float("inf"), float("nan")
+        indices, codebook = make_codebook(n, k, bits, True, seed=3)
+        on = call(x, indices, bits, "codebook", n, codebook=codebook, group_size=k, amx="on")
+        off = call(x, indices, bits, "codebook", n, codebook=codebook, group_size=k, amx="off")
+        assert torch.equal(torch.isfinite(on), torch.isfinite(off)) and not torch.isfinite(on[:2]).any()
+
+
+@needs_amx
 def test_amx_auto_threshold():
-    # 'auto' is exactly 'on' from 6 rows and exactly 'off' below
+    # 'auto' is exactly 'on' from 6 rows (int4) or 16 (codebooks) and exactly 'off' below
     k, n = 256, 40
     qweight, scales, zeros = make_int4(n, k, 128, True, seed=5)
-    for m, same_as in ((5, "off"), (6, "on"), (33, "on")):
+    indices, codebook = make_codebook(n, k, 2, True, seed=5)
+    for m, int4_as, codebook_as in ((5, "off", "off"), (6, "on", "off"), (15, "on", "off"), (16, "on", "on")):
         x = rand_x(m, k, torch.float32, m)
         kw = dict(scales=scales, zeros=zeros, group_size=128)
-        assert torch.equal(call(x, qweight, 4, "int4", n, **kw), call(x, qweight, 4, "int4", n, amx=same_as, **kw))
+        assert torch.equal(call(x, qweight, 4, "int4", n, **kw), call(x, qweight, 4, "int4", n, amx=int4_as, **kw))
+        kw = dict(codebook=codebook, group_size=k)
+        assert torch.equal(call(x, indices, 2, "codebook", n, **kw),
+                           call(x, indices, 2, "codebook", n, amx=codebook_as, **kw))
 
 
 def test_amx_arguments():
@@ -354,6 +396,3 @@ def test_amx_arguments():
     if not AMX:
         with pytest.raises(ValueError, match="amx='on' needs AMX-BF16"):
             call(x, qweight, 4, "int4", 8, scales=scales, zeros=zeros, group_size=32, amx="on")
-    # codebooks never use AMX: 'on' changes nothing for them
-    indices, codebook = make_codebook(8, 64, 4, True, seed=7)
-    run_codebook(x, indices, codebook, None, amx="off")

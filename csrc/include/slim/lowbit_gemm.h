@@ -53,12 +53,16 @@ struct LowbitGemmArgs {
   int64_t M, N, K;
 };
 
-// Whether int4 runs on AMX-BF16 tiles (lowbit_gemm_amx.cpp): kAuto from kLowbitAmxMinM rows of x on
-// when the avx512_vnni tier is in use and amx_bf16_supported(); kOn at any M (an error where AMX is
-// not supported); kOff never. Codebooks never do (their entries are not exact in bfloat16).
+// Whether int4 and 2- and 4-bit codebooks run on AMX-BF16 tiles (lowbit_gemm_amx.cpp): kAuto from
+// kLowbitAmxMinM (int4) or kLowbitAmxCodebookMinM rows of x on, when the avx512_vnni tier is in use
+// and amx_bf16_supported(); kOn at any M (an error where AMX is not supported); kOff never. 3-bit
+// codebooks never do.
 enum class LowbitAmx { kOff = 0, kOn = 1, kAuto = 2 };
 LowbitAmx parse_lowbit_amx(const std::string& name, const char* arg_name);
-constexpr int64_t kLowbitAmxMinM = 6;  // measured: 4096x4096 g128, AMX wins from M = 6 (bench/results)
+// Measured on 4096 x 4096 (bench/results/2026-11-23-cpu-lowbit.md): AMX wins from M = 6 for int4 g128
+// and from M = 12-16 for 4-bit codebooks (whose decode and tile products cost twice as much).
+constexpr int64_t kLowbitAmxMinM = 6;
+constexpr int64_t kLowbitAmxCodebookMinM = 16;
 
 // Validates (std::invalid_argument naming the argument), then runs on up to num_threads threads.
 void lowbit_gemm(const LowbitGemmArgs& args, int num_threads, CpuIsa isa, LowbitAmx amx = LowbitAmx::kAuto);
@@ -88,12 +92,17 @@ void lowbit_block_avx512_vnni(const LowbitGemmArgs& g, const float* xp, int64_t 
                               int64_t n0, int64_t n1);
 #endif
 #ifdef SLIM_AMX
-// The AMX path (int4 only): x is prepared once per call into xb (lowbit_amx_x_elems(g) uint16s),
-// then blocks of rows [m0, m1) (m0 a multiple of 16) x weight rows [n0, n1) run from any thread.
-constexpr int64_t kLowbitAmxRows = 48;  // weight rows per unit of the N split: three 16-row tiles
+// The AMX path (int4, and 2- and 4-bit codebooks): x is prepared once per call into xb
+// (lowbit_amx_x_elems(g) uint16s), then blocks of rows [m0, m1) (m0 a multiple of 16) x weight rows
+// [n0, n1) run from any thread.
+constexpr int64_t kLowbitAmxInt4Rows = 48;      // weight rows per unit of the N split: three tiles
+constexpr int64_t kLowbitAmxCodebookRows = 32;  // two tiles
 int64_t lowbit_amx_x_elems(const LowbitGemmArgs& g);
 void lowbit_amx_prepare_x(const LowbitGemmArgs& g, uint16_t* xb);
-void lowbit_amx_block(const LowbitGemmArgs& g, const uint16_t* xb, int64_t m0, int64_t m1, int64_t n0, int64_t n1);
+void lowbit_amx_block_int4(const LowbitGemmArgs& g, const uint16_t* xb, int64_t m0, int64_t m1, int64_t n0,
+                           int64_t n1);
+void lowbit_amx_block_codebook(const LowbitGemmArgs& g, const uint16_t* xb, int64_t m0, int64_t m1, int64_t n0,
+                               int64_t n1);
 #endif
 
 namespace {
