@@ -1,6 +1,7 @@
-// lowbit_gemm for int4 on AMX-BF16 tiles (compiled with the amx flags; used for larger M).
+// lowbit_gemm on AMX-BF16 tiles (compiled with the amx flags; used for larger M): int4 here, 2- and
+// 4-bit codebooks further down.
 //
-// Float32 results from bfloat16 tiles: a weight is (q - z) * s, and q - z is an integer in
+// Float32 results from bfloat16 tiles: an int4 weight is (q - z) * s, and q - z is an integer in
 // [-255, 15], exact in bfloat16; the scale s multiplies each group's float32 partial sum. x is split
 // into bfloat16 pieces by truncation, x = hi + mid + lo (8 + 8 + 8 significand bits: exact for normal
 // x, which never rounds up into infinity): three pieces for float32 x, two for float16 (11 bits), one
@@ -292,8 +293,8 @@ PieceTables codebook_tables(const LowbitGemmArgs& g, int64_t row) {
   return pt;
 }
 
-// One 32-code step of a row: the (k even, k odd) pairs of each piece. bytes: the step's codes (16
-// bytes of 4-bit codes, 8 of 2-bit ones), zero past the row's end.
+// One 32-code step of a row: the (k even, k odd) pairs of each piece. codes: the step's bytes (16 of
+// 4-bit codes, 8 of 2-bit ones), of which the row holds `avail` (fewer at its end: the rest read 0).
 inline void decode_step(int bits, const PieceTables& pt, const uint8_t* codes, int64_t avail, __m512i (&out)[3]) {
   if (bits == 4) {
     const __m128i bytes = avail >= 16 ? _mm_loadu_si128(reinterpret_cast<const __m128i*>(codes))
