@@ -89,6 +89,14 @@ inline __m512i pair_halves(__m512 lo, __m512 hi) {
                                    _mm512_srli_epi32(_mm512_castps_si512(lo), 16), 0xEA);
 }
 
+// The `n` (8 or 16) code bytes of a 32-code step, of which the row holds `avail` from p on: at the
+// row's end the rest read 0 and nothing past the row is touched (those codes meet zero x, or a mask).
+inline __m128i step_bytes(const uint8_t* p, int64_t n, int64_t avail) {
+  const auto* v = reinterpret_cast<const __m128i*>(p);
+  if (avail >= n) return n == 16 ? _mm_loadu_si128(v) : _mm_loadl_epi64(v);
+  return _mm_maskz_loadu_epi8(__mmask16((1u << avail) - 1), p);
+}
+
 // x[m, k0 .. k0 + 32) as float32, zero past K.
 inline void load32(const LowbitGemmArgs& g, int64_t m, int64_t k0, __m512& v0, __m512& v1) {
   const int64_t n = std::min<int64_t>(32, g.K - k0);
@@ -211,15 +219,9 @@ void lowbit_amx_block_int4(const LowbitGemmArgs& g, const uint16_t* xb, int64_t 
           const __m512 table = _mm512_load_ps(kCodeMinusZero.v[g.zeros ? g.zeros[at] : 8]);
           const uint8_t* codes = g.codes + row * rb + s0 * 16;
           for (int64_t st = 0; st < ns; ++st) {
-            __m128i bytes;
-            const int64_t avail = rb - (s0 + st) * 16;  // bytes of this row from here on
-            if (avail >= 16) {
-              bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(codes + st * 16));
-            } else {  // the row's end: never read past it (codes past K meet zero x)
-              bytes = _mm_maskz_loadu_epi8(__mmask16((1u << avail) - 1), codes + st * 16);
-            }
-            const __m512i b = _mm512_cvtepu8_epi32(bytes);
-            const __m512 lo = _mm512_permutexvar_ps(b, table), hi = _mm512_permutexvar_ps(_mm512_srli_epi32(b, 4), table);
+            const __m512i b = _mm512_cvtepu8_epi32(step_bytes(codes + st * 16, 16, rb - (s0 + st) * 16));
+            const __m512 lo = _mm512_permutexvar_ps(b, table);
+            const __m512 hi = _mm512_permutexvar_ps(_mm512_srli_epi32(b, 4), table);
             _mm512_store_si512(dst + st * 512, pair_halves(lo, hi));  // both exact in bfloat16
           }
         }
@@ -297,15 +299,12 @@ PieceTables codebook_tables(const LowbitGemmArgs& g, int64_t row) {
 // 4-bit codes, 8 of 2-bit ones), of which the row holds `avail` (fewer at its end: the rest read 0).
 inline void decode_step(int bits, const PieceTables& pt, const uint8_t* codes, int64_t avail, __m512i (&out)[3]) {
   if (bits == 4) {
-    const __m128i bytes = avail >= 16 ? _mm_loadu_si128(reinterpret_cast<const __m128i*>(codes))
-                                      : _mm_maskz_loadu_epi8(__mmask16((1u << avail) - 1), codes);
-    const __m512i b = _mm512_cvtepu8_epi32(bytes), bh = _mm512_srli_epi32(b, 4);
+    const __m512i b = _mm512_cvtepu8_epi32(step_bytes(codes, 16, avail)), bh = _mm512_srli_epi32(b, 4);
     for (int q = 0; q < 3; ++q)
       out[q] = pair_halves(_mm512_permutexvar_ps(b, pt.t[q]), _mm512_permutexvar_ps(bh, pt.t[q]));
     return;
   }
-  const __m128i bytes = avail >= 8 ? _mm_loadl_epi64(reinterpret_cast<const __m128i*>(codes))
-                                   : _mm_maskz_loadu_epi8(__mmask16((1u << avail) - 1), codes);
+  const __m128i bytes = step_bytes(codes, 8, avail);
   // lane j <- byte j / 2, shifted so that nibble j is its low 4 bits
   const __m512i nib = _mm512_srlv_epi32(_mm512_cvtepu8_epi32(_mm_unpacklo_epi8(bytes, bytes)),
                                         _mm512_setr_epi32(0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4));
