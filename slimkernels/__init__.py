@@ -5,8 +5,10 @@
     slimkernels.save(model, "model.safetensors")
 """
 from . import _native, ops
-from .backends import get_backend, set_backend, use_backend
-from .backends import register_all as _register_all  # noqa: F401
+from .backends import (
+    get_backend, get_cpu_amx, get_cpu_isa, set_backend, set_cpu_amx, set_cpu_isa, use_backend, use_cpu_amx,
+    use_cpu_isa,
+)
 from .compress import (
     CodebookConfig,
     CompressionReport,
@@ -27,5 +29,6 @@ info = _native.info
 __all__ = [
     "ops", "QuantLinear", "FakeQuantLinear", "quantize_", "prepare_qat_", "convert_", "Int8DynamicConfig",
     "Int8WeightOnlyConfig", "Int4WeightOnlyConfig", "CodebookConfig", "CompressionReport",
-    "save", "load", "set_backend", "use_backend", "get_backend", "info", "__version__",
+    "save", "load", "set_backend", "use_backend", "get_backend", "set_cpu_isa", "use_cpu_isa", "get_cpu_isa",
+    "set_cpu_amx", "use_cpu_amx", "get_cpu_amx", "info", "__version__",
 ]

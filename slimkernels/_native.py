@@ -88,13 +88,16 @@ def require_cuda():
 
 def cpu_isa() -> str:
     """Best CPU instruction set the kernels will use here ('avx512_vnni', 'avx2', 'scalar')."""
-    forced = os.environ.get("SLIMKERNELS_CPU_ISA", "")
-    return forced or (_C.cpu_isa() if _C is not None else "none")
+    from .backends import get_cpu_isa
+
+    return get_cpu_isa() or (_C.cpu_isa() if _C is not None else "none")
 
 
 def info() -> dict:
     """What is built and usable, for `slimkernels info` and bug reports."""
     import torch
+
+    from .backends import get_cpu_amx
 
     out = {
         "torch": torch.__version__,
@@ -103,6 +106,7 @@ def info() -> dict:
         "cpu_isa": cpu_isa(),
         "cpu_isas": list(_C.supported_isas()) if _C is not None else [],
         "cpu_amx_bf16": bool(_C.amx_bf16_supported()) if _C is not None else False,
+        "cpu_amx": get_cpu_amx(),
         "cuda_extension": _C_cuda is not None,
         "cuda_extension_error": _C_CUDA_ERROR,
         "cuda_archs": _C_cuda.compiled_archs() if _C_cuda is not None else "",

@@ -1,15 +1,12 @@
-"""Small helpers the device backends share: dtype names, empty-problem shortcuts, K padding."""
-from __future__ import annotations
+"""Small helpers the implementations share: dtype names for the native bindings, pointers, threads."""
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
+from . import CPU_AMX, CPU_ISA, row_stride
+
 KIND = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16", torch.int32: "int32"}
-
-
-def is_empty_problem(a: torch.Tensor, n: int) -> bool:
-    """M == 0, N == 0 or K == 0: answered by the reference without touching a kernel."""
-    return a.shape[0] == 0 or n == 0 or a.shape[1] == 0
 
 
 def pad_k(a: torch.Tensor, kp: int) -> torch.Tensor:
@@ -17,47 +14,32 @@ def pad_k(a: torch.Tensor, kp: int) -> torch.Tensor:
     return a if a.shape[1] == kp else F.pad(a, (0, kp - a.shape[1]))
 
 
-def f32(t: torch.Tensor | None) -> torch.Tensor | None:
+def f32(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
     return None if t is None else t.to(torch.float32).contiguous()
 
 
-def ptr(t: torch.Tensor | None) -> int:
+def ptr(t: Optional[torch.Tensor]) -> int:
     return 0 if t is None else t.data_ptr()
 
 
-def register_native_gemm(device: str, pack, gemm):
-    """Register int8_mm / int8_scaled_mm / int8_scaled_mm_packed as "native" on `device`, given the
-    device's packing function and its one GEMM call gemm(a, b_packed, n, out_dtype, a_scale, b_scale, bias).
-    Empty problems go to the reference (no kernel launch for M, N or K = 0). Returns the packed op."""
-    from . import reference, register
-
-    @register("int8_mm", "native", (device,))
-    def int8_mm(a, b):
-        if is_empty_problem(a, b.shape[0]):
-            return reference.int8_mm(a, b)
-        return gemm(a, pack(b), b.shape[0], torch.int32)
-
-    @register("int8_scaled_mm_packed", "native", (device,))
-    def int8_scaled_mm_packed(a, a_scale, b_packed, b_scale, bias, out_dtype):
-        n = b_scale.shape[0]
-        if is_empty_problem(a, n):
-            return reference.int8_scaled_mm_packed(a, a_scale, b_packed, b_scale, bias, out_dtype)
-        return gemm(a, b_packed, n, out_dtype, a_scale, b_scale, bias)
-
-    @register("int8_scaled_mm", "native", (device,))
-    def int8_scaled_mm(a, a_scale, b, b_scale, bias, out_dtype):
-        return int8_scaled_mm_packed(a, a_scale, pack(b), b_scale, bias, out_dtype)
-
-    return int8_scaled_mm_packed
+def threads() -> int:
+    """CPU threads follow torch.get_num_threads()."""
+    return max(1, torch.get_num_threads())
 
 
-def register_dynamic_linear(impl: str, devices: tuple[str, ...], quantize_rows, scaled_mm_packed):
-    """int8_dynamic_linear for an implementation = its own per-token quantize + its packed GEMM."""
-    from . import register
+def cpu_isa() -> str:
+    """The forced CPU ISA for the native bindings ("" = the best this CPU has)."""
+    return CPU_ISA.get() or ""
 
-    @register("int8_dynamic_linear", impl, devices)
-    def int8_dynamic_linear(x, w_packed, w_scale, bias):
-        q, scale = quantize_rows(x)
-        return scaled_mm_packed(q, scale, w_packed, w_scale, bias, x.dtype)
 
-    return int8_dynamic_linear
+def cpu_amx() -> str:
+    return CPU_AMX.get()
+
+
+def ld(x: torch.Tensor) -> int:
+    """Row stride of x [R, C] as dispatch hands it over (contiguous or row-strided)."""
+    return row_stride(x)
+
+
+def cuda_stream(device) -> int:
+    return torch.cuda.current_stream(device).cuda_stream

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..backends.reference import quantize_rows_int8
+from ..backends.quantize import quantize_rows_int8
 from .quant_linear import QuantLinear
 
 

@@ -17,7 +17,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .. import _checks, ops
+from .. import ops
+from ..ops import _checks
 from ..quant import lowbit
 
 MODES = {

@@ -1,6 +1,7 @@
 """Triton kernels and their launchers, one file per op family.
 
-Importing this package never imports triton: the submodules (``int8_gemm``, ``quantize``) import it
+Importing this package never imports triton: the kernel modules (one per op family: ``quantize``, ``int8_mm``,
+``dequant_int8``, ``lowbit``) import it
 themselves, so ``import slimkernels.triton`` works on machines without triton. Callers ask
 :func:`available` before using a launcher and show :func:`unavailable_reason` when it is False.
 
@@ -8,12 +9,26 @@ Triton runs either on a CUDA device or, with the environment variable ``TRITON_I
 before triton is first imported, on CPU tensors through its interpreter (slow: tests only).
 """
 
-from __future__ import annotations
-
 import functools
 import os
 
-__all__ = ["available", "unavailable_reason", "interpreting"]
+from .._switch import Switch
+
+# When the GEMM kernels split K across programs (few rows, too few output tiles to fill the GPU):
+# "auto" (the heuristic in _common.use_split_k), "always" (whenever M <= 16) or "never".
+SPLIT_K = Switch("triton split_k", ("auto", "always", "never"), default="auto")
+
+
+def set_split_k(policy: str) -> None:
+    """Process-wide split-K policy of the Triton GEMMs: \"auto\", \"always\" or \"never\"."""
+    SPLIT_K.set(policy)
+
+
+def use_split_k(policy: str):
+    """Scoped split-K policy, per thread (a context manager)."""
+    return SPLIT_K.use(policy)
+
+__all__ = ["available", "unavailable_reason", "interpreting", "set_split_k", "use_split_k"]
 
 
 def interpreting() -> bool:

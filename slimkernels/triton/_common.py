@@ -1,6 +1,6 @@
 """What the Triton kernel modules share: the guarded triton import, autotuning (M buckets, configs,
 pruning), the split-K policy, launch plumbing, and ``@triton.jit`` building blocks for the tiled
-GEMMs of ``int8_gemm``, ``dequant_int8`` and ``lowbit_mm`` (tile order, the K loop of one output
+GEMMs of ``int8_mm``, ``dequant_int8`` and ``lowbit`` (tile order, the K loop of one output
 tile, the dequantizing and bias-only epilogues, interpreter-only bfloat16 handling) plus their
 shared split-K reduction kernel.
 
@@ -21,7 +21,7 @@ import functools
 
 import torch
 
-from . import interpreting, unavailable_reason
+from . import SPLIT_K, interpreting, unavailable_reason
 
 try:
     import triton
@@ -90,20 +90,6 @@ def tile_grid(M: int, N: int, split_k: bool = False, chosen_split_k: list | None
         return (tiles, meta["SPLIT_K"])
 
     return grid
-
-
-def epilogue_on_zero(out: torch.Tensor, col_scale: torch.Tensor | None, row_scale=None, bias=None):
-    """K == 0 (an empty sum): a zero accumulator through the dequantizing epilogue, no launch.
-    ``col_scale`` None: no column scale (kernels that dequantize inside the K loop)."""
-    M, N = out.shape
-    res = torch.zeros((M, N), dtype=torch.float32, device=out.device)
-    if row_scale is not None:
-        res = res * row_scale[:, None]
-    if col_scale is not None:
-        res = res * col_scale[None, :]
-    if bias is not None:
-        res = res + bias.float()[None, :]
-    return out.copy_(res)
 
 
 def reduce_splitk(ws: torch.Tensor, out: torch.Tensor, split_k: int, col_scale: torch.Tensor | None,
@@ -222,11 +208,12 @@ def _sm_count(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
 
 
-def use_split_k(policy: str, M: int, N: int, K: int, device: torch.device) -> bool:
+def use_split_k(M: int, N: int, K: int, device: torch.device) -> bool:
     """Split K only where the plain kernel cannot fill the GPU: few rows (M <= 16) and even the
     narrowest N tiles (32 wide) give fewer CTAs than there are SMs, with enough K to share out.
-    ``policy`` is a module's ``SPLIT_K_POLICY``: "auto" (this heuristic), "always" (whenever
-    M <= 16) or "never". Not yet tuned on hardware: benchmark against "never"."""
+    The switch ``slimkernels.triton.set_split_k`` / ``use_split_k``: "auto" (this heuristic),
+    "always" (whenever M <= 16) or "never". Not yet tuned on hardware: benchmark against "never"."""
+    policy = SPLIT_K.get()
     if M > 16 or policy == "never":
         return False
     if policy == "always":

@@ -18,7 +18,7 @@ Two GPU paths, one contract:
   tile, K is split over SPLIT_K programs. Each writes its float32 partial sum to its own slice of a
   [SPLIT_K, M, N] workspace (no atomics: float addition is not associative and atomics would make
   the result depend on timing); ``_common``'s split-K reduction kernel sums the slices in a fixed
-  order and applies the epilogue, so results are deterministic. :data:`SPLIT_K_POLICY` forces or
+  order and applies the epilogue, so results are deterministic. ``slimkernels.triton.set_split_k`` forces or
   forbids it.
 
 Under the interpreter (``TRITON_INTERPRET=1``) bfloat16 tensors are numpy uint16 bit patterns and
@@ -27,7 +27,7 @@ bits up to float32 (exact) and dots in float32 (each product of a bfloat16 and a
 float32, as on the GPU); the final float32 -> bfloat16 cast is done on the bits (the interpreter's
 own cast truncates). On the GPU these flags are off and the native bfloat16 path runs.
 
-Inputs are validated by the caller (2-D, dtypes, shapes, same device). Triton is imported guarded
+Inputs are validated, non-empty and laid out by the op and dispatch (slimkernels.ops, backends). Triton is imported guarded
 (in ``_common``), so importing this module never fails; the launcher raises ``RuntimeError``
 without it.
 """
@@ -37,7 +37,7 @@ from __future__ import annotations
 import torch
 
 from ._common import (
-    AUTOTUNE_KEY, HAVE_TRITON, bf16_manual, config_pruner, epilogue_on_zero, launch_device,
+    AUTOTUNE_KEY, HAVE_TRITON, bf16_manual, config_pruner, launch_device,
     m_bucket, needs_int64_index, reduce_splitk, require_float, require_triton, tile_configs,
     tile_grid, tl, triton, use_split_k,
 )
@@ -45,11 +45,8 @@ from ._common import (
 if HAVE_TRITON:
     from ._common import dequant_epilogue_store, even_k_heuristic, tile_product
 
-__all__ = ["dequant_mm_int8", "SPLIT_K_POLICY"]
+__all__ = ["dequant_mm_int8"]
 
-#: "auto" (heuristic, see :func:`._common.use_split_k`), "always" (whenever M <= 16), or "never".
-#: A tuning knob for benchmarks and tests, not a user-facing switch.
-SPLIT_K_POLICY = "auto"
 
 # ---------------------------------------------------------------------------------------------
 # Autotune configurations: (BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, num_warps, num_stages[, SPLIT_K])
@@ -157,10 +154,6 @@ def dequant_mm_int8(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor
     M, K = x.shape
     N = qweight.shape[0]
     out = torch.empty((M, N), dtype=x.dtype, device=x.device)
-    if M == 0 or N == 0:
-        return out
-    if K == 0:
-        return epilogue_on_zero(out, scales, None, bias)
 
     int64_idx = needs_int64_index(x.numel(), qweight.numel(), M * N * _MAX_SPLIT_K)
     bucket = m_bucket(M)
@@ -169,7 +162,7 @@ def dequant_mm_int8(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor
     # (bfloat16 under the interpreter is dotted in float32: "ieee" too.)
     dot_prec = "ieee" if (x.dtype == torch.float32 or bf16_bits) else "tf32"
     with launch_device(x):
-        if use_split_k(SPLIT_K_POLICY, M, N, K, x.device):
+        if use_split_k(M, N, K, x.device):
             ws = torch.empty((_MAX_SPLIT_K, M, N), dtype=torch.float32, device=x.device)
             chosen = []
             _dequant_mm_int8_splitk_kernel[tile_grid(M, N, split_k=True, chosen_split_k=chosen)](

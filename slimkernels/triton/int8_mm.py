@@ -12,15 +12,15 @@ GPU; done on the bits under the interpreter, whose own cast truncates).
 
 Two GPU paths, one contract:
 
-* ``_int8_gemm_kernel``: one program per (BLOCK_M, BLOCK_N) output tile, grouped ("swizzled")
+* ``_int8_mm_kernel``: one program per (BLOCK_M, BLOCK_N) output tile, grouped ("swizzled")
   tile order for L2 reuse, epilogue fused. Autotuned per (M bucket, N, K, dtypes).
-* ``_int8_gemm_splitk_kernel``: for small M (decode, M <= 16) and an N too small to give every SM a
+* ``_int8_mm_splitk_kernel``: for small M (decode, M <= 16) and an N too small to give every SM a
   tile, K is split over SPLIT_K programs that ``atomic_add`` their int32 partial sums into a zeroed
   int32 buffer (integer addition is associative, so the result stays exact and deterministic); a
   small epilogue kernel (``_common``'s split-K reduction, over that one buffer) then applies the
-  scales. :data:`SPLIT_K_POLICY` forces or forbids it.
+  scales. ``slimkernels.triton.set_split_k`` forces or forbids it.
 
-Inputs are validated by the caller (2-D, contiguous, dtypes, same device). Triton is imported
+Inputs are validated, non-empty and contiguous (slimkernels.ops and backends dispatch). Triton is imported
 guarded (in ``_common``), so importing this module never fails; the launcher raises
 ``RuntimeError`` without it.
 """
@@ -30,7 +30,7 @@ from __future__ import annotations
 import torch
 
 from ._common import (
-    AUTOTUNE_KEY, HAVE_TRITON, NO_FP_FUSION, bf16_manual, config_pruner, epilogue_on_zero,
+    AUTOTUNE_KEY, HAVE_TRITON, NO_FP_FUSION, bf16_manual, config_pruner,
     launch_device, m_bucket, needs_int64_index, reduce_splitk, require_triton, tile_configs,
     tile_grid, tl, triton, use_split_k,
 )
@@ -38,11 +38,8 @@ from ._common import (
 if HAVE_TRITON:
     from ._common import dequant_epilogue_store, even_k_heuristic, store_tile, tile_product
 
-__all__ = ["int8_gemm", "SPLIT_K_POLICY"]
+__all__ = ["int8_mm"]
 
-#: "auto" (heuristic, see :func:`._common.use_split_k`), "always" (whenever M <= 16), or "never".
-#: A tuning knob for benchmarks and tests, not a user-facing switch.
-SPLIT_K_POLICY = "auto"
 
 _FLOAT_OUT = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -82,7 +79,7 @@ if HAVE_TRITON:
     )
     @even_k_heuristic
     @triton.jit
-    def _int8_gemm_kernel(
+    def _int8_mm_kernel(
         a_ptr, b_ptr, c_ptr, as_ptr, bs_ptr, bias_ptr,
         M, N, K, M_BUCKET,
         stride_am, stride_ak, stride_bn, stride_bk, stride_cm, stride_cn,
@@ -107,7 +104,7 @@ if HAVE_TRITON:
     )
     @even_k_heuristic
     @triton.jit
-    def _int8_gemm_splitk_kernel(
+    def _int8_mm_splitk_kernel(
         a_ptr, b_ptr, c_ptr,
         M, N, K, M_BUCKET,
         stride_am, stride_ak, stride_bn, stride_bk, stride_cm, stride_cn,
@@ -132,7 +129,7 @@ if HAVE_TRITON:
 # Launcher
 # ---------------------------------------------------------------------------------------------
 
-def int8_gemm(a: torch.Tensor, b: torch.Tensor, a_scale: torch.Tensor | None = None,
+def int8_mm(a: torch.Tensor, b: torch.Tensor, a_scale: torch.Tensor | None = None,
               b_scale: torch.Tensor | None = None, bias: torch.Tensor | None = None,
               out_dtype: torch.dtype = torch.int32) -> torch.Tensor:
     """``a @ b.T`` for int8 a [M, K] and int8 b [N, K].
@@ -141,7 +138,7 @@ def int8_gemm(a: torch.Tensor, b: torch.Tensor, a_scale: torch.Tensor | None = N
     out_dtype float32/float16/bfloat16: ``((acc * a_scale[:, None]) * b_scale[None, :]) + bias``
     in float32, then cast; a_scale float32 [M], b_scale float32 [N], bias float32 [N] or None.
     """
-    require_triton("int8_gemm")
+    require_triton("int8_mm")
     fused = out_dtype != torch.int32
     if fused:
         if out_dtype not in _FLOAT_OUT:
@@ -152,18 +149,14 @@ def int8_gemm(a: torch.Tensor, b: torch.Tensor, a_scale: torch.Tensor | None = N
     M, K = a.shape
     N = b.shape[0]
     out = torch.empty((M, N), dtype=out_dtype, device=a.device)
-    if M == 0 or N == 0:
-        return out
-    if K == 0:
-        return epilogue_on_zero(out, b_scale, a_scale, bias) if fused else out.zero_()
 
     int64_idx = needs_int64_index(a.numel(), b.numel(), M * N)
     bucket = m_bucket(M)
     with launch_device(a):
-        if use_split_k(SPLIT_K_POLICY, M, N, K, a.device):
+        if use_split_k(M, N, K, a.device):
             acc = out.zero_() if not fused else torch.zeros((M, N), dtype=torch.int32,
                                                             device=a.device)
-            _int8_gemm_splitk_kernel[tile_grid(M, N, split_k=True)](
+            _int8_mm_splitk_kernel[tile_grid(M, N, split_k=True)](
                 a, b, acc, M, N, K, bucket,
                 a.stride(0), a.stride(1), b.stride(0), b.stride(1), acc.stride(0), acc.stride(1),
                 INT64_IDX=int64_idx, **NO_FP_FUSION,
@@ -173,7 +166,7 @@ def int8_gemm(a: torch.Tensor, b: torch.Tensor, a_scale: torch.Tensor | None = N
             return out
 
         # Unused pointer arguments get a valid tensor (the output) as a placeholder.
-        _int8_gemm_kernel[tile_grid(M, N)](
+        _int8_mm_kernel[tile_grid(M, N)](
             a, b, out,
             a_scale if fused else out, b_scale if fused else out,
             bias if (fused and bias is not None) else out,

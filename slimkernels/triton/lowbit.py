@@ -28,7 +28,7 @@ Two paths, one kernel per op:
 * split-K (decode, M <= 16, when N gives too few tiles to fill the GPU): K blocks are shared out
   over SPLIT_K programs, each writing its float32 partial sum to its own slice of a
   [SPLIT_K, M, N] workspace; ``_common``'s reduction kernel sums the slices in a fixed order and
-  adds the bias. No atomics, so results are deterministic. :data:`SPLIT_K_POLICY` forces or
+  adds the bias. No atomics, so results are deterministic. ``slimkernels.triton.set_split_k`` forces or
   forbids it. With BLOCK_M = 16 this is the GEMV: decode is bound by reading the packed weights,
   and a 16-row ``tl.dot`` costs nothing next to that.
 
@@ -37,7 +37,7 @@ Under the interpreter (``TRITON_INTERPRET=1``) bfloat16 x is handled on the bits
 rounded to bfloat16 by hand. Its single config has BLOCK_K = 64, so the tests cover both the
 one-group-per-tile path (group size 64, per channel) and the several-groups path (group size 32).
 
-Inputs are validated by the caller (``slimkernels._ops``). Triton is imported guarded (in
+Inputs are validated and non-empty (``slimkernels.ops`` and backends dispatch). Triton is imported guarded (in
 ``_common``), so importing this module never fails; the launchers raise ``RuntimeError`` without it.
 """
 
@@ -47,7 +47,7 @@ import torch
 
 from ..quant import lowbit
 from ._common import (
-    AUTOTUNE_KEY, HAVE_TRITON, bf16_manual, config_pruner, epilogue_on_zero, launch_device,
+    AUTOTUNE_KEY, HAVE_TRITON, bf16_manual, config_pruner, launch_device,
     m_bucket, needs_int64_index, reduce_splitk, require_float, require_triton, tile_configs,
     tile_grid, tl, triton, use_split_k,
 )
@@ -55,11 +55,8 @@ from ._common import (
 if HAVE_TRITON:
     from ._common import bias_epilogue_store, even_k_heuristic, load_maybe_bf16, tile_offsets, widen
 
-__all__ = ["dequant_mm_int4", "lut_mm", "SPLIT_K_POLICY"]
+__all__ = ["dequant_mm_int4", "lut_mm"]
 
-#: "auto" (heuristic, see :func:`._common.use_split_k`), "always" (whenever M <= 16), or "never".
-#: A tuning knob for benchmarks and tests, not a user-facing switch.
-SPLIT_K_POLICY = "auto"
 
 # ---------------------------------------------------------------------------------------------
 # Autotune configurations: (BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, num_warps, num_stages, SPLIT_K)
@@ -264,13 +261,6 @@ if HAVE_TRITON:
 # Launchers
 # ---------------------------------------------------------------------------------------------
 
-def _require_contiguous(op, **tensors):
-    # The small per-row tensors are read with unit element stride (the backend makes them so).
-    for name, t in tensors.items():
-        if t is not None and not t.is_contiguous():
-            raise ValueError(f"slimkernels.triton.{op}: {name} must be contiguous")
-
-
 def _launch(kernels, x, codes, n, bias, tensors, ints, strides, **meta):
     """Run one op's kernel (``kernels``: its GEMM and split-K autotuners) on x [M, K] with weight
     codes [N, ...]: the GEMM, or split-K plus the reduction. ``tensors``, ``ints`` and
@@ -278,17 +268,13 @@ def _launch(kernels, x, codes, n, bias, tensors, ints, strides, **meta):
     ``meta`` its own constexprs."""
     M, K = x.shape
     out = torch.empty((M, n), dtype=x.dtype, device=x.device)
-    if M == 0 or n == 0:
-        return out
-    if K == 0:
-        return epilogue_on_zero(out, None, None, bias)
     int64_idx = needs_int64_index(x.numel(), codes.numel(), M * n * _MAX_SPLIT_K,
                                   *(t.numel() for t in tensors))
     bf16_bits = bf16_manual(x.dtype)
     # float32 x: exact float32 products (no TF32); bfloat16 under the interpreter is dotted in
     # float32 too. The flag does not apply to 16-bit dots.
     dot_prec = "ieee" if (x.dtype == torch.float32 or bf16_bits) else "tf32"
-    if use_split_k(SPLIT_K_POLICY, M, n, K, x.device):
+    if use_split_k(M, n, K, x.device):
         kernel = kernels[1]
         ws = torch.empty((_MAX_SPLIT_K, M, n), dtype=torch.float32, device=x.device)
     else:  # the GEMM never touches the workspace: `out` stands in for it
@@ -320,7 +306,6 @@ def dequant_mm_int4(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor
     """
     require_triton("dequant_mm_int4")
     require_float(x)
-    _require_contiguous("dequant_mm_int4", scales=scales, zeros=zeros, bias=bias)
     return _launch(_INT4_KERNELS, x, qweight, qweight.shape[0], bias,
                    (scales, zeros if zeros is not None else scales), (group_size,),
                    (scales.stride(0),), HAS_ZEROS=zeros is not None)
@@ -335,7 +320,6 @@ def lut_mm(x: torch.Tensor, indices: torch.Tensor, codebook: torch.Tensor,
     """
     require_triton("lut_mm")
     require_float(x)
-    _require_contiguous("lut_mm", codebook=codebook, bias=bias)
     bits = lowbit.bits_from_codebook(codebook.shape[1])
     n = indices.shape[0]
     per_row = codebook.shape[0] == n and n > 1

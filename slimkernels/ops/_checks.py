@@ -3,14 +3,14 @@
 Every failure names the argument and what was expected, and raises TypeError (wrong dtype or kind)
 or ValueError (wrong shape, device or value).
 """
-from __future__ import annotations
+from typing import Union
 
 import torch
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
-def _fail_type(op: str, name: str, expected: str, got: torch.Tensor | object) -> None:
+def _fail_type(op: str, name: str, expected: str, got: Union[torch.Tensor, object]) -> None:
     desc = f"{got.dtype} tensor of shape {tuple(got.shape)}" if isinstance(got, torch.Tensor) else repr(got)
     raise TypeError(f"slimkernels.{op}: {name} must be {expected}, got {desc}")
 
@@ -32,7 +32,7 @@ def shape(op: str, name: str, t: torch.Tensor, expected: tuple[int, ...]) -> Non
         raise ValueError(f"slimkernels.{op}: {name} must have shape {tuple(expected)}, got {tuple(t.shape)}")
 
 
-def same_device(op: str, **tensors: torch.Tensor | None) -> None:
+def same_device(op: str, **tensors) -> None:
     items = [(k, v) for k, v in tensors.items() if v is not None]
     first_name, first = items[0]
     for name, t in items[1:]:
@@ -65,9 +65,7 @@ def scales_and_bias(op: str, a: torch.Tensor, a_scale, b_scale, bias, n: int, dt
     dtype(op, "b_scale", b_scale, (torch.float32,))
     shape(op, "a_scale", a_scale, (a.shape[0],))
     shape(op, "b_scale", b_scale, (n,))
-    if bias is not None:
-        dtype(op, "bias", bias, FLOAT_DTYPES)
-        shape(op, "bias", bias, (n,))
+    optional_bias(op, bias, n)
     out_dtype(op, dt)
     same_device(op, a=a, a_scale=a_scale, b_scale=b_scale, bias=bias)
 
@@ -91,3 +89,10 @@ def group_size(op: str, value: int, k: int) -> None:
         )
     if value != k and value % 32 != 0:
         raise ValueError(f"slimkernels.{op}: group_size must be a multiple of 32 or equal to K={k}, got {value}")
+
+
+def optional_bias(op: str, value, n: int) -> None:
+    """An optional float bias [N]."""
+    if value is not None:
+        dtype(op, "bias", value, FLOAT_DTYPES)
+        shape(op, "bias", value, (n,))

@@ -1,0 +1,51 @@
+"""One kind of user switch for every run-time choice (backend, CPU ISA, AMX, Triton split-K).
+
+A switch has a process-wide value (`set`), a scoped per-thread override (`use`, a context manager)
+and an optional environment variable that is read once, when the switch is created at import.
+`get` is a dictionary-free attribute read on the hot path.
+"""
+import contextlib
+import os
+import threading
+from typing import Callable, Optional, Sequence
+
+
+class Switch:
+    def __init__(self, name: str, choices: Sequence[Optional[str]], default: Optional[str] = None,
+                 env: Optional[str] = None, check: Optional[Callable[[Optional[str]], None]] = None):
+        self.name, self.choices, self.default, self.env = name, tuple(choices), default, env
+        self._check_extra = check
+        self._local = threading.local()
+        self._value = default
+        if env and os.environ.get(env):
+            self.set(os.environ[env])
+
+    def check(self, value: Optional[str]) -> Optional[str]:
+        if value not in self.choices:
+            source = f" (from the environment variable {self.env})" if self.env and os.environ.get(self.env) == value else ""
+            raise ValueError(f"unknown slimkernels {self.name} {value!r}{source}; expected one of {self.choices}")
+        if self._check_extra is not None:
+            self._check_extra(value)
+        return value
+
+    def set(self, value: Optional[str]) -> None:
+        """Process-wide value; `None`/the default restores the automatic choice."""
+        self._value = self.check(value)
+
+    def get(self) -> Optional[str]:
+        scoped = getattr(self._local, "value", _UNSET)
+        return self._value if scoped is _UNSET else scoped
+
+    @contextlib.contextmanager
+    def use(self, value: Optional[str]):
+        """Scoped override for the current thread."""
+        self.check(value)
+        previous = getattr(self._local, "value", _UNSET)
+        self._local.value = value
+        try:
+            yield
+        finally:
+            self._local.value = previous
+
+
+_UNSET = object()

@@ -1,0 +1,60 @@
+"""Implementations of the dequant_int8 family (W8A16): reference, native CPU, Triton, and torch's
+own kernels. Inputs arrive validated and non-empty (see backends/__init__.py)."""
+import torch
+import torch.nn.functional as F
+
+from .. import _native
+from . import register
+from ._common import KIND, cpu_isa, f32, ld, ptr, threads
+from .quantize import ALL_DEVICES
+
+
+@register("dequant_mm_int8", "reference", ALL_DEVICES)
+def dequant_mm_int8_reference(x, qweight, scales, bias):
+    """The spec: x @ (qweight * scales[:, None]).T + bias, computed in float32, returned in x.dtype."""
+    y = (x.float() @ qweight.float().T) * scales[None, :]
+    if bias is not None:
+        y = y + bias.float()
+    return y.to(x.dtype)
+
+
+@register("dequant_mm_int8", "native", ("cpu",), strided_rows=True)
+def dequant_mm_int8_cpu(x, qweight, scales, bias):
+    m, k = x.shape
+    n = qweight.shape[0]
+    bias = f32(bias)
+    y = torch.empty((m, n), dtype=x.dtype)
+    _native.require_cpu().dequant_mm_int8(
+        x.data_ptr(), ld(x), KIND[x.dtype], qweight.data_ptr(), k, scales.data_ptr(),
+        ptr(bias), y.data_ptr(), n, m, n, k, threads(), cpu_isa(),
+    )
+    return y
+
+
+@register("dequant_mm_int8", "triton", ("cuda", "cpu"), strided_rows=True)
+def dequant_mm_int8_triton(x, qweight, scales, bias):
+    from ..triton.dequant_int8 import dequant_mm_int8
+
+    return dequant_mm_int8(x, qweight, scales, bias)
+
+
+# torch's own kernels, the fallback where no native kernel is built. On CPU, torch's int8
+# weight-only kernel streams int8 weights and wins at small M for float16/bfloat16 inputs (it is far
+# slower than MKL with float32 inputs: 16 ms vs 3.6 ms at M=1 on 4096x4096, 2-core EPYC); otherwise
+# the weight is dequantized and the float GEMM (MKL, cuBLAS) runs.
+INT8PACK_MAX_M = 64  # CPU: from this many rows on, dequantize + MKL beats torch's int8 weight-only kernel
+# torch 2.13's CPU _weight_int8pack_mm returns NaN or segfaults when K is not a multiple of 16
+# (seen for K = 8, 24, 33, 100, 200), so it only gets shapes it handles.
+INT8PACK_K_MULTIPLE = 16
+
+
+@register("dequant_mm_int8", "torch", ("cpu", "cuda"))
+def dequant_mm_int8_torch(x, qweight, scales, bias):
+    m, k = x.shape
+    half = x.dtype in (torch.float16, torch.bfloat16)
+    if x.device.type == "cpu" and half and m < INT8PACK_MAX_M and k % INT8PACK_K_MULTIPLE == 0:
+        y = torch.ops.aten._weight_int8pack_mm(x, qweight, scales.to(x.dtype))
+    else:
+        # int8 values are exact in every float dtype; scaling after the GEMM keeps the weights exact.
+        y = F.linear(x, qweight.to(x.dtype)) * scales.to(x.dtype)
+    return y if bias is None else y + bias.to(x.dtype)

@@ -1,0 +1,129 @@
+"""Implementations of the lowbit family (int4 group-wise and 2/3/4-bit codebooks): reference, native
+CPU (one kernel for both formats, with AVX-512/AVX2/AMX paths) and CUDA, and Triton. Inputs arrive
+validated and non-empty (see backends/__init__.py); layouts in quant/lowbit.py."""
+import torch
+import torch.nn.functional as F
+
+from .. import _native
+from ..quant import lowbit
+from . import register
+from ._common import KIND, cpu_amx, cpu_isa, cuda_stream, f32, ld, ptr, threads
+from .quantize import ALL_DEVICES
+
+
+# ---- reference: the spec ---------------------------------------------------------------------------
+def _linear_f32(x, w, bias):
+    y = x.float() @ w.T
+    if bias is not None:
+        y = y + bias.float()
+    return y.to(x.dtype)
+
+
+@register("dequant_mm_int4", "reference", ALL_DEVICES)
+def dequant_mm_int4_reference(x, qweight, scales, zeros, group_size, bias):
+    """x @ dequantize_int4(...).T + bias: weights dequantized in float32, the GEMM in float32."""
+    return _linear_f32(x, lowbit.dequantize_int4(qweight, scales, zeros, group_size, x.shape[1]), bias)
+
+
+@register("lut_mm", "reference", ALL_DEVICES)
+def lut_mm_reference(x, indices, codebook, bias):
+    """x @ codebook[row, indices].T + bias, in float32, returned in x.dtype."""
+    return _linear_f32(x, lowbit.dequantize_codebook(indices, codebook, x.shape[1]), bias)
+
+
+# ---- native CPU ------------------------------------------------------------------------------------
+def _lowbit_cpu(x, codes, bits, lut_kind, n, *, scales=None, zeros=None, group_size=0, codebook=None, bias=None):
+    """The one call into the native low-bit kernel (int4 and codebooks share it)."""
+    m, k = x.shape
+    bias = f32(bias)
+    y = torch.empty((m, n), dtype=x.dtype)
+    _native.require_cpu().lowbit_mm(
+        x.data_ptr(), ld(x), KIND[x.dtype], codes.data_ptr(), bits, lut_kind, ptr(scales), ptr(zeros), group_size,
+        ptr(codebook), 0 if codebook is None else codebook.shape[0], ptr(bias), y.data_ptr(), n, m, n, k,
+        threads(), cpu_isa(), cpu_amx(),
+    )
+    return y
+
+
+@register("dequant_mm_int4", "native", ("cpu",), strided_rows=True)
+def dequant_mm_int4_cpu(x, qweight, scales, zeros, group_size, bias):
+    return _lowbit_cpu(x, qweight, 4, "int4", qweight.shape[0], scales=scales, zeros=zeros, group_size=group_size,
+                       bias=bias)
+
+
+@register("lut_mm", "native", ("cpu",), strided_rows=True)
+def lut_mm_cpu(x, indices, codebook, bias):
+    bits = lowbit.bits_from_codebook(codebook.shape[1])
+    return _lowbit_cpu(x, indices, bits, "codebook", indices.shape[0], group_size=x.shape[1], codebook=codebook,
+                       bias=bias)
+
+
+# ---- native CUDA -----------------------------------------------------------------------------------
+# Provisional until measured on a GPU (bench/gpu_session.sh): M <= LOWBIT_GEMV_MAX_M runs the
+# fused GEMV (weights read once, dequantized in registers); larger M dequantizes into an [N, K]
+# scratch in x's dtype and calls torch's matmul (cuBLAS tensor cores). The GEMV's own ceiling is
+# _C_cuda.lowbit_gemv_max_m (8).
+LOWBIT_GEMV_MAX_M = 8
+
+
+def _lowbit_cuda(x, n, bias, gemv, dequantize):
+    """gemv(x, ldx, out, bias_f32, stream) for small M, else dequantize(w, stream) + F.linear."""
+    m = x.shape[0]
+    stream = cuda_stream(x.device)
+    with torch.cuda.device(x.device):
+        if m <= LOWBIT_GEMV_MAX_M:
+            out = torch.empty((m, n), dtype=x.dtype, device=x.device)
+            gemv(x, ld(x), out, f32(bias), stream)
+            return out
+        w = torch.empty((n, x.shape[1]), dtype=x.dtype, device=x.device)
+        dequantize(w, stream)
+    return F.linear(x, w, None if bias is None else bias.to(x.dtype))
+
+
+@register("dequant_mm_int4", "native", ("cuda",), strided_rows=True)
+def dequant_mm_int4_cuda(x, qweight, scales, zeros, group_size, bias):
+    n, k = qweight.shape[0], x.shape[1]
+    C = _native.require_cuda()
+
+    def gemv(x, ldx, out, bias32, stream):
+        C.dequant_mm_int4_gemv(x.data_ptr(), ldx, x.shape[0], k, KIND[x.dtype], qweight.data_ptr(), scales.data_ptr(),
+                               ptr(zeros), group_size, n, ptr(bias32), out.data_ptr(), n, stream)
+
+    def dequantize(w, stream):
+        C.dequantize_int4(qweight.data_ptr(), scales.data_ptr(), ptr(zeros), group_size, n, k, w.data_ptr(), k,
+                          KIND[w.dtype], stream)
+
+    return _lowbit_cuda(x, n, bias, gemv, dequantize)
+
+
+@register("lut_mm", "native", ("cuda",), strided_rows=True)
+def lut_mm_cuda(x, indices, codebook, bias):
+    n, k = indices.shape[0], x.shape[1]
+    C = _native.require_cuda()
+    bits = lowbit.bits_from_codebook(codebook.shape[1])
+    rows = codebook.shape[0]
+
+    def gemv(x, ldx, out, bias32, stream):
+        C.lut_mm_gemv(x.data_ptr(), ldx, x.shape[0], k, KIND[x.dtype], indices.data_ptr(), codebook.data_ptr(), rows,
+                      bits, n, ptr(bias32), out.data_ptr(), n, stream)
+
+    def dequantize(w, stream):
+        C.dequantize_codebook(indices.data_ptr(), codebook.data_ptr(), rows, bits, n, k, w.data_ptr(), k,
+                              KIND[w.dtype], stream)
+
+    return _lowbit_cuda(x, n, bias, gemv, dequantize)
+
+
+# ---- Triton ------------------------------------------------------------------------------------------
+@register("dequant_mm_int4", "triton", ("cuda", "cpu"), strided_rows=True)
+def dequant_mm_int4_triton(x, qweight, scales, zeros, group_size, bias):
+    from ..triton.lowbit import dequant_mm_int4
+
+    return dequant_mm_int4(x, qweight, scales, zeros, group_size, bias)
+
+
+@register("lut_mm", "triton", ("cuda", "cpu"), strided_rows=True)
+def lut_mm_triton(x, indices, codebook, bias):
+    from ..triton.lowbit import lut_mm
+
+    return lut_mm(x, indices, codebook, bias)

@@ -1,0 +1,120 @@
+"""The int8_mm family: exact int8 GEMM, the GEMM with the dequantize epilogue fused, a weight packed
+once for its device, and W8A8 (per-token activation quantization + packed GEMM) in one op.
+Contracts and public functions; implementations in backends/int8_mm.py, packed layouts in
+quant/packing.py."""
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from ..backends import dispatch
+from ..quant.packing import int8_packed_shape, pack_int8
+from . import _checks as check
+from ._contract import linear_fake, linear_rows, op
+
+
+def _empty(a, n):
+    return a.shape[0] == 0 or a.shape[1] == 0 or n == 0
+
+
+# ---- int8_mm -------------------------------------------------------------------------------------
+def _check_mm(a, b):
+    check.int8_pair("int8_mm", a, b)
+
+
+@op("int8_mm", _check_mm, lambda a, b: a.new_empty((a.shape[0], b.shape[0]), dtype=torch.int32))
+def int8_mm(a: Tensor, b: Tensor) -> Tensor:
+    """a [M, K] int8 @ b [N, K] int8 .T -> int32 [M, N], exact (wrapping mod 2^32 like int32 C)."""
+    return dispatch("int8_mm", a.device.type, a, b, empty=_empty(a, b.shape[0]))
+
+
+# ---- int8_scaled_mm ------------------------------------------------------------------------------
+def _check_scaled(a, a_scale, b, b_scale, bias=None, out_dtype=torch.float32):
+    check.int8_pair("int8_scaled_mm", a, b)
+    check.scales_and_bias("int8_scaled_mm", a, a_scale, b_scale, bias, b.shape[0], out_dtype)
+
+
+def _fake_scaled(a, a_scale, b, b_scale, bias=None, out_dtype=torch.float32):
+    return a.new_empty((a.shape[0], b.shape[0]), dtype=out_dtype)
+
+
+@op("int8_scaled_mm", _check_scaled, _fake_scaled)
+def int8_scaled_mm(a: Tensor, a_scale: Tensor, b: Tensor, b_scale: Tensor, bias: Optional[Tensor] = None,
+                   out_dtype: torch.dtype = torch.float32) -> Tensor:
+    """((a @ b.T) * a_scale[m] * b_scale[n] + bias[n]) in float32, cast to out_dtype."""
+    return dispatch("int8_scaled_mm", a.device.type, a, a_scale, b, b_scale, bias, out_dtype,
+                    empty=_empty(a, b.shape[0]))
+
+
+# ---- int8_prepack / int8_scaled_mm_packed ---------------------------------------------------------
+# The packed layout is a function of the device (see quant/packing.py), not of the implementation,
+# so a module packed once works with every implementation the switch can select.
+def _check_prepack(b):
+    check.dtype("int8_prepack", "b", b, (torch.int8,))
+    check.ndim("int8_prepack", "b", b, 2)
+
+
+def _fake_prepack(b):
+    return b.new_empty(int8_packed_shape(b.device.type, b.shape[0], b.shape[1]), dtype=torch.int8)
+
+
+@op("int8_prepack", _check_prepack, _fake_prepack)
+def int8_prepack(b: Tensor) -> Tensor:
+    """Pack a [N, K] int8 weight once, in the layout the kernels of b's device read."""
+    return pack_int8(b)
+
+
+def _check_packed_shape(op_name: str, name: str, packed: Tensor, n: int, k: int) -> None:
+    expected = int8_packed_shape(packed.device.type, n, k)
+    if tuple(packed.shape) != expected:
+        raise ValueError(
+            f"slimkernels.{op_name}: {name} has shape {tuple(packed.shape)} but a weight of N={n} (from the scales) "
+            f"and K={k} (from the activations) packs to {expected} on {packed.device.type}; pack it with "
+            "slimkernels.ops.int8_prepack on the device it is used on"
+        )
+
+
+def _check_scaled_packed(a, a_scale, b_packed, b_scale, bias=None, out_dtype=torch.float32):
+    op_name = "int8_scaled_mm_packed"
+    check.dtype(op_name, "a", a, (torch.int8,))
+    check.ndim(op_name, "a", a, 2)
+    check.dtype(op_name, "b_packed", b_packed, (torch.int8,))
+    check.dtype(op_name, "b_scale", b_scale, (torch.float32,))
+    check.ndim(op_name, "b_scale", b_scale, 1)
+    check.same_device(op_name, a=a, b_packed=b_packed)
+    _check_packed_shape(op_name, "b_packed", b_packed, b_scale.shape[0], a.shape[1])
+    check.scales_and_bias(op_name, a, a_scale, b_scale, bias, b_scale.shape[0], out_dtype)
+
+
+def _fake_scaled_packed(a, a_scale, b_packed, b_scale, bias=None, out_dtype=torch.float32):
+    return a.new_empty((a.shape[0], b_scale.shape[0]), dtype=out_dtype)
+
+
+@op("int8_scaled_mm_packed", _check_scaled_packed, _fake_scaled_packed)
+def int8_scaled_mm_packed(a: Tensor, a_scale: Tensor, b_packed: Tensor, b_scale: Tensor,
+                          bias: Optional[Tensor] = None, out_dtype: torch.dtype = torch.float32) -> Tensor:
+    """int8_scaled_mm with a weight from int8_prepack (N = len(b_scale), K = a.shape[1])."""
+    return dispatch("int8_scaled_mm_packed", a.device.type, a, a_scale, b_packed, b_scale, bias, out_dtype,
+                    empty=_empty(a, b_scale.shape[0]))
+
+
+# ---- int8_dynamic_linear (W8A8 in one op) -----------------------------------------------------------
+def _check_dynamic(x, w_packed, w_scale, bias=None):
+    op_name = "int8_dynamic_linear"
+    check.float_input(op_name, "x", x)
+    check.dtype(op_name, "w_packed", w_packed, (torch.int8,))
+    check.dtype(op_name, "w_scale", w_scale, (torch.float32,))
+    check.ndim(op_name, "w_scale", w_scale, 1)
+    check.optional_bias(op_name, bias, w_scale.shape[0])
+    check.same_device(op_name, x=x, w_packed=w_packed, w_scale=w_scale, bias=bias)
+    _check_packed_shape(op_name, "w_packed", w_packed, w_scale.shape[0], x.shape[-1])
+
+
+@op("int8_dynamic_linear", _check_dynamic, linear_fake(lambda x, w_packed, w_scale, bias=None: w_scale.shape[0]))
+def int8_dynamic_linear(x: Tensor, w_packed: Tensor, w_scale: Tensor, bias: Optional[Tensor] = None) -> Tensor:
+    """W8A8 linear: quantize x [..., K] per token, int8 GEMM against a weight from int8_prepack,
+    fused epilogue; [..., N] in x.dtype. Equal to quantize_per_token_int8 + int8_scaled_mm_packed."""
+    return linear_rows("int8_dynamic_linear", x, w_scale.shape[0], w_packed, w_scale, bias)
+
+
+__all__ = ["int8_mm", "int8_scaled_mm", "int8_prepack", "int8_scaled_mm_packed", "int8_dynamic_linear"]
