@@ -1,6 +1,6 @@
-// int8_gemm: argument validation, ISA dispatch and the split of the work over threads.
-// The per-ISA block kernels live in int8_gemm_{scalar,avx2,avx512_vnni}.cpp.
-#include "slim/int8_gemm.h"
+// int8_mm: argument validation, ISA dispatch and the split of the work over threads.
+// The per-ISA block kernels live in int8_mm_{scalar,avx2,avx512_vnni}.cpp.
+#include "slim/int8_mm.h"
 
 #include <algorithm>
 #include <atomic>
@@ -22,12 +22,12 @@ OutKind parse_out_kind(const std::string& name, const char* arg_name) {
 }
 
 namespace {
-[[noreturn]] void bad(const std::string& msg) { throw std::invalid_argument("int8_gemm: " + msg); }
+[[noreturn]] void bad(const std::string& msg) { throw std::invalid_argument("int8_mm: " + msg); }
 
 struct Kernels {
   size_t (*stage_bytes)(int64_t, int64_t);
-  void (*stage)(const Int8GemmArgs&, void*);
-  void (*block)(const Int8GemmArgs&, const void*, int64_t, int64_t, int64_t, int64_t);
+  void (*stage)(const Int8MmArgs&, void*);
+  void (*block)(const Int8MmArgs&, const void*, int64_t, int64_t, int64_t, int64_t);
   int64_t group;  // panels of 16 columns per register tile: the unit of the N split
   int64_t mr;     // rows per register tile: the unit of the M split
 };
@@ -35,15 +35,15 @@ struct Kernels {
 Kernels kernels_for(CpuIsa isa) {
 #ifdef SLIM_X86
   if (isa == CpuIsa::kAvx512Vnni)
-    return {int8_gemm_stage_bytes_avx512_vnni, int8_gemm_stage_avx512_vnni, int8_gemm_block_avx512_vnni, 3, 8};
-  if (isa == CpuIsa::kAvx2) return {int8_gemm_stage_bytes_avx2, int8_gemm_stage_avx2, int8_gemm_block_avx2, 1, 2};
+    return {int8_mm_stage_bytes_avx512_vnni, int8_mm_stage_avx512_vnni, int8_mm_block_avx512_vnni, 3, 8};
+  if (isa == CpuIsa::kAvx2) return {int8_mm_stage_bytes_avx2, int8_mm_stage_avx2, int8_mm_block_avx2, 1, 2};
 #endif
   (void)isa;
-  return {int8_gemm_stage_bytes_scalar, int8_gemm_stage_scalar, int8_gemm_block_scalar, 1, 4};
+  return {int8_mm_stage_bytes_scalar, int8_mm_stage_scalar, int8_mm_block_scalar, 1, 4};
 }
 }  // namespace
 
-void int8_gemm(const Int8GemmArgs& g, int num_threads, CpuIsa isa) {
+void int8_mm(const Int8MmArgs& g, int num_threads, CpuIsa isa) {
   if (g.M < 0) bad("M must be >= 0, got " + std::to_string(g.M));
   if (g.N < 0) bad("N must be >= 0, got " + std::to_string(g.N));
   if (g.K < 0) bad("K must be >= 0, got " + std::to_string(g.K));

@@ -9,8 +9,8 @@
 #include <cstdint>
 #include <cstring>
 
-#include "slim/int8_epilogue.h"
-#include "slim/int8_gemm.h"
+#include "slim/int8_mm_epilogue.h"
+#include "slim/int8_mm.h"
 
 namespace slim {
 namespace {
@@ -23,7 +23,7 @@ inline __m256i reduce_pairs(__m256i x, __m256i y) {
 }
 
 template <int MR>
-void tile(const Int8GemmArgs& g, const int16_t* A, int64_t Kp, const int8_t* B, int64_t m, int64_t n0) {
+void tile(const Int8MmArgs& g, const int16_t* A, int64_t Kp, const int8_t* B, int64_t m, int64_t n0) {
   __m256i acc[MR][4];
   for (int i = 0; i < MR; ++i)
     for (int c = 0; c < 4; ++c) acc[i][c] = _mm256_setzero_si256();
@@ -48,10 +48,10 @@ void tile(const Int8GemmArgs& g, const int16_t* A, int64_t Kp, const int8_t* B, 
 
 }  // namespace
 
-size_t int8_gemm_stage_bytes_avx2(int64_t M, int64_t K) { return size_t(M * ((K + 3) / 4 * 4) * 2); }
+size_t int8_mm_stage_bytes_avx2(int64_t M, int64_t K) { return size_t(M * ((K + 3) / 4 * 4) * 2); }
 
 // The activation rows as int16, zero-padded to Kp.
-void int8_gemm_stage_avx2(const Int8GemmArgs& g, void* staged) {
+void int8_mm_stage_avx2(const Int8MmArgs& g, void* staged) {
   const int64_t Kp = (g.K + 3) / 4 * 4;
   int16_t* A = static_cast<int16_t*>(staged);
   for (int64_t r = 0; r < g.M; ++r) {
@@ -66,7 +66,7 @@ void int8_gemm_stage_avx2(const Int8GemmArgs& g, void* staged) {
   }
 }
 
-void int8_gemm_block_avx2(const Int8GemmArgs& g, const void* staged, int64_t m0, int64_t m1, int64_t p0, int64_t p1) {
+void int8_mm_block_avx2(const Int8MmArgs& g, const void* staged, int64_t m0, int64_t m1, int64_t p0, int64_t p1) {
   constexpr int MR = 2;
   const int64_t Kp = (g.K + 3) / 4 * 4;
   const int16_t* A = static_cast<const int16_t*>(staged) + m0 * Kp;

@@ -10,8 +10,8 @@
 #include <cstdint>
 #include <cstring>
 
-#include "slim/int8_epilogue.h"
-#include "slim/int8_gemm.h"
+#include "slim/int8_mm_epilogue.h"
+#include "slim/int8_mm.h"
 
 namespace slim {
 namespace {
@@ -47,7 +47,7 @@ inline __m512i dpbusd(__m512i acc, __m512i a, __m512i b) {
 // An MR x (NR*16) tile over all Kg groups of 4 k, then the epilogue.
 // A: staged unsigned activations (row stride Kp); B: first panel; pstride: bytes between panels.
 template <int MR, int NR>
-void tile(const Int8GemmArgs& g, const uint8_t* A, int64_t Kp, const int8_t* B, int64_t pstride, int64_t Kg,
+void tile(const Int8MmArgs& g, const uint8_t* A, int64_t Kp, const int8_t* B, int64_t pstride, int64_t Kg,
           const int32_t* colsum, int64_t m, int64_t n0) {
   SLIM_ROWS(SLIM_DECL)
   const int8_t* B1 = B + (NR > 1 ? pstride : 0);
@@ -72,7 +72,7 @@ void tile(const Int8GemmArgs& g, const uint8_t* A, int64_t Kp, const int8_t* B, 
 #undef SLIM_FMA
 #undef SLIM_STORE
 
-using TileFn = void (*)(const Int8GemmArgs&, const uint8_t*, int64_t, const int8_t*, int64_t, int64_t, const int32_t*,
+using TileFn = void (*)(const Int8MmArgs&, const uint8_t*, int64_t, const int8_t*, int64_t, int64_t, const int32_t*,
                         int64_t, int64_t);
 
 template <int NR>
@@ -97,10 +97,10 @@ TileFn pick(int mr, int nr) {
 
 }  // namespace
 
-size_t int8_gemm_stage_bytes_avx512_vnni(int64_t M, int64_t K) { return size_t(M * ((K + 3) / 4 * 4)); }
+size_t int8_mm_stage_bytes_avx512_vnni(int64_t M, int64_t K) { return size_t(M * ((K + 3) / 4 * 4)); }
 
 // a ^ 0x80 (= a + 128 as u8); pad bytes are 0x80 too (they meet zero weights anyway).
-void int8_gemm_stage_avx512_vnni(const Int8GemmArgs& g, void* staged) {
+void int8_mm_stage_avx512_vnni(const Int8MmArgs& g, void* staged) {
   const int64_t Kp = (g.K + 3) / 4 * 4;
   uint8_t* A = static_cast<uint8_t*>(staged);
   const __m512i flip = _mm512_set1_epi8(char(0x80));
@@ -117,8 +117,8 @@ void int8_gemm_stage_avx512_vnni(const Int8GemmArgs& g, void* staged) {
   }
 }
 
-void int8_gemm_block_avx512_vnni(const Int8GemmArgs& g, const void* staged, int64_t m0, int64_t m1, int64_t p0,
-                                 int64_t p1) {
+void int8_mm_block_avx512_vnni(const Int8MmArgs& g, const void* staged, int64_t m0, int64_t m1, int64_t p0,
+                               int64_t p1) {
   constexpr int MR = 8, NR = 3;
   const int64_t Kp = (g.K + 3) / 4 * 4, Np = (g.N + 15) / 16 * 16;
   const uint8_t* A = static_cast<const uint8_t*>(staged) + m0 * Kp;

@@ -2,15 +2,15 @@
 #include <algorithm>
 #include <cstdint>
 
-#include "slim/int8_epilogue.h"
-#include "slim/int8_gemm.h"
+#include "slim/int8_mm_epilogue.h"
+#include "slim/int8_mm.h"
 
 namespace slim {
 
-size_t int8_gemm_stage_bytes_scalar(int64_t, int64_t) { return 0; }
-void int8_gemm_stage_scalar(const Int8GemmArgs&, void*) {}  // reads a in place
+size_t int8_mm_stage_bytes_scalar(int64_t, int64_t) { return 0; }
+void int8_mm_stage_scalar(const Int8MmArgs&, void*) {}  // reads a in place
 
-void int8_gemm_block_scalar(const Int8GemmArgs& g, const void*, int64_t m0, int64_t m1, int64_t p0, int64_t p1) {
+void int8_mm_block_scalar(const Int8MmArgs& g, const void*, int64_t m0, int64_t m1, int64_t p0, int64_t p1) {
   // Signed x signed products: no column-sum compensation needed here.
   const int64_t Kp = (g.K + 3) / 4 * 4, Kg = Kp / 4;
   for (int64_t p = p0; p < p1; ++p) {

@@ -1,6 +1,6 @@
-// lowbit_gemm (dequant_mm_int4 and lut_mm): validation, ISA dispatch, the rearranged activations,
-// the split over threads, and the scalar kernel. The SIMD policies live in lowbit_gemm_{avx2,avx512_vnni}.cpp.
-#include "slim/lowbit_gemm.h"
+// lowbit_mm (dequant_mm_int4 and lut_mm): validation, ISA dispatch, the rearranged activations,
+// the split over threads, and the scalar kernel. The SIMD policies live in lowbit_{avx2,avx512_vnni}.cpp.
+#include "slim/lowbit.h"
 
 #include <algorithm>
 #include <stdexcept>
@@ -64,17 +64,17 @@ struct ScalarPolicy {
 }  // namespace
 
 LowbitLayout lowbit_layout_scalar(int bits) { return lowbit_layout_for<ScalarPolicy>(bits); }
-void lowbit_block_scalar(const LowbitGemmArgs& g, const float* xp, int64_t ldxp, int64_t m0, int64_t m1, int64_t n0,
+void lowbit_block_scalar(const LowbitMmArgs& g, const float* xp, int64_t ldxp, int64_t m0, int64_t m1, int64_t n0,
                          int64_t n1) {
   lowbit_block_for<ScalarPolicy, 4, 4>(g, xp, ldxp, m0, m1, n0, n1);
 }
 
 namespace {
-[[noreturn]] void bad(const std::string& msg) { throw std::invalid_argument("lowbit_gemm: " + msg); }
+[[noreturn]] void bad(const std::string& msg) { throw std::invalid_argument("lowbit_mm: " + msg); }
 
 struct Kernels {
   LowbitLayout (*layout)(int);
-  void (*block)(const LowbitGemmArgs&, const float*, int64_t, int64_t, int64_t, int64_t, int64_t);
+  void (*block)(const LowbitMmArgs&, const float*, int64_t, int64_t, int64_t, int64_t, int64_t);
   int64_t nr;  // weight rows per register tile: the unit of the N split
 };
 
@@ -88,7 +88,7 @@ Kernels kernels_for(CpuIsa isa) {
 }
 
 // x rows [0, M) -> float32 in the order the kernel reads codes (LowbitLayout), zero past K.
-void rearrange_x(const LowbitGemmArgs& g, const LowbitLayout& lay, float* xp, int64_t ldxp) {
+void rearrange_x(const LowbitMmArgs& g, const LowbitLayout& lay, float* xp, int64_t ldxp) {
   const int64_t esize = g.x_kind == InKind::kFloat32 ? 4 : 2;
   const int64_t ck = lay.lanes * lay.subs;
   for (int64_t m = 0; m < g.M; ++m) {
@@ -103,14 +103,14 @@ void rearrange_x(const LowbitGemmArgs& g, const LowbitLayout& lay, float* xp, in
   }
 }
 
-void store_bias_only(const LowbitGemmArgs& g) {  // K == 0: y = bias (or 0)
+void store_bias_only(const LowbitMmArgs& g) {  // K == 0: y = bias (or 0)
   for (int64_t m = 0; m < g.M; ++m)
     for (int64_t n = 0; n < g.N; ++n) lowbit_store(g, m, n, 0.f);
 }
 }  // namespace
 
 namespace {
-bool use_amx(const LowbitGemmArgs& g, CpuIsa isa, LowbitAmx amx) {
+bool use_amx(const LowbitMmArgs& g, CpuIsa isa, LowbitAmx amx) {
   if (amx == LowbitAmx::kOff || g.bits == 3) return false;
 #ifdef SLIM_AMX
   const bool usable = isa == CpuIsa::kAvx512Vnni && amx_bf16_supported();
@@ -125,7 +125,7 @@ bool use_amx(const LowbitGemmArgs& g, CpuIsa isa, LowbitAmx amx) {
 }
 }  // namespace
 
-void lowbit_gemm(const LowbitGemmArgs& g, int num_threads, CpuIsa isa, LowbitAmx amx) {
+void lowbit_mm(const LowbitMmArgs& g, int num_threads, CpuIsa isa, LowbitAmx amx) {
   if (g.M < 0) bad("M must be >= 0, got " + std::to_string(g.M));
   if (g.N < 0) bad("N must be >= 0, got " + std::to_string(g.N));
   if (g.K < 0) bad("K must be >= 0, got " + std::to_string(g.K));

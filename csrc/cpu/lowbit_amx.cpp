@@ -1,4 +1,4 @@
-// lowbit_gemm on AMX-BF16 tiles (compiled with the amx flags; used for larger M): int4 here, 2- and
+// lowbit_mm on AMX-BF16 tiles (compiled with the amx flags; used for larger M): int4 here, 2- and
 // 4-bit codebooks further down.
 //
 // Float32 results from bfloat16 tiles: an int4 weight is (q - z) * s, and q - z is an integer in
@@ -19,7 +19,7 @@
 #include <cstdint>
 #include <cstring>
 
-#include "slim/lowbit_gemm.h"
+#include "slim/lowbit.h"
 #include "slim/scratch.h"
 
 namespace slim {
@@ -98,7 +98,7 @@ inline __m128i step_bytes(const uint8_t* p, int64_t n, int64_t avail) {
 }
 
 // x[m, k0 .. k0 + 32) as float32, zero past K.
-inline void load32(const LowbitGemmArgs& g, int64_t m, int64_t k0, __m512& v0, __m512& v1) {
+inline void load32(const LowbitMmArgs& g, int64_t m, int64_t k0, __m512& v0, __m512& v1) {
   const int64_t n = std::min<int64_t>(32, g.K - k0);
   const __mmask16 m0 = head_mask(n), m1 = head_mask(n - 16);
   if (g.x_kind == InKind::kFloat32) {
@@ -147,11 +147,11 @@ inline void transpose16(__m512i (&r)[16]) {
 }  // namespace
 
 // xb: [piece (pieces_of)][m tile][step][k pair 16][m 16][2] bfloat16, zero past M and K.
-int64_t lowbit_amx_x_elems(const LowbitGemmArgs& g) {
+int64_t lowbit_amx_x_elems(const LowbitMmArgs& g) {
   return pieces_of(g.x_kind) * ((g.M + 15) / 16) * steps_of(g.K) * kTileElems;
 }
 
-void lowbit_amx_prepare_x(const LowbitGemmArgs& g, uint16_t* xb) {
+void lowbit_amx_prepare_x(const LowbitMmArgs& g, uint16_t* xb) {
   const int64_t mtiles = (g.M + 15) / 16, steps = steps_of(g.K), piece_stride = mtiles * steps * kTileElems;
   const int pieces = pieces_of(g.x_kind);
   for (int64_t mt = 0; mt < mtiles; ++mt)
@@ -188,7 +188,7 @@ void load_tile_config() {
 }
 }  // namespace
 
-void lowbit_amx_block_int4(const LowbitGemmArgs& g, const uint16_t* xb, int64_t m0, int64_t m1, int64_t n0,
+void lowbit_amx_block_int4(const LowbitMmArgs& g, const uint16_t* xb, int64_t m0, int64_t m1, int64_t n0,
                            int64_t n1) {
   const int64_t K = g.K, steps = steps_of(K), rb = lowbit_row_bytes(g);
   const int64_t groups = K / g.group_size;
@@ -281,7 +281,7 @@ struct PieceTables {
   __m512 t[3];
 };
 
-PieceTables codebook_tables(const LowbitGemmArgs& g, int64_t row) {
+PieceTables codebook_tables(const LowbitMmArgs& g, int64_t row) {
   alignas(64) float lut[16];
   lowbit_codebook_lut16(g, row, lut);  // entries repeat past 2^bits
   PieceTables pt;
@@ -341,7 +341,7 @@ inline void codebook_step(const uint16_t* xt, int64_t piece_stride, const uint16
 
 }  // namespace
 
-void lowbit_amx_block_codebook(const LowbitGemmArgs& g, const uint16_t* xb, int64_t m0, int64_t m1, int64_t n0,
+void lowbit_amx_block_codebook(const LowbitMmArgs& g, const uint16_t* xb, int64_t m0, int64_t m1, int64_t n0,
                                int64_t n1) {
   const int64_t K = g.K, steps = steps_of(K), rb = lowbit_row_bytes(g), step_bytes = 4 * g.bits;
   const int64_t mtiles = (g.M + 15) / 16, piece_stride = mtiles * steps * kTileElems;

@@ -1,4 +1,4 @@
-// lowbit_gemm, AVX2 + FMA policy. A 16-entry float table is two registers: vpermps looks up the low
+// lowbit_mm, AVX2 + FMA policy. A 16-entry float table is two registers: vpermps looks up the low
 // 3 bits of an index in each half and a blend on bit 3 (shifted into the sign bit) picks the half.
 // 2- and 4-bit codes are zero-extended a byte per lane and shifted; 3-bit codes (8 in 3 bytes) are
 // broadcast and shifted per lane.
@@ -7,7 +7,7 @@
 #include <cstdint>
 #include <cstring>
 
-#include "slim/lowbit_gemm.h"
+#include "slim/lowbit.h"
 
 namespace slim {
 namespace {
@@ -68,7 +68,7 @@ struct Avx2Policy::Codes<3> {
 }  // namespace
 
 LowbitLayout lowbit_layout_avx2(int bits) { return lowbit_layout_for<Avx2Policy>(bits); }
-void lowbit_block_avx2(const LowbitGemmArgs& g, const float* xp, int64_t ldxp, int64_t m0, int64_t m1, int64_t n0,
+void lowbit_block_avx2(const LowbitMmArgs& g, const float* xp, int64_t ldxp, int64_t m0, int64_t m1, int64_t n0,
                        int64_t n1) {
   lowbit_block_for<Avx2Policy, 3, 2>(g, xp, ldxp, m0, m1, n0, n1);
 }

@@ -1,4 +1,4 @@
-// lowbit_gemm, AVX-512 policy (compiled with the avx512_vnni tier's flags; uses F/BW/DQ only).
+// lowbit_mm, AVX-512 policy (compiled with the avx512_vnni tier's flags; uses F/BW/DQ only).
 // A 16-entry float table is one register and vpermps looks it up with the low 4 bits of each lane,
 // so codes need no masking: 2- and 4-bit codes are zero-extended a byte per lane and shifted,
 // 3-bit codes (which cross bytes) are gathered into lanes with vpshufb and shifted per lane.
@@ -7,7 +7,7 @@
 #include <cstdint>
 #include <cstring>
 
-#include "slim/lowbit_gemm.h"
+#include "slim/lowbit.h"
 
 namespace slim {
 namespace {
@@ -63,7 +63,7 @@ struct Avx512Policy::Codes<3> {
 }  // namespace
 
 LowbitLayout lowbit_layout_avx512_vnni(int bits) { return lowbit_layout_for<Avx512Policy>(bits); }
-void lowbit_block_avx512_vnni(const LowbitGemmArgs& g, const float* xp, int64_t ldxp, int64_t m0, int64_t m1,
+void lowbit_block_avx512_vnni(const LowbitMmArgs& g, const float* xp, int64_t ldxp, int64_t m0, int64_t m1,
                               int64_t n0, int64_t n1) {
   lowbit_block_for<Avx512Policy, 4, 4>(g, xp, ldxp, m0, m1, n0, n1);
 }

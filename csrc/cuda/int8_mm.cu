@@ -1,5 +1,5 @@
 // slimkernels CUDA: W8A8 int8 GEMM, out = a @ b.T with a fused dequantizing epilogue.
-// Contract: csrc/include/slim/int8_gemm_cuda.h.
+// Contract: csrc/include/slim/int8_mm_cuda.h.
 //
 // One templated kernel (TileConfig below), instantiated for four tile shapes:
 //   * shared memory: STAGES-deep ring of (A tile BM x BK, B tile BN x BK) int8 tiles filled with
@@ -27,7 +27,7 @@
 #include <string>
 
 #include "slim/common_cuda.h"
-#include "slim/int8_gemm_cuda.h"
+#include "slim/int8_mm_cuda.h"
 
 namespace slim {
 namespace {
@@ -133,7 +133,7 @@ __device__ __forceinline__ void store_pair(void* __restrict__ out, int64_t ldc, 
                                            const float* __restrict__ bias) {
   const bool has1 = col + 1 < N;
   const int64_t off = static_cast<int64_t>(row) * ldc + col;
-  if (kind == static_cast<int>(GemmOutKind::Int32)) {
+  if (kind == static_cast<int>(Int8MmOutKind::Int32)) {
     int* p = static_cast<int*>(out) + off;
     if (has1 && (reinterpret_cast<uintptr_t>(p) & 7) == 0) {
       *reinterpret_cast<int2*>(p) = make_int2(v0, v1);
@@ -145,7 +145,7 @@ __device__ __forceinline__ void store_pair(void* __restrict__ out, int64_t ldc, 
   }
   const float f0 = dequant(v0, sa, b_scale[col], bias, col);
   const float f1 = has1 ? dequant(v1, sa, b_scale[col + 1], bias, col + 1) : 0.0f;
-  if (kind == static_cast<int>(GemmOutKind::Float32)) {
+  if (kind == static_cast<int>(Int8MmOutKind::Float32)) {
     float* p = static_cast<float*>(out) + off;
     if (has1 && (reinterpret_cast<uintptr_t>(p) & 7) == 0) {
       *reinterpret_cast<float2*>(p) = make_float2(f0, f1);
@@ -153,7 +153,7 @@ __device__ __forceinline__ void store_pair(void* __restrict__ out, int64_t ldc, 
       p[0] = f0;
       if (has1) p[1] = f1;
     }
-  } else if (kind == static_cast<int>(GemmOutKind::Float16)) {
+  } else if (kind == static_cast<int>(Int8MmOutKind::Float16)) {
     __half* p = static_cast<__half*>(out) + off;
     if (has1 && (reinterpret_cast<uintptr_t>(p) & 3) == 0) {
       *reinterpret_cast<__half2*>(p) = __floats2half2_rn(f0, f1);  // .x = f0 (low address), .y = f1
@@ -177,10 +177,10 @@ __device__ __forceinline__ void store_pair(void* __restrict__ out, int64_t ldc, 
 // ------------------------------------------------------------------------------------------------
 template <class C>
 __global__ void __launch_bounds__(C::THREADS)
-    int8_gemm_kernel(const int8_t* __restrict__ a, int64_t lda, const int8_t* __restrict__ b, int64_t ldb, int M,
-                     int N, int K, void* __restrict__ out, int64_t ldc, int out_kind,
-                     const float* __restrict__ a_scale, const float* __restrict__ b_scale,
-                     const float* __restrict__ bias) {
+    int8_mm_kernel(const int8_t* __restrict__ a, int64_t lda, const int8_t* __restrict__ b, int64_t ldb, int M,
+                   int N, int K, void* __restrict__ out, int64_t ldc, int out_kind,
+                   const float* __restrict__ a_scale, const float* __restrict__ b_scale,
+                   const float* __restrict__ bias) {
   extern __shared__ __align__(128) uint8_t smem[];
 
   const int tid = threadIdx.x;
@@ -339,7 +339,7 @@ __global__ void __launch_bounds__(C::THREADS)
   // ---- epilogue: C fragment element (e) of tile (mt, nt) is row g + 8*(e>>1), col 2t + (e&1) ----
   const int g = lane >> 2;
   const int t = lane & 3;
-  const bool is_int = out_kind == static_cast<int>(GemmOutKind::Int32);
+  const bool is_int = out_kind == static_cast<int>(Int8MmOutKind::Int32);
 #pragma unroll
   for (int mt = 0; mt < C::MT; ++mt) {
 #pragma unroll
@@ -389,65 +389,65 @@ const char* config_name(Cfg c) {
 
 template <class C>
 void launch(int dev, const int8_t* a, int64_t lda, const int8_t* b, int64_t ldb, int64_t M, int64_t N, int64_t K,
-            void* out, int64_t ldc, GemmOutKind kind, const float* a_scale, const float* b_scale, const float* bias,
+            void* out, int64_t ldc, Int8MmOutKind kind, const float* a_scale, const float* b_scale, const float* bias,
             cudaStream_t stream) {
-  auto kernel = int8_gemm_kernel<C>;
+  auto kernel = int8_mm_kernel<C>;
   if (C::SMEM_BYTES > 48 * 1024) {
     static std::atomic<bool> configured[cuda_detail::kMaxDevices];
     if (!configured[dev].load(std::memory_order_acquire)) {
       check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, C::SMEM_BYTES),
-            "cudaFuncSetAttribute(int8_gemm shared memory)");
+            "cudaFuncSetAttribute(int8_mm shared memory)");
       configured[dev].store(true, std::memory_order_release);
     }
   }
   const int64_t tiles = num_tiles<C>(M, N);
-  if (tiles > INT_MAX) throw_invalid("int8_gemm: M x N too large for one launch");
+  if (tiles > INT_MAX) throw_invalid("int8_mm: M x N too large for one launch");
   kernel<<<static_cast<unsigned>(tiles), C::THREADS, C::SMEM_BYTES, stream>>>(
       a, lda, b, ldb, static_cast<int>(M), static_cast<int>(N), static_cast<int>(K), out, ldc,
       static_cast<int>(kind), a_scale, b_scale, bias);
-  check(cudaGetLastError(), "int8_gemm kernel launch");
+  check(cudaGetLastError(), "int8_mm kernel launch");
 }
 
 void validate(const int8_t* a, int64_t lda, const int8_t* b, int64_t ldb, int64_t M, int64_t N, int64_t K,
-              void* out, int64_t ldc, GemmOutKind kind, const float* a_scale, const float* b_scale,
+              void* out, int64_t ldc, Int8MmOutKind kind, const float* a_scale, const float* b_scale,
               const float* bias) {
   using cuda_detail::aligned_to;
-  if (M < 0 || M >= kMaxDim) throw_invalid("int8_gemm: M must be in [0, 2^30), got " + std::to_string(M));
-  if (N < 0 || N >= kMaxDim) throw_invalid("int8_gemm: N must be in [0, 2^30), got " + std::to_string(N));
-  if (K < 0 || K >= kMaxDim) throw_invalid("int8_gemm: K must be in [0, 2^30), got " + std::to_string(K));
-  if (K % 16 != 0) throw_invalid("int8_gemm: K must be a multiple of 16, got " + std::to_string(K));
+  if (M < 0 || M >= kMaxDim) throw_invalid("int8_mm: M must be in [0, 2^30), got " + std::to_string(M));
+  if (N < 0 || N >= kMaxDim) throw_invalid("int8_mm: N must be in [0, 2^30), got " + std::to_string(N));
+  if (K < 0 || K >= kMaxDim) throw_invalid("int8_mm: K must be in [0, 2^30), got " + std::to_string(K));
+  if (K % 16 != 0) throw_invalid("int8_mm: K must be a multiple of 16, got " + std::to_string(K));
   if (lda < K || lda % 16 != 0)
-    throw_invalid("int8_gemm: lda must be >= K and a multiple of 16, got " + std::to_string(lda));
+    throw_invalid("int8_mm: lda must be >= K and a multiple of 16, got " + std::to_string(lda));
   if (ldb < K || ldb % 16 != 0)
-    throw_invalid("int8_gemm: ldb must be >= K and a multiple of 16, got " + std::to_string(ldb));
-  if (ldc < N) throw_invalid("int8_gemm: ldc must be >= N, got " + std::to_string(ldc));
+    throw_invalid("int8_mm: ldb must be >= K and a multiple of 16, got " + std::to_string(ldb));
+  if (ldc < N) throw_invalid("int8_mm: ldc must be >= N, got " + std::to_string(ldc));
   const int ik = static_cast<int>(kind);
-  if (ik < 0 || ik > 3) throw_invalid("int8_gemm: out_kind out of range");
+  if (ik < 0 || ik > 3) throw_invalid("int8_mm: out_kind out of range");
   if (M == 0 || N == 0) return;
-  if (out == nullptr) throw_invalid("int8_gemm: out is null");
-  const size_t esize = kind == GemmOutKind::Int32 || kind == GemmOutKind::Float32 ? 4 : 2;
-  if (!aligned_to(out, esize)) throw_invalid("int8_gemm: out must be aligned to its element size");
+  if (out == nullptr) throw_invalid("int8_mm: out is null");
+  const size_t esize = kind == Int8MmOutKind::Int32 || kind == Int8MmOutKind::Float32 ? 4 : 2;
+  if (!aligned_to(out, esize)) throw_invalid("int8_mm: out must be aligned to its element size");
   if (K > 0) {
-    if (a == nullptr || !aligned_to(a, 16)) throw_invalid("int8_gemm: a must be non-null and 16-byte aligned");
-    if (b == nullptr || !aligned_to(b, 16)) throw_invalid("int8_gemm: b must be non-null and 16-byte aligned");
+    if (a == nullptr || !aligned_to(a, 16)) throw_invalid("int8_mm: a must be non-null and 16-byte aligned");
+    if (b == nullptr || !aligned_to(b, 16)) throw_invalid("int8_mm: b must be non-null and 16-byte aligned");
   }
-  if (kind != GemmOutKind::Int32) {
+  if (kind != Int8MmOutKind::Int32) {
     if (a_scale == nullptr || !aligned_to(a_scale, 4))
-      throw_invalid("int8_gemm: a_scale must be a non-null float32 pointer for float outputs");
+      throw_invalid("int8_mm: a_scale must be a non-null float32 pointer for float outputs");
     if (b_scale == nullptr || !aligned_to(b_scale, 4))
-      throw_invalid("int8_gemm: b_scale must be a non-null float32 pointer for float outputs");
-    if (bias != nullptr && !aligned_to(bias, 4)) throw_invalid("int8_gemm: bias must be 4-byte aligned");
+      throw_invalid("int8_mm: b_scale must be a non-null float32 pointer for float outputs");
+    if (bias != nullptr && !aligned_to(bias, 4)) throw_invalid("int8_mm: bias must be 4-byte aligned");
   }
 }
 
 }  // namespace
 
-void int8_gemm_cuda(const int8_t* a, int64_t lda, const int8_t* b, int64_t ldb, int64_t M, int64_t N, int64_t K,
-                    void* out, int64_t ldc, GemmOutKind out_kind, const float* a_scale, const float* b_scale,
-                    const float* bias, void* stream) {
+void int8_mm_cuda(const int8_t* a, int64_t lda, const int8_t* b, int64_t ldb, int64_t M, int64_t N, int64_t K,
+                  void* out, int64_t ldc, Int8MmOutKind out_kind, const float* a_scale, const float* b_scale,
+                  const float* bias, void* stream) {
   validate(a, lda, b, ldb, M, N, K, out, ldc, out_kind, a_scale, b_scale, bias);
   if (M == 0 || N == 0) return;
-  if (out_kind == GemmOutKind::Int32) a_scale = b_scale = bias = nullptr;  // never read
+  if (out_kind == Int8MmOutKind::Int32) a_scale = b_scale = bias = nullptr;  // never read
   const int dev = cuda_detail::current_device();
   const int sms = cuda_detail::sm_count(dev);
   cudaStream_t s = static_cast<cudaStream_t>(stream);
@@ -467,7 +467,7 @@ void int8_gemm_cuda(const int8_t* a, int64_t lda, const int8_t* b, int64_t ldb, 
   }
 }
 
-const char* int8_gemm_cuda_config(int64_t M, int64_t N, int64_t /*K*/) {
+const char* int8_mm_cuda_config(int64_t M, int64_t N, int64_t /*K*/) {
   const int dev = cuda_detail::current_device();
   return config_name(pick_config(M, N, cuda_detail::sm_count(dev)));
 }

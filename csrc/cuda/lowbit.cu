@@ -1,5 +1,5 @@
 // slimkernels CUDA: weight-only low-bit matmul, int4 group-wise and 2/3/4-bit codebooks.
-// Contract: csrc/include/slim/lowbit_gemm_cuda.h. Both read the canonical layout directly.
+// Contract: csrc/include/slim/lowbit_cuda.h. Both read the canonical layout directly.
 //
 // The unit of work is a "span": 32 consecutive codes of one row, which is exactly 4 * BITS whole
 // bytes (16 for int4, 8 for 2-bit, 12 for 3-bit) starting at byte 4 * BITS * span. A span never
@@ -34,7 +34,7 @@
 #include <type_traits>
 
 #include "slim/common_cuda.h"
-#include "slim/lowbit_gemm_cuda.h"
+#include "slim/lowbit_cuda.h"
 
 namespace slim {
 namespace {

@@ -1,7 +1,7 @@
-// slimkernels CUDA: capability queries (no kernels). Contract: csrc/include/slim/int8_gemm_cuda.h.
+// slimkernels CUDA: capability queries (no kernels). Contract: csrc/include/slim/runtime_cuda.h.
 #include <cuda_runtime.h>
 
-#include "slim/int8_gemm_cuda.h"
+#include "slim/runtime_cuda.h"
 
 namespace slim {
 

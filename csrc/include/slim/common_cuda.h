@@ -1,7 +1,7 @@
 // slimkernels CUDA: small helpers shared by the .cu files (error checks, cached device queries).
 //
-// For csrc/cuda/*.cu only: it includes <cuda_runtime.h>, so bind_cuda.cpp (host compiler, no CUDA
-// headers) must not include it.
+// For csrc/cuda/*.cu only: it includes <cuda_runtime.h>, so the bind glue (bind_cuda.cpp and
+// bind/cuda_*.cpp: host compiler, no CUDA headers) must not include it.
 #pragma once
 
 #include <cuda_bf16.h>

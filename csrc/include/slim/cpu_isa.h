@@ -19,7 +19,7 @@ CpuIsa resolve_isa(const std::string& name, const char* arg_name = "isa");
 
 // AMX-BF16 tile instructions (Sapphire Rapids and later), an extra of the avx512_vnni tier: compiled
 // in, supported by the CPU, tile state enabled by the OS, and (Linux) the process's permission to use
-// it, requested on the first call. Only the low-bit kernels use it (lowbit_gemm_amx.cpp).
+// it, requested on the first call. Only the low-bit kernels use it (lowbit_amx.cpp).
 bool amx_bf16_supported();
 
 }  // namespace slim

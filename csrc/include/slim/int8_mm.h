@@ -13,7 +13,7 @@ namespace slim {
 enum class OutKind { kInt32 = 0, kFloat32 = 1, kFloat16 = 2, kBFloat16 = 3 };
 OutKind parse_out_kind(const std::string& name, const char* arg_name);
 
-struct Int8GemmArgs {
+struct Int8MmArgs {
   const int8_t* a;        // [M, K] row-major, row stride lda (elements)
   int64_t lda;
   const int8_t* packed;   // pack_int8_cpu(b) for b [N, K]
@@ -27,23 +27,23 @@ struct Int8GemmArgs {
 };
 
 // Validates (std::invalid_argument naming the argument), then runs on up to num_threads threads.
-void int8_gemm(const Int8GemmArgs& args, int num_threads, CpuIsa isa);
+void int8_mm(const Int8MmArgs& args, int num_threads, CpuIsa isa);
 
 // Per-ISA kernels. Arguments are already validated.
 // stage: converts all M rows of a once per call into the kernel's activation format (row stride
 //   Kp = K rounded up to 4, zero-padded), into `staged` of at least stage_bytes(M, K) bytes.
 // block: rows [m0, m1) x 16-column panels [p0, p1), full K, epilogue included; any thread.
-size_t int8_gemm_stage_bytes_scalar(int64_t M, int64_t K);
-void int8_gemm_stage_scalar(const Int8GemmArgs& g, void* staged);
-void int8_gemm_block_scalar(const Int8GemmArgs& g, const void* staged, int64_t m0, int64_t m1, int64_t p0, int64_t p1);
+size_t int8_mm_stage_bytes_scalar(int64_t M, int64_t K);
+void int8_mm_stage_scalar(const Int8MmArgs& g, void* staged);
+void int8_mm_block_scalar(const Int8MmArgs& g, const void* staged, int64_t m0, int64_t m1, int64_t p0, int64_t p1);
 #ifdef SLIM_X86
-size_t int8_gemm_stage_bytes_avx2(int64_t M, int64_t K);
-void int8_gemm_stage_avx2(const Int8GemmArgs& g, void* staged);
-void int8_gemm_block_avx2(const Int8GemmArgs& g, const void* staged, int64_t m0, int64_t m1, int64_t p0, int64_t p1);
-size_t int8_gemm_stage_bytes_avx512_vnni(int64_t M, int64_t K);
-void int8_gemm_stage_avx512_vnni(const Int8GemmArgs& g, void* staged);
-void int8_gemm_block_avx512_vnni(const Int8GemmArgs& g, const void* staged, int64_t m0, int64_t m1, int64_t p0,
-                                 int64_t p1);
+size_t int8_mm_stage_bytes_avx2(int64_t M, int64_t K);
+void int8_mm_stage_avx2(const Int8MmArgs& g, void* staged);
+void int8_mm_block_avx2(const Int8MmArgs& g, const void* staged, int64_t m0, int64_t m1, int64_t p0, int64_t p1);
+size_t int8_mm_stage_bytes_avx512_vnni(int64_t M, int64_t K);
+void int8_mm_stage_avx512_vnni(const Int8MmArgs& g, void* staged);
+void int8_mm_block_avx512_vnni(const Int8MmArgs& g, const void* staged, int64_t m0, int64_t m1, int64_t p0,
+                               int64_t p1);
 #endif
 
 }  // namespace slim

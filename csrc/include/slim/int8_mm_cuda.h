@@ -1,6 +1,6 @@
 // slimkernels CUDA: W8A8 int8 GEMM with a fused dequantizing epilogue.
 //
-// Plain declarations only (no <cuda_runtime.h>): bind_cuda.cpp is compiled by the host compiler.
+// Plain declarations only (no <cuda_runtime.h>): csrc/bind/cuda_*.cpp is compiled by the host compiler.
 // The stream is a cudaStream_t passed as void* (0 = the legacy default stream).
 //
 //   out[m, n] = sum_k a[m, k] * b[n, k]            (out = a @ b.T, exact int32 accumulation)
@@ -16,7 +16,7 @@
 // M and N are arbitrary (M == 0 or N == 0 is a no-op); K == 0 gives acc = 0.
 // No workspace: the small-M path splits K across the warps of one CTA and reduces in shared memory.
 //
-// Tile configurations (mma.sync m16n8k32, cp.async pipeline; see csrc/cuda/int8_gemm.cu):
+// Tile configurations (mma.sync m16n8k32, cp.async pipeline; see csrc/cuda/int8_mm.cu):
 //   small  16x32,  BK 256, 4 warps splitting K, 5 stages   M <= 16
 //   mid    64x32,  BK 128, 2x1 warps x 2 K-groups, 6 stages 16 < M <= 64, or larger tiles underfill
 //   wide   128x64, BK 64,  2x2 warps, 4 stages            M > 64 and >= 3/4 wave of these tiles
@@ -38,22 +38,15 @@
 
 namespace slim {
 
-enum class GemmOutKind : int { Int32 = 0, Float32 = 1, Float16 = 2, BFloat16 = 3 };
+enum class Int8MmOutKind : int { Int32 = 0, Float32 = 1, Float16 = 2, BFloat16 = 3 };
 
-void int8_gemm_cuda(const int8_t* a, int64_t lda, const int8_t* b, int64_t ldb, int64_t M, int64_t N,
-                    int64_t K, void* out, int64_t ldc, GemmOutKind out_kind, const float* a_scale,
-                    const float* b_scale, const float* bias, void* stream);
+void int8_mm_cuda(const int8_t* a, int64_t lda, const int8_t* b, int64_t ldb, int64_t M, int64_t N,
+                  int64_t K, void* out, int64_t ldc, Int8MmOutKind out_kind, const float* a_scale,
+                  const float* b_scale, const float* bias, void* stream);
 
 // Name of the tile configuration the launcher picks for this shape on the current device
-// ("small", "mid" or "large"); for tests and benchmarks. Throws like int8_gemm_cuda when there
+// ("small", "mid" or "large"); for tests and benchmarks. Throws like int8_mm_cuda when there
 // is no device.
-const char* int8_gemm_cuda_config(int64_t M, int64_t N, int64_t K);
-
-// Comma-separated __CUDA_ARCH_LIST__ the .cu files were compiled for (e.g. "800,860,890,900"),
-// or "" when unknown.
-const char* cuda_compiled_archs();
-
-// cudaGetDeviceCount; 0 (never throws) when there is no GPU or driver.
-int cuda_device_count();
+const char* int8_mm_cuda_config(int64_t M, int64_t N, int64_t K);
 
 }  // namespace slim

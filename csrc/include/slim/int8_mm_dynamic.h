@@ -1,6 +1,6 @@
 // W8A8 dynamic linear in one native call: per-token int8 quantization of the float activations
 // into a per-thread scratch buffer, then the int8 GEMM with the fused dequantize epilogue, output
-// in the activations' float type. The same math as quantize_per_token_int8 + int8_gemm, minus the
+// in the activations' float type. The same math as quantize_per_token_int8 + int8_mm, minus the
 // Python round trips and allocations between them (which cost more than the quantization at small M).
 #pragma once
 #include <cstdint>
@@ -10,7 +10,7 @@
 
 namespace slim {
 
-struct DynamicLinearArgs {
+struct Int8DynamicLinearArgs {
   const void* x;         // [M, K] row stride ldx, float type per x_kind
   int64_t ldx;
   InKind x_kind;         // also the output type
@@ -22,6 +22,6 @@ struct DynamicLinearArgs {
   int64_t ldc;
 };
 
-void int8_dynamic_linear(const DynamicLinearArgs& args, int num_threads, CpuIsa isa);
+void int8_dynamic_linear(const Int8DynamicLinearArgs& args, int num_threads, CpuIsa isa);
 
 }  // namespace slim

@@ -7,7 +7,7 @@
 #include <cstdint>
 
 #include "slim/cpu_convert.h"
-#include "slim/int8_gemm.h"
+#include "slim/int8_mm.h"
 #if defined(__AVX2__) || defined(__AVX512F__)
 #include <immintrin.h>
 #endif
@@ -23,7 +23,7 @@ inline float epi_scale(int32_t acc, float as, float bs, const float* bias, int64
   return bias ? v + bias[n] : v;
 }
 
-inline void epilogue_row_scalar(const Int8GemmArgs& g, int64_t m, int64_t n0, int64_t n, const int32_t* acc,
+inline void epilogue_row_scalar(const Int8MmArgs& g, int64_t m, int64_t n0, int64_t n, const int32_t* acc,
                                 int64_t j0) {
   const float as = g.out_kind == OutKind::kInt32 ? 0.f : g.a_scale[m];
   for (int64_t j = j0; j < n; ++j) {
@@ -65,7 +65,7 @@ inline __m128i f32x8_to_bf16(__m256 v) {
 #endif
 
 // Row m, columns [n0, n0 + n) of the output from acc[0, n).
-inline void epilogue_row(const Int8GemmArgs& g, int64_t m, int64_t n0, int64_t n, const int32_t* acc) {
+inline void epilogue_row(const Int8MmArgs& g, int64_t m, int64_t n0, int64_t n, const int32_t* acc) {
 #if defined(__AVX512F__)
   if (g.out_kind == OutKind::kInt32) {
     int32_t* o = static_cast<int32_t*>(g.out) + m * g.ldc + n0;

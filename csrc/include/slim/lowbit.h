@@ -35,7 +35,7 @@ namespace slim {
 enum class LutKind { kInt4 = 0, kCodebook = 1 };
 LutKind parse_lut_kind(const std::string& name, const char* arg_name);
 
-struct LowbitGemmArgs {
+struct LowbitMmArgs {
   const void* x;           // [M, K] row stride ldx (elements), type per x_kind
   int64_t ldx;
   InKind x_kind;           // also the kind of y
@@ -53,7 +53,7 @@ struct LowbitGemmArgs {
   int64_t M, N, K;
 };
 
-// Whether int4 and 2- and 4-bit codebooks run on AMX-BF16 tiles (lowbit_gemm_amx.cpp): kAuto from
+// Whether int4 and 2- and 4-bit codebooks run on AMX-BF16 tiles (lowbit_amx.cpp): kAuto from
 // kLowbitAmxMinM (int4) or kLowbitAmxCodebookMinM rows of x on, when the avx512_vnni tier is in use
 // and amx_bf16_supported(); kOn at any M (an error where AMX is not supported); kOff never. 3-bit
 // codebooks never do.
@@ -65,7 +65,7 @@ constexpr int64_t kLowbitAmxMinM = 6;
 constexpr int64_t kLowbitAmxCodebookMinM = 16;
 
 // Validates (std::invalid_argument naming the argument), then runs on up to num_threads threads.
-void lowbit_gemm(const LowbitGemmArgs& args, int num_threads, CpuIsa isa, LowbitAmx amx = LowbitAmx::kAuto);
+void lowbit_mm(const LowbitMmArgs& args, int num_threads, CpuIsa isa, LowbitAmx amx = LowbitAmx::kAuto);
 
 // ---- what the per-ISA kernels share --------------------------------------------------------------
 // A kernel walks each code row in chunks of `lanes * subs` codes. Lane j of sub-vector s of chunk c
@@ -81,14 +81,14 @@ struct LowbitLayout {
 // layout: how that ISA walks codes of g.bits bits. block: output rows [m0, m1) x columns [n0, n1),
 // full K, epilogue included, reading x from xp (see LowbitLayout); callable from any thread.
 LowbitLayout lowbit_layout_scalar(int bits);
-void lowbit_block_scalar(const LowbitGemmArgs& g, const float* xp, int64_t ldxp, int64_t m0, int64_t m1, int64_t n0,
+void lowbit_block_scalar(const LowbitMmArgs& g, const float* xp, int64_t ldxp, int64_t m0, int64_t m1, int64_t n0,
                          int64_t n1);
 #ifdef SLIM_X86
 LowbitLayout lowbit_layout_avx2(int bits);
-void lowbit_block_avx2(const LowbitGemmArgs& g, const float* xp, int64_t ldxp, int64_t m0, int64_t m1, int64_t n0,
+void lowbit_block_avx2(const LowbitMmArgs& g, const float* xp, int64_t ldxp, int64_t m0, int64_t m1, int64_t n0,
                        int64_t n1);
 LowbitLayout lowbit_layout_avx512_vnni(int bits);
-void lowbit_block_avx512_vnni(const LowbitGemmArgs& g, const float* xp, int64_t ldxp, int64_t m0, int64_t m1,
+void lowbit_block_avx512_vnni(const LowbitMmArgs& g, const float* xp, int64_t ldxp, int64_t m0, int64_t m1,
                               int64_t n0, int64_t n1);
 #endif
 #ifdef SLIM_AMX
@@ -97,11 +97,11 @@ void lowbit_block_avx512_vnni(const LowbitGemmArgs& g, const float* xp, int64_t 
 // [n0, n1) run from any thread.
 constexpr int64_t kLowbitAmxInt4Rows = 48;      // weight rows per unit of the N split: three tiles
 constexpr int64_t kLowbitAmxCodebookRows = 32;  // two tiles
-int64_t lowbit_amx_x_elems(const LowbitGemmArgs& g);
-void lowbit_amx_prepare_x(const LowbitGemmArgs& g, uint16_t* xb);
-void lowbit_amx_block_int4(const LowbitGemmArgs& g, const uint16_t* xb, int64_t m0, int64_t m1, int64_t n0,
+int64_t lowbit_amx_x_elems(const LowbitMmArgs& g);
+void lowbit_amx_prepare_x(const LowbitMmArgs& g, uint16_t* xb);
+void lowbit_amx_block_int4(const LowbitMmArgs& g, const uint16_t* xb, int64_t m0, int64_t m1, int64_t n0,
                            int64_t n1);
-void lowbit_amx_block_codebook(const LowbitGemmArgs& g, const uint16_t* xb, int64_t m0, int64_t m1, int64_t n0,
+void lowbit_amx_block_codebook(const LowbitMmArgs& g, const uint16_t* xb, int64_t m0, int64_t m1, int64_t n0,
                                int64_t n1);
 #endif
 
@@ -109,13 +109,13 @@ namespace {
 // The 16-entry float table of codebook row n (entries past 2^bits repeat the codebook, so an index
 // read from the low 4 bits of a lane that also holds the next code's bits still finds its entry).
 // int4 tables are built in registers by the policy (P::lut_int4).
-inline void lowbit_codebook_lut16(const LowbitGemmArgs& g, int64_t n, float* lut) {
+inline void lowbit_codebook_lut16(const LowbitMmArgs& g, int64_t n, float* lut) {
   const float* cb = g.codebook + (g.codebook_rows == 1 ? 0 : n) * (int64_t(1) << g.bits);
   const int mask = (1 << g.bits) - 1;
   for (int c = 0; c < 16; ++c) lut[c] = cb[c & mask];
 }
 
-inline int64_t lowbit_row_bytes(const LowbitGemmArgs& g) { return (g.K * g.bits + 7) / 8; }
+inline int64_t lowbit_row_bytes(const LowbitMmArgs& g) { return (g.K * g.bits + 7) / 8; }
 
 // kCodeMinusZero.v[z][c] = c - z: an int4 table is row z times the group's scale, one multiply.
 // Every uint8 zero point has its row (16 KB; the layout's 0..15 are the first 1 KB), so an
@@ -132,7 +132,7 @@ constexpr CodeMinusZero make_code_minus_zero() {
 inline constexpr CodeMinusZero kCodeMinusZero = make_code_minus_zero();
 
 // y[m, n] = acc + bias[n] rounded to y's kind (internal linkage: see cpu_convert.h).
-inline void lowbit_store(const LowbitGemmArgs& g, int64_t m, int64_t n, float acc) {
+inline void lowbit_store(const LowbitMmArgs& g, int64_t m, int64_t n, float acc) {
   const float v = g.bias ? acc + g.bias[n] : acc;
   const int64_t off = m * g.ldy + n;
   switch (g.x_kind) {
@@ -179,7 +179,7 @@ struct LowbitTiles {
   // chunk's loaded codes, the tables in force and, for chunks at a row's end, the lane mask of the
   // codes below K (else nullptr).
   template <int NR, class F>
-  static SLIM_FORCE_INLINE void walk(const LowbitGemmArgs& g, int64_t n0, F&& f) {
+  static SLIM_FORCE_INLINE void walk(const LowbitMmArgs& g, int64_t n0, F&& f) {
     const int64_t K = g.K, rb = lowbit_row_bytes(g);
     const int64_t nchunks = (K + kCK - 1) / kCK;
     const int64_t groups = g.kind == LutKind::kInt4 ? K / g.group_size : 1;
@@ -238,7 +238,7 @@ struct LowbitTiles {
 
   // Small M: MR x NR tile straight from the codes, each chunk decoded once for the MR rows.
   template <int MR, int NR, size_t... Ss>
-  static void tile_impl(const LowbitGemmArgs& g, const float* xp, int64_t ldxp, int64_t m0, int64_t n0,
+  static void tile_impl(const LowbitMmArgs& g, const float* xp, int64_t ldxp, int64_t m0, int64_t n0,
                         std::index_sequence<Ss...>) {
     const float* x = xp + m0 * ldxp;
     constexpr int A = kSets<MR, NR>;
@@ -259,13 +259,13 @@ struct LowbitTiles {
   }
 
   template <int MR, int NR>
-  static void tile(const LowbitGemmArgs& g, const float* xp, int64_t ldxp, int64_t m0, int64_t n0) {
+  static void tile(const LowbitMmArgs& g, const float* xp, int64_t ldxp, int64_t m0, int64_t n0) {
     tile_impl<MR, NR>(g, xp, ldxp, m0, n0, std::make_index_sequence<size_t(kS)>{});
   }
 
   // Larger M: row n decoded once into float32 w (in xp's order, zero past K) for all the x rows.
   template <size_t... Ss>
-  static void decode_row(const LowbitGemmArgs& g, int64_t n, float* w, std::index_sequence<Ss...>) {
+  static void decode_row(const LowbitMmArgs& g, int64_t n, float* w, std::index_sequence<Ss...>) {
     walk<1>(g, n, [&](int64_t c, const typename C::Raw (&raw)[1], const typename P::Lut (&lut)[1],
                       const uint32_t* mask) SLIM_FORCE_INLINE_LAMBDA {
       auto put = [&](auto s) {
@@ -278,7 +278,7 @@ struct LowbitTiles {
   }
 
   template <int MR, int NR>
-  static void dense_tile(const LowbitGemmArgs& g, const float* xp, int64_t ldxp, const float* w, int64_t m0,
+  static void dense_tile(const LowbitMmArgs& g, const float* xp, int64_t ldxp, const float* w, int64_t m0,
                          int64_t n0) {
     typename P::V acc[MR][NR];
     for (int i = 0; i < MR; ++i)
@@ -298,7 +298,7 @@ struct LowbitTiles {
 
   // mr in [1, MR], nr in [1, NR]: the tails of a block run narrower tiles. w: decoded rows or null.
   template <int NR, int MR>
-  static void tile_rows(const LowbitGemmArgs& g, const float* xp, int64_t ldxp, const float* w, int64_t m0,
+  static void tile_rows(const LowbitMmArgs& g, const float* xp, int64_t ldxp, const float* w, int64_t m0,
                         int64_t mr, int64_t n0) {
     if constexpr (MR > 1) {
       if (mr < MR) return tile_rows<NR, MR - 1>(g, xp, ldxp, w, m0, mr, n0);
@@ -307,7 +307,7 @@ struct LowbitTiles {
     else tile<MR, NR>(g, xp, ldxp, m0, n0);
   }
   template <int NR, int MR>
-  static void tile_cols(const LowbitGemmArgs& g, const float* xp, int64_t ldxp, const float* w, int64_t m0,
+  static void tile_cols(const LowbitMmArgs& g, const float* xp, int64_t ldxp, const float* w, int64_t m0,
                         int64_t mr, int64_t n0, int64_t nr) {
     if constexpr (NR > 1) {
       if (nr < NR) return tile_cols<NR - 1, MR>(g, xp, ldxp, w, m0, mr, n0, nr);
@@ -320,7 +320,7 @@ struct LowbitTiles {
   // decoded once into float32 (NR * K * 4 bytes, L2) and the tiles run a plain float32 kernel:
   // decoding per tile would cost as much as the FMAs.
   template <int MR, int NR>
-  static void block(const LowbitGemmArgs& g, const float* xp, int64_t ldxp, int64_t m0, int64_t m1, int64_t n0,
+  static void block(const LowbitMmArgs& g, const float* xp, int64_t ldxp, int64_t m0, int64_t m1, int64_t n0,
                     int64_t n1) {
     const bool dense = m1 - m0 >= 2 * MR;
     float* w = dense ? static_cast<float*>(thread_scratch(1, size_t(NR * ldxp) * sizeof(float))) : nullptr;
@@ -338,7 +338,7 @@ struct LowbitTiles {
 
 // Per-ISA entry points: dispatch on the code width.
 template <class P, int MR, int NR>
-void lowbit_block_for(const LowbitGemmArgs& g, const float* xp, int64_t ldxp, int64_t m0, int64_t m1, int64_t n0,
+void lowbit_block_for(const LowbitMmArgs& g, const float* xp, int64_t ldxp, int64_t m0, int64_t m1, int64_t n0,
                       int64_t n1) {
   switch (g.bits) {
     case 2: LowbitTiles<P, 2>::template block<MR, NR>(g, xp, ldxp, m0, m1, n0, n1); break;

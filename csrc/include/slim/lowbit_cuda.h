@@ -1,6 +1,6 @@
 // slimkernels CUDA: weight-only low-bit matmul (W4A16 int4 group-wise, 2/3/4-bit codebooks).
 //
-// Plain declarations only (no <cuda_runtime.h>): bind_cuda.cpp is compiled by the host compiler.
+// Plain declarations only (no <cuda_runtime.h>): csrc/bind/cuda_*.cpp is compiled by the host compiler.
 // The stream is a cudaStream_t passed as void* (0 = the legacy default stream).
 //
 // Weights come in the canonical layouts of slimkernels/quant/lowbit.py, contiguous:
@@ -10,7 +10,7 @@
 //             w[n, k] = (q - z[n, k / g]) * s[n, k / g]  in float32
 //   codebook  float32 [R, 2^bits] with R = 1 (per layer) or R = N (per row), w[n, k] = cb[R == N ? n : 0][q]
 //
-// Two kernels per format (csrc/cuda/lowbit_gemm.cu):
+// Two kernels per format (csrc/cuda/lowbit.cu):
 //   *_gemv_cuda       out[m, n] = sum_k x[m, k] * w[n, k] + bias[n], for 1 <= M <= kLowbitGemvMaxM:
 //                     weights streamed once, dequantized in registers, float32 accumulation, result
 //                     converted (RNE) to x's type. bias float32 [N] or nullptr.

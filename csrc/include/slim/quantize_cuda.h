@@ -1,6 +1,6 @@
 // slimkernels CUDA: dynamic per-token (per-row) symmetric int8 quantization.
 //
-// Plain declarations only (no <cuda_runtime.h>): bind_cuda.cpp is compiled by the host compiler.
+// Plain declarations only (no <cuda_runtime.h>): csrc/bind/cuda_*.cpp is compiled by the host compiler.
 //
 // x     [M, K] row-major, row stride ldx (elements), element type x_kind
 // q     int8 [M, K] row-major, row stride ldq
