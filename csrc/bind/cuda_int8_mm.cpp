@@ -41,7 +41,7 @@ void bind_int8_mm(py::module_& m) {
       "Requires K % 16 == 0, lda % 16 == 0, ldb % 16 == 0, a and b 16-byte aligned.");
 
   m.def(
-      "int8_gemm_config",
+      "int8_mm_config",
       [](int64_t M, int64_t N, int64_t K) { return std::string(slim::int8_mm_cuda_config(M, N, K)); },
       py::arg("M"), py::arg("N"), py::arg("K"),
       "Tile configuration int8_mm picks for this shape on the current device: small|mid|wide|large.");
