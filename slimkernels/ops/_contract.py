@@ -2,6 +2,7 @@
 then `dispatch`) into a `torch.library` custom op with a fake kernel, and returns the public typed
 function that calls the registered op (so torch.compile, export and opcheck see the op)."""
 import functools
+import inspect
 from typing import Callable, Tuple
 
 import torch
@@ -28,13 +29,27 @@ def op(name: str, check: Callable, fake: Callable):
             check(*args, **kwargs)
             return fake(*args, **kwargs)
 
+        signature = inspect.signature(fn)
+        # torch < 2.5 infers schemas with int/float/bool/None defaults only: an op with a dtype
+        # default gets a schema without defaults, and its public function fills them in.
+        kept = list(signature.parameters.values())
+        if any(isinstance(p.default, torch.dtype) for p in kept):
+            kept = [p.replace(default=inspect.Parameter.empty) for p in kept]
+        body.__signature__ = signature.replace(parameters=kept)
         opdef = torch.library.custom_op(f"{LIB}::{name}", mutates_args=())(body)
         opdef.register_fake(checked_fake)
         handle = getattr(getattr(torch.ops, LIB), name).default  # looked up once: a per-call lookup costs us
 
-        @functools.wraps(fn)
-        def public(*args, **kwargs):
-            return handle(*args, **kwargs)
+        if kept == list(signature.parameters.values()):
+            @functools.wraps(fn)
+            def public(*args, **kwargs):
+                return handle(*args, **kwargs)
+        else:
+            @functools.wraps(fn)
+            def public(*args, **kwargs):
+                bound = signature.bind(*args, **kwargs)
+                bound.apply_defaults()
+                return handle(*bound.args)
 
         public.opdef = opdef
         return public
