@@ -128,8 +128,16 @@ def _available(impl: str, device: str) -> bool:
     return True
 
 
+def registered(op: str, device: str, usable: bool = True) -> list:
+    """Every implementation of `op` registered for `device` (usable=True: only those that can run
+    here now, e.g. Triton on CPU only under its interpreter), in IMPLEMENTATIONS order. A forced
+    backend (set_backend) may name any of these."""
+    impls = _REGISTRY.get(op, {})
+    return [i for i in IMPLEMENTATIONS if device in impls.get(i, {}) and (not usable or _available(i, device))]
+
+
 def implementations(op: str, device: str) -> list:
-    """Implementations of `op` usable on `device` right now, best first."""
+    """Implementations of `op` that the defaults table lets run on `device` right now, best first."""
     impls = _REGISTRY.get(op, {})
     order = DEFAULT_ORDER.get(device, ("reference",))
     return [i for i in order if device in impls.get(i, {}) and _available(i, device)]

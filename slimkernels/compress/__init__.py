@@ -1,11 +1,23 @@
-from .config import CodebookConfig, Int4WeightOnlyConfig, Int8DynamicConfig, Int8WeightOnlyConfig
+from .calibration import (
+    ActivationStats, ActivationStatsCollector, BlockStatistics, Collector, HessianCollector, InputNormCollector,
+    OutputCollector, run_calibration,
+)
+from .config import (
+    CodebookConfig, CompressionConfig, Int4WeightOnlyConfig, Int8DynamicConfig, Int8WeightOnlyConfig, QuantizationConfig,
+    config_for_mode,
+)
+from .passes import HANDLERS, convert_layer, register_handler, run_pass
 from .qat import convert_, prepare_qat_
-from .quantize import HANDLERS, SkipLayer, quantize_, register_handler
+from .quantize import quantize_, quantize_layer
 from .report import CompressionReport, LayerRecord, module_bytes
 from .serialization import load, save
+from .skip import SkipLayer, candidate_layers, check_layer, skip_reason
 
 __all__ = [
-    "Int8DynamicConfig", "Int8WeightOnlyConfig", "Int4WeightOnlyConfig", "CodebookConfig", "quantize_",
-    "prepare_qat_", "convert_", "register_handler", "HANDLERS", "SkipLayer", "CompressionReport", "LayerRecord",
+    "CompressionConfig", "QuantizationConfig", "Int8DynamicConfig", "Int8WeightOnlyConfig", "Int4WeightOnlyConfig",
+    "CodebookConfig", "config_for_mode", "quantize_", "quantize_layer", "prepare_qat_", "convert_",
+    "register_handler", "HANDLERS", "convert_layer", "run_pass", "SkipLayer", "skip_reason", "check_layer",
+    "candidate_layers", "run_calibration", "BlockStatistics", "Collector", "HessianCollector", "InputNormCollector",
+    "ActivationStatsCollector", "ActivationStats", "OutputCollector", "CompressionReport", "LayerRecord",
     "module_bytes", "save", "load",
 ]

@@ -1,11 +1,72 @@
-"""Configs for the passes: dataclasses named for what they produce, validated on creation."""
+"""Configs for the passes: frozen dataclasses named for what they produce, validated on creation.
+
+Every config derives from CompressionConfig, which holds what all passes (quantize_, prepare_qat_ and
+the coming sparsify_ / prune_ / low_rank_) read from a config:
+
+  min_features          layers with fewer input or output features are left as they are
+  describe()            a few words for reports and progress bars
+  skip_reason(module)   a config-specific reason to leave a layer as it is (or None); the rules every
+                        pass shares (layer type, min_features, meta device, NaN/Inf) live in skip.py
+  collectors()          the calibration statistics each target layer needs, {stat_name: factory}
+                        (see calibration.py); the handler gets them as keyword arguments
+  needs_calibration     True when collectors() asks for anything
+  uncalibrated()        (config, note) to use for a layer no calibration data reaches, or None to skip it
+
+A new config is `@dataclass(frozen=True) class MyConfig(CompressionConfig)` declaring its own fields
+(min_features among them, so that positional arguments keep their order), calling
+super().__post_init__() first in its own __post_init__, and a handler registered for it with
+compress.passes.register_handler. Quantization configs derive from QuantizationConfig and name the
+QuantLinear format they produce in `mode` (QuantLinear, FakeQuantLinear and checkpoints read it).
+"""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Callable, Optional
+
+from .calibration import HessianCollector
+from .skip import group_size_reason
 
 
 @dataclass(frozen=True)
-class Int8DynamicConfig:
+class CompressionConfig:
+    """Base of every pass config (no fields of its own: subclasses declare theirs, min_features included)."""
+
+    min_features = 1  # the default; subclasses make it a field (no annotation here: it would fix its position)
+
+    def __post_init__(self):
+        _check_min_features(type(self).__name__, self.min_features)
+
+    def describe(self) -> str:
+        return type(self).__name__
+
+    def skip_reason(self, module) -> Optional[str]:
+        """Why this config leaves `module` as it is (checked after the shared rules of skip.py), or None."""
+        return None
+
+    def collectors(self) -> dict[str, Callable]:
+        """{stat_name: factory(module, device) -> calibration.Collector} per target layer; {} when the
+        config needs no calibration data. The handler receives each statistic as `stat_name=value`."""
+        return {}
+
+    @property
+    def needs_calibration(self) -> bool:
+        return bool(self.collectors())
+
+    def uncalibrated(self) -> Optional[tuple["CompressionConfig", str]]:
+        """(config, note) for a layer that got no statistics (outside the calibrated blocks): the config
+        to use instead and the word the report gives it; None leaves such a layer as it is."""
+        return None
+
+
+@dataclass(frozen=True)
+class QuantizationConfig(CompressionConfig):
+    """Base of the configs quantize_ and prepare_qat_ take: `mode` names the QuantLinear format."""
+
+    mode = ""  # set by each subclass
+
+
+@dataclass(frozen=True)
+class Int8DynamicConfig(QuantizationConfig):
     """W8A8: int8 weights per output channel, activations quantized per token at run time.
 
     min_features: layers with fewer input or output features are left in float (tiny layers gain
@@ -15,26 +76,18 @@ class Int8DynamicConfig:
     min_features: int = 1
 
     mode = "w8a8"
-    needs_calibration = False
-
-    def __post_init__(self):
-        _check_min_features("Int8DynamicConfig", self.min_features)
 
     def describe(self) -> str:
         return "w8a8"
 
 
 @dataclass(frozen=True)
-class Int8WeightOnlyConfig:
+class Int8WeightOnlyConfig(QuantizationConfig):
     """W8A16: int8 weights per output channel; activations stay float."""
 
     min_features: int = 1
 
     mode = "w8a16"
-    needs_calibration = False
-
-    def __post_init__(self):
-        _check_min_features("Int8WeightOnlyConfig", self.min_features)
 
     def describe(self) -> str:
         return "w8a16"
@@ -43,6 +96,17 @@ class Int8WeightOnlyConfig:
 def _check_min_features(cls_name: str, value) -> None:
     if not isinstance(value, int) or value < 1:
         raise ValueError(f"{cls_name}.min_features must be an int >= 1, got {value!r}")
+
+
+class _GPTQKnobs:
+    """What the GPTQ-capable configs share: method "rtn" | "gptq", the Hessian collector for GPTQ and
+    the round-to-nearest fallback for layers no calibration data reaches."""
+
+    def collectors(self) -> dict[str, Callable]:
+        return {"hessian": HessianCollector} if self.method == "gptq" else {}
+
+    def uncalibrated(self):
+        return (replace(self, method="rtn"), "rtn") if self.method == "gptq" else (self, self.method)
 
 
 def _check_gptq_knobs(cls_name: str, method, damp, block_size) -> None:
@@ -55,7 +119,7 @@ def _check_gptq_knobs(cls_name: str, method, damp, block_size) -> None:
 
 
 @dataclass(frozen=True)
-class Int4WeightOnlyConfig:
+class Int4WeightOnlyConfig(_GPTQKnobs, QuantizationConfig):
     """W4A16: 4-bit weights with a float32 scale (and a 4-bit zero point unless symmetric) per group
     of `group_size` input features; activations stay float.
 
@@ -76,14 +140,13 @@ class Int4WeightOnlyConfig:
     mode = "w4a16"
 
     def __post_init__(self):
-        _check_min_features("Int4WeightOnlyConfig", self.min_features)
+        super().__post_init__()
         if not isinstance(self.group_size, int) or not (self.group_size == -1 or (self.group_size > 0 and self.group_size % 32 == 0)):
             raise ValueError(f"Int4WeightOnlyConfig.group_size must be a positive multiple of 32 or -1 (per channel), got {self.group_size!r}")
         _check_gptq_knobs("Int4WeightOnlyConfig", self.method, self.damp, self.block_size)
 
-    @property
-    def needs_calibration(self) -> bool:
-        return self.method == "gptq"
+    def skip_reason(self, module):
+        return group_size_reason(module.in_features, self.group_size)
 
     def describe(self) -> str:
         group = "per-channel" if self.group_size == -1 else f"g{self.group_size}"
@@ -94,7 +157,7 @@ CODEBOOKS = ("kmeans", "nf4", "pow2")
 
 
 @dataclass(frozen=True)
-class CodebookConfig:
+class CodebookConfig(_GPTQKnobs, QuantizationConfig):
     """Weight sharing: each weight is a `bits`-bit index into a codebook of 2^bits float values,
     one codebook per output row (per="row") or per layer (per="layer"); activations stay float.
 
@@ -118,7 +181,7 @@ class CodebookConfig:
     mode = "codebook"
 
     def __post_init__(self):
-        _check_min_features("CodebookConfig", self.min_features)
+        super().__post_init__()
         if self.bits not in (2, 3, 4):
             raise ValueError(f"CodebookConfig.bits must be 2, 3 or 4, got {self.bits!r}")
         if self.codebook not in CODEBOOKS:
@@ -129,9 +192,16 @@ class CodebookConfig:
             raise ValueError(f"CodebookConfig.per must be 'row' or 'layer', got {self.per!r}")
         _check_gptq_knobs("CodebookConfig", self.method, self.damp, self.block_size)
 
-    @property
-    def needs_calibration(self) -> bool:
-        return self.method == "gptq"
-
     def describe(self) -> str:
         return f"codebook {self.bits}-bit {self.codebook} per {self.per}" + (" gptq" if self.method == "gptq" else "")
+
+
+QUANTIZATION_CONFIGS = (Int8DynamicConfig, Int8WeightOnlyConfig, Int4WeightOnlyConfig, CodebookConfig)
+_BY_MODE = {cls.mode: cls for cls in QUANTIZATION_CONFIGS}
+
+
+def config_for_mode(mode: str) -> QuantizationConfig:
+    """The default config of a QuantLinear mode: "w8a8", "w8a16", "w4a16" or "codebook"."""
+    if mode not in _BY_MODE:
+        raise ValueError(f"config_for_mode: mode must be one of {sorted(_BY_MODE)}, got {mode!r}")
+    return _BY_MODE[mode]()

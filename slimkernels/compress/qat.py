@@ -13,31 +13,33 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..nn.fake_quant_linear import FakeQuantLinear
-from .config import CodebookConfig, Int4WeightOnlyConfig, Int8DynamicConfig, Int8WeightOnlyConfig
-from .quantize import _set_submodule
+from .config import QUANTIZATION_CONFIGS, CompressionConfig
+from .passes import set_submodule, warn_skipped
 from .report import CompressionReport, LayerRecord, module_bytes
+from .skip import candidate_layers, skip_reason
 
-QAT_CONFIGS = (Int8DynamicConfig, Int8WeightOnlyConfig, Int4WeightOnlyConfig, CodebookConfig)
+QAT_CONFIGS = QUANTIZATION_CONFIGS
 
 
 def prepare_qat_(model: nn.Module, config, filter_fn: Optional[Callable[[nn.Module, str], bool]] = None) -> nn.Module:
     """Replace matching nn.Linear layers by FakeQuantLinear (sharing their Parameters), in place.
+    Layers quantize_ would leave in float (skip.py's rules: min_features, meta device, NaN/Inf weights,
+    a group size that does not divide in_features) train in float; a warning gives each one's reason.
     Int4 QAT rounds to nearest (method="gptq" is a post-training method and is refused here)."""
     if not isinstance(config, QAT_CONFIGS):
-        raise TypeError(f"prepare_qat_: config must be one of {[c.__name__ for c in QAT_CONFIGS]}, got {type(config).__name__}")
+        what = "a CompressionConfig of another pass" if isinstance(config, CompressionConfig) else "not a CompressionConfig"
+        raise TypeError(f"prepare_qat_: config must be one of {[c.__name__ for c in QAT_CONFIGS]}, got "
+                        f"{type(config).__name__} ({what})")
     if getattr(config, "method", "rtn") != "rtn":
         raise ValueError("prepare_qat_: QAT trains through round-to-nearest; use Int4WeightOnlyConfig(method='rtn')")
     if isinstance(model, nn.Linear):
         raise TypeError("prepare_qat_ works in place on a model's children; wrap a lone nn.Linear in nn.Sequential")
-    group_size = getattr(config, "group_size", -1)
-    for name, module in list(model.named_modules()):
-        if type(module) is not nn.Linear or (filter_fn is not None and not filter_fn(module, name)):
+    for name, module in candidate_layers(model, filter_fn).items():
+        why = skip_reason(module, config)
+        if why is not None:
+            warn_skipped("prepare_qat_", name, why, stacklevel=3)
             continue
-        if min(module.in_features, module.out_features) < config.min_features:
-            continue
-        if group_size != -1 and module.in_features % group_size:
-            continue  # quantize_ would skip it too; it trains in float
-        _set_submodule(model, name, FakeQuantLinear.from_linear(module, config))
+        set_submodule(model, name, FakeQuantLinear.from_linear(module, config))
     return model
 
 
@@ -52,6 +54,6 @@ def convert_(model: nn.Module, progress: bool = True) -> CompressionReport:
         new = module.to_quant_linear()
         report.layers.append(LayerRecord(name, "FakeQuantLinear", "converted", module.config.describe(),
                                          module_bytes(module), module_bytes(new)))
-        _set_submodule(model, name, new)
+        set_submodule(model, name, new)
     report.model_bytes_after = module_bytes(model)
     return report

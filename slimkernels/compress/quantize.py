@@ -1,64 +1,104 @@
 """quantize_: replace matching nn.Linear layers of a model, in place, by QuantLinear.
 
-The handler registry maps a config type to the function that converts one layer,
-handler(module, config, hessian=None); a handler raises SkipLayer(reason) for a layer it cannot
-take, and the pass records the reason instead of failing. Configs that need calibration data (GPTQ)
-get each layer's input Hessian from compress/calibration.py, which runs the model block by block.
+The quantization algorithms run here, one handler per config type (registered in passes.HANDLERS):
+  Int8DynamicConfig / Int8WeightOnlyConfig  per-channel int8            -> QuantLinear.from_int8
+  Int4WeightOnlyConfig                      RTN or GPTQ, group-wise int4 -> QuantLinear.from_int4
+  CodebookConfig                            k-means / NF4 / pow2 codebook, codes by nearest entry
+                                            or by GPTQ                   -> QuantLinear.from_codebook
+quantize_layer(module, config, hessian=None) converts one layer (the shared skip rules of skip.py,
+then the handler; SkipLayer for a layer it leaves as it is); QuantLinear.from_float calls it. quantize_
+runs it over a model through passes.run_pass: configs that need calibration data (GPTQ) get each
+layer's input Hessian from the block-by-block runner of calibration.py.
 """
 from __future__ import annotations
 
-import warnings
-from dataclasses import replace
 from typing import Callable, Iterable, Optional
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
+from .. import ops
 from ..nn import QuantLinear
-from .calibration import calibrated_quantize
-from .config import CodebookConfig, Int4WeightOnlyConfig, Int8DynamicConfig, Int8WeightOnlyConfig
-from .report import CompressionReport, LayerRecord, module_bytes
+from .config import CodebookConfig, CompressionConfig, Int4WeightOnlyConfig, Int8DynamicConfig, Int8WeightOnlyConfig, \
+    QuantizationConfig
+from .passes import HANDLERS, handler_for, register_handler, run_pass, set_submodule
+from .report import CompressionReport
+from .skip import SkipLayer, check_layer
+
+__all__ = ["quantize_", "quantize_layer", "register_handler", "HANDLERS", "SkipLayer"]
+
+_set_submodule = set_submodule  # the old private name (qat.py used it)
 
 
-class SkipLayer(Exception):
-    """Raised by a handler for a layer it leaves as it is; the message is the recorded reason."""
+def _weight_and_bias(module: nn.Linear):
+    weight = module.weight.detach().float()
+    return weight, None if module.bias is None else module.bias.detach()
 
 
-HANDLERS: dict[type, Callable[[nn.Module, object], nn.Module]] = {}
+def _need_hessian(config, hessian) -> None:
+    if hessian is None:
+        raise ValueError(f"quantize_layer: GPTQ ({config.describe()}) needs the layer's input Hessian; pass hessian= "
+                         "(quant.hessian.HessianAccumulator) or use slimkernels.quantize_(model, config, calibration=batches)")
 
 
-def register_handler(config_type: type):
-    def deco(fn):
-        HANDLERS[config_type] = fn
-        return fn
-
-    return deco
-
-
-def _quantize_linear(module: nn.Module, config, hessian: Optional[torch.Tensor] = None) -> nn.Module:
-    if not isinstance(module, nn.Linear):
-        raise SkipLayer(f"{type(module).__name__} is not an nn.Linear")
-    smallest = min(module.in_features, module.out_features)
-    if smallest < config.min_features:
-        raise SkipLayer(f"{smallest} features < min_features={config.min_features}")
-    if module.weight.device.type == "meta":
-        raise SkipLayer("weight is on the meta device (no values to quantize)")
-    if not torch.isfinite(module.weight.detach()).all():
-        raise SkipLayer("weight holds NaN or Inf")
-    group_size = getattr(config, "group_size", -1)
-    if group_size != -1 and module.in_features % group_size:
-        raise SkipLayer(f"in_features={module.in_features} is not a multiple of group_size={group_size}")
-    return QuantLinear.from_float(module, config, hessian=hessian)
+@register_handler(Int8DynamicConfig)
+@register_handler(Int8WeightOnlyConfig)
+def _int8(module: nn.Linear, config, hessian: Optional[torch.Tensor] = None) -> QuantLinear:
+    """Symmetric int8 per output channel (the Hessian, if given, is not used)."""
+    w, bias = _weight_and_bias(module)
+    qweight, scale = ops.quantize_per_channel_int8(w)
+    return QuantLinear.from_int8(qweight, scale, bias, config.mode)
 
 
-for _config_type in (Int8DynamicConfig, Int8WeightOnlyConfig, Int4WeightOnlyConfig, CodebookConfig):
-    register_handler(_config_type)(_quantize_linear)
+@register_handler(Int4WeightOnlyConfig)
+def _int4(module: nn.Linear, config: Int4WeightOnlyConfig, hessian: Optional[torch.Tensor] = None) -> QuantLinear:
+    """Group-wise int4 by round-to-nearest, or by GPTQ from the layer's input Hessian."""
+    w, bias = _weight_and_bias(module)
+    group_size = w.shape[1] if config.group_size == -1 else config.group_size
+    if config.method == "gptq":
+        from ..quant.gptq import gptq_quantize_int4
+
+        _need_hessian(config, hessian)
+        codes, scales, zeros = gptq_quantize_int4(w, hessian, group_size, config.symmetric, block_size=config.block_size,
+                                                  damp=config.damp, act_order=config.act_order)
+    else:
+        from ..quant.int4 import quantize_int4_rtn
+
+        codes, scales, zeros = quantize_int4_rtn(w, group_size, config.symmetric)
+    return QuantLinear.from_int4(codes, scales, zeros, group_size, bias)
 
 
-def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
+@register_handler(CodebookConfig)
+def _codebook(module: nn.Linear, config: CodebookConfig, hessian: Optional[torch.Tensor] = None) -> QuantLinear:
+    """A codebook fitted to the float weights; codes by nearest entry, or chosen by GPTQ (codebook kept)."""
+    from ..quant.codebook import fit_codebook
+
+    if config.method == "gptq":
+        _need_hessian(config, hessian)
+    w, bias = _weight_and_bias(module)
+    codes, codebook = fit_codebook(w, config.bits, config.codebook, config.per, seed=config.seed)
+    if config.method == "gptq":
+        from ..quant.gptq import gptq_quantize_codebook
+
+        codes = gptq_quantize_codebook(w, hessian, codebook, block_size=config.block_size, damp=config.damp,
+                                       act_order=config.act_order)
+    return QuantLinear.from_codebook(codes, codebook, bias)
+
+
+def quantize_layer(module: nn.Module, config, hessian: Optional[torch.Tensor] = None) -> nn.Module:
+    """Quantize one layer with `config`: the shared skip rules (skip.py: raises SkipLayer, a ValueError,
+    with the reason), then the config's handler. hessian: the layer's input Hessian 2/n X^T X, which
+    GPTQ configs need (quant.hessian.HessianAccumulator; quantize_(..., calibration=...) computes it)."""
+    handler = handler_for(config, "quantize_layer")
+    check_layer(module, config)
+    return handler(module, config) if hessian is None else handler(module, config, hessian=hessian)
+
+
+def _check_quantization_config(config) -> None:
+    handler_for(config, "quantize_")
+    if isinstance(config, CompressionConfig) and not isinstance(config, QuantizationConfig):
+        raise TypeError(f"quantize_: {type(config).__name__} is not a quantization config (QuantizationConfig); "
+                        "use the pass it belongs to")
 
 
 @torch.no_grad()
@@ -71,46 +111,15 @@ def quantize_(
     device: Optional[torch.device | str] = None,
 ) -> CompressionReport:
     """Replace the nn.Linear layers of `model` that `filter_fn(module, name)` accepts (all, by
-    default) by QuantLinear modules built with `config`. Returns a CompressionReport.
+    default) by QuantLinear modules built with `config`. Returns a CompressionReport; layers left
+    in float (skip.py's rules) are recorded with the reason and warned about.
 
     calibration: batches of model inputs (each called as model(*batch) for a tuple/list,
       model(**batch) for a dict, model(batch) otherwise); required by configs that need data
-      (Int4WeightOnlyConfig(method="gptq")), ignored by the others.
+      (method="gptq"), ignored by the others. Layers outside the model's block stack see no
+      calibration data and are rounded to nearest (the report says so).
     device: where calibrated passes run each block (e.g. "cuda" for a model kept on the CPU);
       default: where the block is."""
-    handler = HANDLERS.get(type(config))
-    if handler is None:
-        raise TypeError(f"quantize_: no handler for config {type(config).__name__}; known: {[c.__name__ for c in HANDLERS]}")
-    if isinstance(model, nn.Linear):
-        raise TypeError("quantize_ works in place on a model's children; wrap a lone nn.Linear in nn.Sequential")
-    if getattr(config, "needs_calibration", False) and calibration is None:
-        raise ValueError(f"quantize_: {config.describe()} needs calibration data: pass calibration=<iterable of model inputs>")
-    report = CompressionReport(method=f"{type(config).__name__} ({config.describe()})", model_bytes_before=module_bytes(model))
-    targets = {
-        name: m for name, m in model.named_modules()
-        if type(m) is nn.Linear and (filter_fn is None or filter_fn(m, name))
-    }
-
-    def convert(name: str, module: nn.Linear, hessian: Optional[torch.Tensor] = None) -> nn.Module:
-        before = module_bytes(module)
-        used, detail = config, config.describe()
-        if getattr(config, "needs_calibration", False) and hessian is None:
-            # Outside the calibrated blocks no inputs were seen: round to nearest instead.
-            used, detail = replace(config, method="rtn"), detail + " -> rtn (no calibration inputs reach this layer)"
-        try:
-            new = handler(module, used, hessian=hessian)
-        except SkipLayer as why:
-            report.layers.append(LayerRecord(name, type(module).__name__, "skipped", str(why), before, before))
-            warnings.warn(f"quantize_: left {name} in float: {why}", stacklevel=3)
-            return module
-        report.layers.append(LayerRecord(name, type(module).__name__, "converted", detail, before, module_bytes(new)))
-        return new
-
-    if getattr(config, "needs_calibration", False):
-        calibrated_quantize(model, targets, calibration, convert, lambda name, new: _set_submodule(model, name, new),
-                            device=device, progress=progress)
-    else:
-        for name, module in tqdm(list(targets.items()), desc="quantize_", unit="layer", disable=not progress or len(targets) < 8):
-            _set_submodule(model, name, convert(name, module))
-    report.model_bytes_after = module_bytes(model)
-    return report
+    _check_quantization_config(config)
+    return run_pass(model, config, "quantize_", filter_fn=filter_fn, progress=progress, calibration=calibration,
+                    device=device)

@@ -1,8 +1,12 @@
-"""save / load a compressed model: one safetensors file, its layer config in the header metadata.
+"""save / load a compressed model: one safetensors file, its layer configs in the header metadata.
 
-No pickle anywhere: safetensors holds only raw tensors and a JSON header. `load` takes the float
-architecture, converts the recorded layers to their compressed modules (without re-quantizing),
-then fills every tensor after checking its name, shape and dtype.
+No pickle anywhere: safetensors holds only raw tensors and a JSON header. `save` records
+`layer_config()` of every CompressedModule (slimkernels.nn.base) by its module name. `load` takes
+the float architecture (or one already converted), looks each recorded layer's "type" up in the
+registry of layer types, asks that class whether the float module there is one it replaces
+(`matches_float`), swaps in `from_layer_config(cfg)` (an empty module: nothing is re-quantized),
+then fills every tensor after checking its name, shape and dtype. Nothing here knows a layer type:
+a new CompressedModule subclass saves and loads once it is registered.
 """
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..nn import QuantLinear
+from ..nn.base import CompressedModule, layer_type
 
 FORMAT = "slimkernels"
 VERSION = 1
@@ -22,7 +26,7 @@ VERSION = 1
 
 def save(model: nn.Module, path: str | os.PathLike) -> None:
     """Write every parameter and buffer of `model` plus the config of its compressed layers."""
-    layers = {name: m.layer_config() for name, m in model.named_modules() if isinstance(m, QuantLinear)}
+    layers = {name: m.layer_config() for name, m in model.named_modules() if isinstance(m, CompressedModule)}
     tensors, aliases, first_by_ptr = {}, {}, {}
     for name, t in model.state_dict().items():
         key = (t.data_ptr(), t.dtype, tuple(t.shape), tuple(t.stride()))
@@ -53,26 +57,57 @@ def _read_metadata(path: str) -> dict:
         raise ValueError(f"{path}: corrupt slimkernels metadata ({exc})") from exc
 
 
+def _placement(module: nn.Module):
+    """(device, float dtype or None) of a module's first tensor: where its replacement goes."""
+    first = next(iter(list(module.parameters()) + list(module.buffers())), None)
+    if first is None:
+        return None, None
+    return first.device, first.dtype if first.is_floating_point() else None
+
+
 def _convert_layer(model: nn.Module, name: str, cfg: dict) -> None:
     try:
         module = model.get_submodule(name)
     except AttributeError:
         raise ValueError(f"checkpoint has a compressed layer {name!r} that the model does not have") from None
-    if not isinstance(cfg, dict) or not {"type", "mode", "in_features", "out_features", "bias"} <= cfg.keys():
+    if not isinstance(cfg, dict) or "type" not in cfg:
         raise ValueError(f"checkpoint layer {name!r} has a malformed config: {cfg!r}")
-    if cfg.get("type") != "QuantLinear":
-        raise ValueError(f"checkpoint layer {name!r} has unknown type {cfg.get('type')!r}")
-    if isinstance(module, QuantLinear) and module.layer_config() == cfg:
-        return
-    if type(module) is not nn.Linear:
-        raise ValueError(f"checkpoint layer {name!r} is a QuantLinear but the model has a {type(module).__name__} there")
-    if (module.in_features, module.out_features, module.bias is not None) != (cfg["in_features"], cfg["out_features"], cfg["bias"]):
-        raise ValueError(
-            f"checkpoint layer {name!r} is {cfg['in_features']}->{cfg['out_features']} (bias={cfg['bias']}) but the model's "
-            f"is {module.in_features}->{module.out_features} (bias={module.bias is not None})"
-        )
     try:
-        new = QuantLinear.from_layer_config(cfg, device=module.weight.device)
+        cls = layer_type(cfg["type"])
+    except ValueError as exc:
+        raise ValueError(f"checkpoint layer {name!r} has {exc}") from None
+    try:
+        cls.check_config(cfg)
+    except ValueError as exc:
+        raise ValueError(f"checkpoint layer {name!r} has a malformed config: {exc}") from None
+    if isinstance(module, CompressedModule):
+        # Already converted: keep it if it is this layer. The weight dtype is the model's business,
+        # and a config written by an older version may lack fields: compare with it filled in.
+        def same(recorded: dict) -> bool:
+            ignore = ("weight_dtype",)
+            return {k: v for k, v in recorded.items() if k not in ignore} == \
+                {k: v for k, v in module.layer_config().items() if k not in ignore}
+
+        if same(cfg):
+            return
+        try:
+            full = cls.from_layer_config(cfg, device="meta", dtype=module.weight_dtype).layer_config()
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"checkpoint layer {name!r} has an invalid config {cfg}: {exc}") from None
+        if same(full):
+            return
+        raise ValueError(f"checkpoint layer {name!r} is {full} but the model has a {type(module).__name__} "
+                         f"{module.layer_config()} there")
+    try:
+        matches = cls.matches_float(module, cfg)
+    except (KeyError, TypeError) as exc:
+        raise ValueError(f"checkpoint layer {name!r} has a malformed config {cfg}: {exc!r}") from None
+    if not matches:
+        raise ValueError(f"checkpoint layer {name!r} is a {cfg['type']} {cfg} but the model has {module!r} there, "
+                         "which that layer type does not replace (type or shape differ)")
+    device, dtype = _placement(module)
+    try:
+        new = cls.from_layer_config(cfg, device=device, dtype=dtype)
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"checkpoint layer {name!r} has an invalid config {cfg}: {exc}") from None
     parent, _, child = name.rpartition(".")

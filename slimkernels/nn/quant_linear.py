@@ -1,242 +1,163 @@
-"""QuantLinear: a drop-in nn.Linear with quantized weights, one class for every weight format.
+"""QuantLinear: a drop-in nn.Linear with quantized weights.
 
-Modes and the state each keeps (what state_dict and checkpoints hold; layouts in quant/lowbit.py):
-  "w8a8"     dynamic int8: activations quantized per token at run time, weights per output channel,
-             one int8 GEMM with the dequantize epilogue fused (int8_dynamic_linear).
-             qweight int8 [N, K], weight_scale float32 [N]
-  "w8a16"    weight-only int8 (dequant_mm_int8): qweight int8 [N, K], weight_scale float32 [N]
-  "w4a16"    weight-only int4, group-wise (dequant_mm_int4): qweight uint8 [N, ceil(K/2)],
-             weight_scale float32 [N, K/g], weight_zero uint8 [N, K/g] (absent when symmetric)
-  "codebook" weight sharing (lut_mm): qweight uint8 [N, ceil(K*bits/8)] packed codes,
-             codebook float32 [1 or N, 2^bits]
-and bias float32 [N] or None. The w8a8 device-specific packed weight is rebuilt on construction, on
-a move to another device and after load_state_dict; it is never saved.
+The weight format is a strategy object (`layer.format`, one class per mode in nn/formats.py:
+"w8a8", "w8a16", "w4a16", "codebook") that knows the saved buffers, the op forward calls, how to
+dequantize, the extra layer-config fields, the summary, the load checks and the repack. QuantLinear
+itself is format-agnostic: it registers the format's buffers plus `bias` (float32 [N] or None), checks
+the input, and gets the rest of its life cycle (layer config, checkpoints, `weight` for model code,
+validation after load, repack on device moves, dtype-preserving casts) from CompressedModule.
+
+Building one:
+  QuantLinear.from_float(linear, config)   quantize an nn.Linear: config is a pass config
+      (Int8DynamicConfig, ..., CodebookConfig) or a mode name for its default settings. The
+      algorithm (RTN, GPTQ, k-means) runs in slimkernels.compress.quantize.quantize_layer.
+  QuantLinear.from_int8 / from_int4 / from_codebook / from_parts   from tensors already quantized
+      (unpacked codes in; the packed buffers are stored).
+  QuantLinear(in_features, out_features, bias, mode, **options)   an empty layer, for load_state_dict.
 """
 from __future__ import annotations
+
+from typing import Optional
 
 import torch
 from torch import nn
 
-from .. import ops
-from ..ops import _checks
-from ..quant import lowbit
-
-MODES = {
-    "w8a8": "int8 per-token activations x int8 per-channel weights",
-    "w8a16": "int8 per-channel weights, float activations",
-    "w4a16": "int4 group-wise weights, float activations",
-    "codebook": "codebook-indexed weights, float activations",
-}
-_FLOAT32_STATE = ("weight_scale", "codebook", "bias")
+from .base import CompressedModule
+from .formats import WeightFormat, weight_format
 
 
-def _mode_of(config) -> str:
-    return config if isinstance(config, str) else getattr(config, "mode", None)
+def _default_config(config):
+    return weight_format(config).default_config() if isinstance(config, str) else config
 
 
-def _need_hessian(hessian) -> None:
-    if hessian is None:
-        raise ValueError("QuantLinear.from_float: GPTQ needs the layer's input Hessian; pass hessian= or use "
-                         "slimkernels.quantize_(model, config, calibration=batches)")
+class QuantLinear(CompressedModule, layer_type="QuantLinear"):
+    required_config_keys = ("mode", "in_features", "out_features", "bias")
 
-
-class QuantLinear(nn.Module):
     def __init__(self, in_features: int, out_features: int, bias: bool = True, mode: str = "w8a8", device=None, *,
-                 group_size: int = 128, symmetric: bool = False, bits: int = 4, per: str = "row"):
-        """An empty layer of the given format (filled by from_float, load_state_dict or slimkernels.load).
-        group_size/symmetric apply to "w4a16" (group_size -1 = per channel); bits/per to "codebook"."""
-        super().__init__()
-        if mode not in MODES:
-            raise ValueError(f"QuantLinear: mode must be one of {sorted(MODES)}, got {mode!r}")
-        if in_features <= 0 or out_features <= 0:
-            raise ValueError(f"QuantLinear: in_features and out_features must be positive, got {in_features}, {out_features}")
-        self.in_features, self.out_features, self.mode = in_features, out_features, mode
-        n, k = out_features, in_features
-        self.group_size = self.symmetric = self.bits = self.per = None
-        if mode in ("w8a8", "w8a16"):
-            self.register_buffer("qweight", torch.zeros(n, k, dtype=torch.int8, device=device))
-            self.register_buffer("weight_scale", torch.ones(n, dtype=torch.float32, device=device))
-        elif mode == "w4a16":
-            self.group_size = k if group_size in (-1, None) else group_size
-            _checks.group_size("QuantLinear", self.group_size, k)
-            self.symmetric = bool(symmetric)
-            groups = k // self.group_size
-            self.register_buffer("qweight", torch.zeros(n, lowbit.packed_row_bytes(k, 4), dtype=torch.uint8, device=device))
-            self.register_buffer("weight_scale", torch.ones(n, groups, dtype=torch.float32, device=device))
-            zeros = None if self.symmetric else torch.full((n, groups), 8, dtype=torch.uint8, device=device)
-            self.register_buffer("weight_zero", zeros)
-        else:
-            if bits not in lowbit.CODE_BITS or per not in ("row", "layer"):
-                raise ValueError(f"QuantLinear: codebook mode needs bits in {lowbit.CODE_BITS} and per in ('row', 'layer'), got {bits!r}, {per!r}")
-            self.bits, self.per = bits, per
-            self.register_buffer("qweight", torch.zeros(n, lowbit.packed_row_bytes(k, bits), dtype=torch.uint8, device=device))
-            self.register_buffer("codebook", torch.zeros(n if per == "row" else 1, 1 << bits, dtype=torch.float32, device=device))
-        self.register_buffer("bias", torch.zeros(n, dtype=torch.float32, device=device) if bias else None)
-        self.register_buffer("packed_weight", None, persistent=False)
-        self.register_load_state_dict_post_hook(lambda module, _keys: module._after_load())
-        self._repack()
+                 dtype=None, **options):
+        """An empty layer of format `mode` (filled by from_float, load_state_dict or slimkernels.load).
+        `options` are the format's (w4a16: group_size=128 (-1 = per channel), symmetric=False;
+        codebook: bits=4, per="row"). dtype: the float dtype of the weight it replaces (`weight.dtype`)."""
+        super().__init__(device=device, dtype=dtype)
+        fmt = weight_format(mode)
+        unknown = sorted(set(options) - set(fmt.options))
+        if unknown:
+            raise TypeError(f"QuantLinear: mode {mode!r} takes options {list(fmt.options)}, got {unknown}")
+        for name, value in (("in_features", in_features), ("out_features", out_features)):
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"QuantLinear: in_features and out_features must be positive ints, got {name}={value!r}")
+        self.in_features, self.out_features = in_features, out_features
+        self.format: WeightFormat = fmt(in_features, out_features, **options)
+        for name, spec in self.format.buffers().items():
+            value = None if spec is None else torch.full(spec.shape, spec.fill, dtype=spec.dtype, device=device)
+            self.register_buffer(name, value)
+        self.register_buffer("bias", torch.zeros(out_features, dtype=torch.float32, device=device) if bias else None)
+        for name in self.format.packed:
+            self.register_buffer(name, None, persistent=False)
+
+    @property
+    def mode(self) -> str:
+        return self.format.mode
+
+    @property
+    def weight_shape(self) -> tuple[int, int]:
+        return (self.out_features, self.in_features)
 
     # ---- construction -------------------------------------------------------------------------
     @classmethod
-    def from_float(cls, linear: nn.Linear, config="w8a8", hessian: torch.Tensor | None = None) -> "QuantLinear":
-        """Quantize `linear`. `config` is a mode name ("w8a8", "w8a16", "w4a16", "codebook": default
-        settings) or a config object (Int8DynamicConfig, Int8WeightOnlyConfig, Int4WeightOnlyConfig,
-        CodebookConfig). GPTQ (method="gptq" in Int4WeightOnlyConfig or CodebookConfig) needs the layer's
-        input Hessian (quant.gptq.HessianAccumulator); quantize_(..., calibration=...) computes it for you."""
-        from ..compress.config import CodebookConfig, Int4WeightOnlyConfig
+    def from_float(cls, linear: nn.Linear, config="w8a8", hessian: Optional[torch.Tensor] = None) -> "QuantLinear":
+        """Quantize `linear`. `config` is a config object (Int8DynamicConfig, Int8WeightOnlyConfig,
+        Int4WeightOnlyConfig, CodebookConfig) or a mode name ("w8a8", "w8a16", "w4a16", "codebook")
+        for that config's defaults. GPTQ (method="gptq") needs the layer's input Hessian
+        (quant.hessian.HessianAccumulator); quantize_(..., calibration=...) computes it for you.
+        Runs slimkernels.compress.quantize.quantize_layer; a layer it would skip is a ValueError here."""
+        from ..compress import quantize as passes
 
-        mode = _mode_of(config)
-        if mode not in MODES:
-            raise ValueError(f"QuantLinear.from_float: mode must be one of {sorted(MODES)} (or a config with one), got {config!r}")
+        config = _default_config(config)
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"QuantLinear.from_float expects an nn.Linear, got {type(linear).__name__}")
-        weight = linear.weight.detach()
-        if not torch.isfinite(weight).all():
-            raise ValueError("QuantLinear.from_float: the weight holds NaN or Inf values; they cannot be quantized")
-        bias = None if linear.bias is None else linear.bias.detach()
-        w = weight.float()
-        if mode in ("w8a8", "w8a16"):
-            qweight, scale = ops.quantize_per_channel_int8(w)
-            return cls.from_int8(qweight, scale, bias, mode)
-        if mode == "w4a16":
-            cfg = config if isinstance(config, Int4WeightOnlyConfig) else Int4WeightOnlyConfig()
-            group_size = w.shape[1] if cfg.group_size == -1 else cfg.group_size
-            if cfg.method == "gptq":
-                from ..quant.gptq import gptq_quantize_int4
-
-                _need_hessian(hessian)
-                codes, scales, zeros = gptq_quantize_int4(w, hessian, group_size, cfg.symmetric, block_size=cfg.block_size,
-                                                          damp=cfg.damp, act_order=cfg.act_order)
-            else:
-                from ..quant.int4 import quantize_int4_rtn
-
-                codes, scales, zeros = quantize_int4_rtn(w, group_size, cfg.symmetric)
-            return cls.from_int4(codes, scales, zeros, group_size, bias)
-        from ..quant.codebook import fit_codebook
-
-        cfg = config if isinstance(config, CodebookConfig) else CodebookConfig()
-        if cfg.method == "gptq":
-            _need_hessian(hessian)
-        # The codebook is fitted to the float weights either way; GPTQ then chooses the codes.
-        codes, codebook = fit_codebook(w, cfg.bits, cfg.codebook, cfg.per, seed=cfg.seed)
-        if cfg.method == "gptq":
-            from ..quant.gptq import gptq_quantize_codebook
-
-            codes = gptq_quantize_codebook(w, hessian, codebook, block_size=cfg.block_size, damp=cfg.damp,
-                                           act_order=cfg.act_order)
-        return cls.from_codebook(codes, codebook, bias)
+        try:
+            module = passes.quantize_layer(linear, config, hessian=hessian)
+        except passes.SkipLayer as why:
+            what = config.describe() if hasattr(config, "describe") else repr(config)
+            raise ValueError(f"QuantLinear.from_float: cannot quantize this layer with {what}: {why}") from None
+        if isinstance(module, CompressedModule):
+            module.weight_dtype = linear.weight.dtype  # what model code reading layer.weight.dtype expects
+        return module
 
     @classmethod
-    def from_int8(cls, qweight, scale, bias=None, mode="w8a8") -> "QuantLinear":
-        """From int8 weights [N, K] and float32 per-channel scales [N]."""
-        n, k = qweight.shape
-        module = cls(k, n, bias is not None, mode, device=qweight.device)
-        module.qweight.copy_(qweight)
-        module.weight_scale.copy_(scale)
-        return module._finish(bias)
+    def from_parts(cls, mode: str, *parts: torch.Tensor, bias: Optional[torch.Tensor] = None, dtype=None,
+                   **options) -> "QuantLinear":
+        """A layer of format `mode` from its unpacked tensors (the order of the format's round(), e.g.
+        w4a16: codes, scales, zeros). Shapes and options the tensors imply are read from them;
+        `options` given here take precedence."""
+        fmt = weight_format(mode)
+        fields = {**fmt.fields_from_parts(*parts), **options}
+        module = cls(bias=bias is not None, mode=mode, device=parts[0].device, dtype=dtype, **fields)
+        with torch.no_grad():
+            for name, value in module.format.encode(*parts).items():
+                buffer = getattr(module, name)
+                if (value is None) != (buffer is None) or (value is not None and value.shape != buffer.shape):
+                    got = None if value is None else tuple(value.shape)
+                    want = None if buffer is None else tuple(buffer.shape)
+                    raise ValueError(f"QuantLinear.from_parts ({module.format.summary()}): {name} has shape {got}, "
+                                     f"expected {want}")
+                if value is not None:
+                    buffer.copy_(value)
+            if bias is not None:
+                if bias.shape != module.bias.shape:
+                    raise ValueError(f"QuantLinear.from_parts: bias has shape {tuple(bias.shape)}, expected {tuple(module.bias.shape)}")
+                module.bias.copy_(bias.float())
+        module.validate_state()
+        module.repack()
+        return module
 
     @classmethod
-    def from_int4(cls, codes, scales, zeros, group_size: int, bias=None) -> "QuantLinear":
+    def from_int8(cls, qweight, scale, bias=None, mode="w8a8", *, dtype=None) -> "QuantLinear":
+        """From int8 weights [N, K] and float32 per-channel scales [N] ("w8a8" or "w8a16")."""
+        return cls.from_parts(mode, qweight, scale, bias=bias, dtype=dtype)
+
+    @classmethod
+    def from_int4(cls, codes, scales, zeros, group_size: int, bias=None, *, dtype=None) -> "QuantLinear":
         """From unpacked 4-bit codes uint8 [N, K] (0..15), scales float32 [N, G], zeros uint8 [N, G]
         or None (symmetric, zero point 8): w = (codes - zeros) * scales per group."""
-        n, k = codes.shape
-        module = cls(k, n, bias is not None, "w4a16", device=codes.device, group_size=group_size, symmetric=zeros is None)
-        module.qweight.copy_(lowbit.pack_codes(codes, 4))
-        module.weight_scale.copy_(scales)
-        if zeros is not None:
-            module.weight_zero.copy_(zeros)
-        return module._finish(bias)
+        return cls.from_parts("w4a16", codes, scales, zeros, bias=bias, dtype=dtype, group_size=group_size)
 
     @classmethod
-    def from_codebook(cls, codes, codebook, bias=None) -> "QuantLinear":
+    def from_codebook(cls, codes, codebook, bias=None, *, dtype=None) -> "QuantLinear":
         """From unpacked codes uint8 [N, K] and a codebook float32 [1 or N, 2^bits]."""
-        n, k = codes.shape
-        bits = lowbit.bits_from_codebook(codebook.shape[1])
-        per = "layer" if codebook.shape[0] == 1 and n != 1 else "row"
-        module = cls(k, n, bias is not None, "codebook", device=codes.device, bits=bits, per=per)
-        module.qweight.copy_(lowbit.pack_codes(codes, bits))
-        module.codebook.copy_(codebook)
-        return module._finish(bias)
+        return cls.from_parts("codebook", codes, codebook, bias=bias, dtype=dtype)
 
     @classmethod
-    def from_layer_config(cls, cfg: dict, device=None) -> "QuantLinear":
-        """An empty layer from layer_config()'s dict (checkpoint loading)."""
-        extra = {key: cfg[key] for key in ("group_size", "symmetric", "bits", "per") if cfg.get(key) is not None}
-        return cls(cfg["in_features"], cfg["out_features"], cfg["bias"], cfg["mode"], device=device, **extra)
-
-    def _finish(self, bias) -> "QuantLinear":
-        if bias is not None:
-            self.bias.copy_(bias.float())
-        self._after_load()
-        return self
+    def matches_float(cls, module: nn.Module, cfg: dict) -> bool:
+        return type(module) is nn.Linear and (module.in_features, module.out_features, module.bias is not None) == (
+            cfg["in_features"], cfg["out_features"], cfg["bias"])
 
     # ---- state ----------------------------------------------------------------------------------
-    def _after_load(self) -> None:
-        """Checks a checkpoint can't smuggle in (values the ops don't re-check per call), then repack."""
-        for name in _FLOAT32_STATE:
-            t = getattr(self, name, None)
-            if t is not None and not torch.isfinite(t).all():
-                raise ValueError(f"QuantLinear: {name} holds NaN or Inf")
-        zeros = getattr(self, "weight_zero", None)
-        if zeros is not None and zeros.numel() and int(zeros.max()) > 15:
-            raise ValueError(f"QuantLinear: weight_zero holds {int(zeros.max())}; 4-bit zero points lie in 0..15")
-        self._repack()
+    def config_fields(self) -> dict:
+        return {"mode": self.mode, "in_features": self.in_features, "out_features": self.out_features,
+                "bias": self.bias is not None, **self.format.config_fields()}
 
-    def _repack(self) -> None:
-        self.packed_weight = ops.int8_prepack(self.qweight) if self.mode == "w8a8" else None
+    def validate_state(self) -> None:
+        super().validate_state()
+        self.format.check(self)
 
-    def _apply(self, fn, recurse=True):
-        # Scales, codebooks and bias are float32 by contract: model.half() changes the activation
-        # dtype, not ours, so a dtype cast keeps the float32 values and takes only the new device.
-        kept = {name: getattr(self, name) for name in _FLOAT32_STATE if getattr(self, name, None) is not None}
-        device = self.qweight.device
-        super()._apply(fn, recurse)
-        for name, before in kept.items():
-            after = getattr(self, name)
-            if after.dtype != torch.float32:
-                setattr(self, name, before.to(after.device))
-        if self.qweight.device != device:
-            self._repack()
-        return self
+    def repack(self) -> None:
+        self.format.repack(self)
 
     def dequantized_weight(self) -> torch.Tensor:
         """The float32 weight [N, K] this module multiplies by."""
-        if self.mode == "w4a16":
-            return lowbit.dequantize_int4(self.qweight, self.weight_scale, self.weight_zero, self.group_size, self.in_features)
-        if self.mode == "codebook":
-            return lowbit.dequantize_codebook(self.qweight, self.codebook, self.in_features)
-        return self.qweight.float() * self.weight_scale[:, None]
+        return self.format.dequantize(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.in_features:
             raise ValueError(f"QuantLinear: expected input with {self.in_features} features, got shape {tuple(x.shape)}")
-        if self.mode == "w8a8":
-            return ops.int8_dynamic_linear(x, self.packed_weight, self.weight_scale, self.bias)
-        if self.mode == "w8a16":
-            return ops.dequant_mm_int8(x, self.qweight, self.weight_scale, self.bias)
-        if self.mode == "w4a16":
-            return ops.dequant_mm_int4(x, self.qweight, self.weight_scale, self.weight_zero, self.group_size, self.bias)
-        return ops.lut_mm(x, self.qweight, self.codebook, self.bias)
-
-    def layer_config(self) -> dict:
-        """What a checkpoint records to rebuild this module without re-quantizing."""
-        cfg = {"type": "QuantLinear", "mode": self.mode, "in_features": self.in_features,
-               "out_features": self.out_features, "bias": self.bias is not None}
-        if self.mode == "w4a16":
-            cfg.update(group_size=self.group_size, symmetric=self.symmetric)
-        elif self.mode == "codebook":
-            cfg.update(bits=self.bits, per=self.per)
-        return cfg
+        return self.format.forward(self, x)
 
     def format_summary(self) -> str:
         """A few words on the weight format, e.g. 'w4a16 g128 asym' or 'codebook 4-bit per row'."""
-        if self.mode == "w4a16":
-            group = "per-channel" if self.group_size == self.in_features else f"g{self.group_size}"
-            return f"w4a16 {group} {'sym' if self.symmetric else 'asym'}"
-        if self.mode == "codebook":
-            return f"codebook {self.bits}-bit per {self.per}"
-        return self.mode
+        return self.format.summary()
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
-                f"mode={self.format_summary()} ({MODES[self.mode]})")
+                f"mode={self.format.summary()} ({self.format.description})")

@@ -1,6 +1,6 @@
 """Packed weight layouts. Pure torch: this file is the spec of every layout a kernel reads.
 
-CPU int8 layout (``pack_int8_cpu``), read by csrc/cpu/int8_gemm*.cpp. For b of shape [N, K]:
+CPU int8 layout (``pack_int8_cpu``), read by csrc/cpu/int8_mm*.cpp. For b of shape [N, K]:
   Np = N rounded up to 16, Kp = K rounded up to 4.
   bytes [0, Np*Kp): panels of 16 output channels; inside a panel, groups of 4 consecutive k;
     byte ((nb * (Kp/4) + kg) * 16 + c) * 4 + j  holds  b[nb*16 + c, kg*4 + j]  (0 past N or K).

@@ -24,11 +24,15 @@ def set_split_k(policy: str) -> None:
     SPLIT_K.set(policy)
 
 
+def get_split_k() -> str:
+    return SPLIT_K.get()
+
+
 def use_split_k(policy: str):
     """Scoped split-K policy, per thread (a context manager)."""
     return SPLIT_K.use(policy)
 
-__all__ = ["available", "unavailable_reason", "interpreting", "set_split_k", "use_split_k"]
+__all__ = ["available", "unavailable_reason", "interpreting", "set_split_k", "use_split_k", "get_split_k"]
 
 
 def interpreting() -> bool:

@@ -130,8 +130,8 @@ if HAVE_TRITON:
 # ---------------------------------------------------------------------------------------------
 
 def int8_mm(a: torch.Tensor, b: torch.Tensor, a_scale: torch.Tensor | None = None,
-              b_scale: torch.Tensor | None = None, bias: torch.Tensor | None = None,
-              out_dtype: torch.dtype = torch.int32) -> torch.Tensor:
+            b_scale: torch.Tensor | None = None, bias: torch.Tensor | None = None,
+            out_dtype: torch.dtype = torch.int32) -> torch.Tensor:
     """``a @ b.T`` for int8 a [M, K] and int8 b [N, K].
 
     out_dtype torch.int32: the raw int32 accumulator (exact, mod 2**32).

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from slimkernels.quant import gptq, int4
+from slimkernels.quant import gptq, hessian, int4
 from slimkernels.testing import DEVICES
 
 
@@ -19,48 +19,13 @@ def _layer(n=48, k=128, rows=512, seed=0, device="cpu"):
 
 
 def _hessian(x):
-    acc = gptq.HessianAccumulator(x.shape[-1])
+    acc = hessian.HessianAccumulator(x.shape[-1])
     acc.add(x)
     return acc.hessian()
 
 
 def _error(w, h, codes, scales, zeros, g):
-    return gptq.layer_output_error(w, int4.dequantize_int4_codes(codes, scales, zeros, g), h)
-
-
-def test_hessian_accumulator_matches_direct_formula():
-    gen = torch.Generator().manual_seed(1)
-    x = torch.randn(3, 10, 24, generator=gen)
-    acc = gptq.HessianAccumulator(24)
-    x[1:] = x[1:].to(torch.bfloat16).float()  # the bf16 batch below adds exactly these values
-    acc.add(x[0])  # [10, 24]
-    acc.add(x[1:].to(torch.bfloat16))  # [2, 10, 24] in bfloat16
-    acc.add(x[1:2, :0])  # no rows: a no-op
-    assert acc.count == 30
-    flat = x.reshape(-1, 24)
-    torch.testing.assert_close(acc.hessian(), 2 / 30 * flat.T @ flat, rtol=1e-5, atol=1e-5)
-    half = gptq.HessianAccumulator(24, device="cpu", dtype=torch.float64)
-    half.add(x.to(torch.float16))
-    assert half.hessian().dtype == torch.float32 and half.count == 30
-
-
-def test_hessian_accumulator_bad_input():
-    acc = gptq.HessianAccumulator(8)
-    with pytest.raises(ValueError, match="no calibration rows"):
-        acc.hessian()
-    with pytest.raises(ValueError, match=r"\[\.\.\., 8\]"):
-        acc.add(torch.randn(4, 9))
-    with pytest.raises(TypeError, match="floating-point"):
-        acc.add(torch.ones(4, 8, dtype=torch.int64))
-    with pytest.raises(ValueError, match="in_features"):
-        gptq.HessianAccumulator(0)
-
-
-def test_layer_output_error_is_the_output_mse():
-    w, x = _layer(n=8, k=32, rows=64)
-    wq = w + torch.randn_like(w) * 0.1
-    expect = 2 / 64 * ((x @ w.T - x @ wq.T) ** 2).sum()
-    assert gptq.layer_output_error(w, wq, _hessian(x)) == pytest.approx(float(expect), rel=1e-3)
+    return hessian.layer_output_error(w, int4.dequantize_int4_codes(codes, scales, zeros, g), h)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -160,4 +125,4 @@ def test_bad_input():
     with pytest.raises(ValueError, match="NaN or Inf"):
         gptq.gptq_quantize_int4(w.masked_fill(w > 1, float("inf")), torch.eye(64), 32, True)
     with pytest.raises(ValueError, match="one shape"):
-        gptq.layer_output_error(w, w[:, :32], torch.eye(64))
+        hessian.layer_output_error(w, w[:, :32], torch.eye(64))

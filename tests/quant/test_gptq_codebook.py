@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from slimkernels.quant import codebook as cbk
-from slimkernels.quant import gptq, lowbit
+from slimkernels.quant import gptq, hessian, lowbit
 from slimkernels.testing import DEVICES
 
 
@@ -17,13 +17,13 @@ def _layer(n=40, k=96, rows=384, seed=0):
     w = torch.randn(n, k, generator=gen)
     mix = torch.randn(k, k, generator=gen) / k ** 0.5 + torch.eye(k) * 0.3
     x = (torch.randn(rows, k, generator=gen) * torch.linspace(0.2, 3, k)) @ mix
-    acc = gptq.HessianAccumulator(k)
+    acc = hessian.HessianAccumulator(k)
     acc.add(x)
     return w, acc.hessian()
 
 
 def _error(w, h, codes, codebook):
-    return gptq.layer_output_error(w, lowbit.dequantize_codebook(lowbit.pack_codes(codes, lowbit.bits_from_codebook(
+    return hessian.layer_output_error(w, lowbit.dequantize_codebook(lowbit.pack_codes(codes, lowbit.bits_from_codebook(
         codebook.shape[1])), codebook, w.shape[1]), h)
 
 

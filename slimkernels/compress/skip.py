@@ -1,0 +1,61 @@
+"""Which layers a pass leaves as they are, and why: the rules every pass shares, written once.
+
+A pass (quantize_, prepare_qat_, and the coming sparsify_ / prune_ / low_rank_) considers the layers
+`candidate_layers` returns (exactly nn.Linear, accepted by filter_fn) and leaves one as it is, with the
+reason recorded, when `skip_reason(module, config)` gives one:
+
+  1. it is not an nn.Linear;
+  2. it has fewer input or output features than config.min_features;
+  3. its weight is on the meta device (no values to work on);
+  4. its weight holds NaN or Inf;
+  5. the config's own rule, config.skip_reason(module) (e.g. a group size that does not divide
+     in_features: group_size_reason below).
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+from torch import nn
+
+
+class SkipLayer(ValueError):
+    """A layer a pass leaves as it is; the message is the recorded reason. Raised by skip checks and
+    handlers, caught by the passes (a ValueError for callers that convert one layer by hand)."""
+
+
+def group_size_reason(in_features: int, group_size: int) -> Optional[str]:
+    """Why groups of `group_size` input features (-1: one group per row) do not fit, or None."""
+    if group_size != -1 and in_features % group_size:
+        return f"in_features={in_features} is not a multiple of group_size={group_size}"
+    return None
+
+
+def skip_reason(module: nn.Module, config) -> Optional[str]:
+    """The reason `config`'s pass leaves `module` as it is (the rules of the module docstring), or None."""
+    if not isinstance(module, nn.Linear):
+        return f"{type(module).__name__} is not an nn.Linear"
+    min_features = getattr(config, "min_features", 1)
+    smallest = min(module.in_features, module.out_features)
+    if smallest < min_features:
+        return f"{smallest} features < min_features={min_features}"
+    if module.weight.device.type == "meta":
+        return "weight is on the meta device (no values to compress)"
+    if not torch.isfinite(module.weight.detach()).all():
+        return "weight holds NaN or Inf"
+    own = getattr(config, "skip_reason", None)
+    return own(module) if own is not None else None
+
+
+def check_layer(module: nn.Module, config) -> None:
+    """Raise SkipLayer(reason) when skip_reason gives one."""
+    reason = skip_reason(module, config)
+    if reason is not None:
+        raise SkipLayer(reason)
+
+
+def candidate_layers(model: nn.Module, filter_fn: Optional[Callable[[nn.Module, str], bool]] = None) -> dict[str, nn.Linear]:
+    """name -> layer for the plain nn.Linear layers of `model` (subclasses, e.g. an already fake-quantized
+    layer, are not candidates) that filter_fn(module, name) accepts (all, by default), in module order."""
+    return {name: m for name, m in model.named_modules()
+            if type(m) is nn.Linear and (filter_fn is None or filter_fn(m, name))}
