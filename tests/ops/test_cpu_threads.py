@@ -7,8 +7,7 @@ import pytest
 import torch
 
 from slimkernels import _native, ops
-from slimkernels.backends import reference
-from slimkernels.testing import rand_int8
+from slimkernels.testing import int8_mm_exact, rand_int8
 
 C = _native._C
 
@@ -17,8 +16,8 @@ def _check_gemm():
     a, b = rand_int8(37, 1000), rand_int8(700, 1000)  # big enough to be split over threads
     packed = ops.int8_prepack(b)
     out = torch.empty(37, 700, dtype=torch.int32)
-    C.int8_gemm(a.data_ptr(), 1000, packed.data_ptr(), 37, 700, 1000, out.data_ptr(), 700, "int32", 0, 0, 0, 2, "")
-    assert torch.equal(out, reference.exact_int8_mm(a, b))
+    C.int8_mm(a.data_ptr(), 1000, packed.data_ptr(), 37, 700, 1000, out.data_ptr(), 700, "int32", 0, 0, 0, 2, "")
+    assert torch.equal(out, int8_mm_exact(a, b))
 
 
 def test_runs_on_torchs_openmp_team_when_torch_uses_openmp():
@@ -67,7 +66,7 @@ C.use_openmp_runtime("")  # our own pool (OpenMP after fork hangs in torch itsel
 a = torch.randint(-128, 128, (37, 1000), dtype=torch.int8)
 packed = ops.int8_prepack(torch.randint(-128, 128, (700, 1000), dtype=torch.int8))
 out = torch.empty(37, 700, dtype=torch.int32)
-run = lambda: C.int8_gemm(a.data_ptr(), 1000, packed.data_ptr(), 37, 700, 1000, out.data_ptr(), 700, "int32", 0, 0, 0, 2, "")
+run = lambda: C.int8_mm(a.data_ptr(), 1000, packed.data_ptr(), 37, 700, 1000, out.data_ptr(), 700, "int32", 0, 0, 0, 2, "")
 run()  # the parent's pool has workers now
 pid = os.fork()
 if pid == 0:
