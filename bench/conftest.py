@@ -1,11 +1,12 @@
-"""pytest-benchmark setup for bench/: collection, shape options, environment in extra_info, the runner.
+"""pytest-benchmark setup for bench/: collection, options, environment in extra_info, the runner.
 
     python -m pytest bench/ --benchmark-only                     # CPU small shapes; GPU when present
     python -m pytest bench/ --benchmark-only --bench-shapes=full --bench-m=1,32
     python -m pytest bench/ --benchmark-only -k "4096x4096 and M1-"
 
-The cases, weight stacks, byte counts and the closing table come from slimkernels/bench.py, which
-`slimkernels bench` runs without pytest; this file only adapts them to pytest-benchmark.
+Suites, cases, weight stacks, byte counts, timing pieces and the closing table all come from
+slimkernels.bench (the registry `slimkernels bench` runs without pytest); this file only adapts them
+to pytest-benchmark, which takes the clock.
 """
 from __future__ import annotations
 
@@ -20,9 +21,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:  # run from the source tree: `import slimkernels` is the checkout
     sys.path.insert(0, ROOT)
 
-import slimkernels  # noqa: E402  (registers every op and backend)
-from slimkernels import bench  # noqa: E402
-from slimkernels.backends import use_backend  # noqa: E402
+import slimkernels  # noqa: E402,F401  (registers every op and backend)
+from slimkernels.bench import machine, registry, runner, shapes, stacks, table, timing  # noqa: E402
 
 _ROWS: list[dict] = []
 
@@ -42,7 +42,13 @@ def pytest_addoption(parser):
     group.addoption("--bench-m", default=None, help="comma-separated M (default: $SLIMKERNELS_BENCH_M, else the device's list)")
     group.addoption("--bench-device", default="all", choices=("all", "cpu", "cuda"),
                     help="devices to benchmark (cuda cases are skipped without a CUDA device)")
+    group.addoption("--bench-suite", default="default",
+                    help="default | all | comma-separated suites (as `slimkernels bench --suite`)")
     group.addoption("--bench-budget", type=float, default=1.0, help="seconds of timed calls per CPU benchmark")
+    group.addoption("--bench-layers", type=int, default=None, help="layers per weight stack (default: beyond the cache)")
+    group.addoption("--bench-isa", default=None, help="CPU ISAs of our native entries (as `slimkernels bench --isa`)")
+    group.addoption("--bench-amx", default=None, help="AMX modes of our native low-bit entries (as --amx)")
+    group.addoption("--bench-act-dtype", default=None, help="activation dtypes of our entries (as --act-dtype)")
     group.addoption("--bench-include-reference", action="store_true",
                     help="also time the pure-torch reference on large problems (slow)")
 
@@ -58,40 +64,53 @@ def _opt(config, name, default=None):
         return default
 
 
+def _options(config) -> registry.Options:
+    return registry.parse_options(_opt(config, "--bench-isa"), _opt(config, "--bench-amx"),
+                                  _opt(config, "--bench-act-dtype"), bool(_opt(config, "--bench-include-reference", False)))
+
+
 # ---- parametrization ---------------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
-class Case:
+class BenchCase:
     suite: str
     device: str
     n: int
     k: int
     m: int
-    spec: bench.EntrySpec = dataclasses.field(compare=False)
+    spec: registry.EntrySpec = dataclasses.field(compare=False)
 
 
 def pytest_generate_tests(metafunc):
-    """Every test taking `case` gets one per (device, shape, M, entry); the module's SUITE says which."""
+    """A test with `case` and a `suite` attribute (bench_suites.py) gets one per (device, shape, M, entry)."""
     if "case" not in metafunc.fixturenames:
         return
-    suite = metafunc.module.SUITE
     config = metafunc.config
+    suite = registry.get(metafunc.function.suite)
+    selected = registry.select(_opt(config, "--bench-suite", "default"))
+    if suite not in selected:
+        metafunc.parametrize("case", [pytest.param(None, id="not-selected", marks=pytest.mark.skip(
+            reason=f"suite {suite.name} is not selected (--bench-suite; default: the default suites)"))])
+        return
     which = _opt(config, "--bench-device", "all")
     devices = ["cpu", "cuda"] if which == "all" else [which]
-    include_ref = bool(_opt(config, "--bench-include-reference", False))
+    options = _options(config)
     params = []
     for device in devices:
         if device == "cuda" and not torch.cuda.is_available():
             params.append(pytest.param(None, id="cuda", marks=[pytest.mark.gpu, pytest.mark.skip(reason="needs a CUDA device")]))
             continue
-        shapes = bench.shape_list(_opt(config, "--bench-shapes") or bench.default_shapes(device))
-        for n, k in shapes:  # shape outermost: one weight stack alive at a time (bench.get_stack)
-            for m in bench.m_list(device, override=_opt(config, "--bench-m")):
-                for spec in bench.entry_specs(suite, device, n, k, m, include_ref):
+        seen = set()
+        for n, k in shapes.shape_list(_opt(config, "--bench-shapes") or shapes.default_shapes(device)):
+            if suite.shape_key(n, k) in seen:  # a suite without weights: once per K
+                continue
+            seen.add(suite.shape_key(n, k))
+            for m in shapes.m_list(device, override=_opt(config, "--bench-m")):  # shape outermost: one stack alive
+                for spec in suite.entries(device, n, k, m, options):
                     marks = [pytest.mark.gpu] if device == "cuda" else []
                     if spec.skip:
                         marks.append(pytest.mark.skip(reason=spec.skip))
-                    params.append(pytest.param(Case(suite, device, n, k, m, spec), id=f"{device}-{n}x{k}-M{m}-{spec.id}",
-                                               marks=marks))
+                    params.append(pytest.param(BenchCase(suite.name, device, n, k, m, spec),
+                                               id=f"{device}-{n}x{k}-M{m}-{spec.id}", marks=marks))
     metafunc.parametrize("case", params)
 
 
@@ -99,7 +118,7 @@ def pytest_generate_tests(metafunc):
 @pytest.fixture(autouse=True)
 def _slimkernels_extra_info(request):
     if "benchmark" in request.fixturenames:
-        env = bench.environment("cpu")
+        env = machine.environment("cpu")
         for key in ("device", "device_name"):
             env.pop(key)
         request.getfixturevalue("benchmark").extra_info.update(env)
@@ -111,30 +130,31 @@ def _slimkernels_extra_info(request):
 def run_bench(request):
     """run_bench(benchmark, case): time one entry of a case on its weight stack, per layer."""
     budget = float(_opt(request.config, "--bench-budget", 1.0))
+    layers_opt = _opt(request.config, "--bench-layers")
 
-    def run(benchmark, case: Case) -> dict:
+    def run(benchmark, case: BenchCase) -> dict:
         spec, device, n, k, m = case.spec, case.device, case.n, case.k, case.m
-        stack = bench.get_stack(n, k, device)
-        entry = bench.build_entry(spec, stack, m)
-        bandwidth = bench.measure_bandwidth(device)
+        suite = registry.get(case.suite)
+        stack = stacks.get_stack(n, k, device, layers_opt)
+        entry = suite.build(spec, stack, m)
+        bandwidth = machine.measure_bandwidth(device)
         layers = len(entry.calls)
-        benchmark.group = f"{bench.SUITE_OP[case.suite]}@{device} N={n} K={k} M={m}"
+        benchmark.group = f"{suite.op}@{device} N={n} K={k} M={m}"
         info = benchmark.extra_info
-        info.update(device=device, device_name=bench.device_name(device), suite=case.suite, entry=spec.name,
-                    kind=spec.kind, backend=spec.backend, N=n, K=k, M=m, layers=layers, bytes=entry.bytes,
+        info.update(device=device, device_name=machine.device_name(device), suite=suite.name, entry=spec.name,
+                    kind=spec.kind, backend=spec.backend, isa=spec.isa, amx=spec.amx,
+                    dtype=str(spec.dtype or stack.dtype), N=n, K=k, M=m, layers=layers, bytes=entry.bytes,
                     ops=entry.ops, bandwidth_Bps=bandwidth, floor_us=entry.bytes / bandwidth * 1e6)
-        with torch.inference_mode(), use_backend(spec.backend):
+        with spec.switches():
             if device == "cpu":
                 # a short warm-up, then single-layer calls cycling through the stack
-                fn = bench.cycle(entry.calls)
-                rounds = bench.plan_rounds(bench.warm_up(fn, layers, budget), budget)
+                fn = timing.cycle(entry.calls)
+                rounds = timing.plan_rounds(timing.warm_up(fn, layers, budget), budget)
                 benchmark.pedantic(fn, rounds=rounds, iterations=1, warmup_rounds=0)
                 calls_per_round = 1
                 info["timing"] = "single layer calls cycling through the stack"
             else:
-                def step():
-                    for call in entry.calls:
-                        call()
+                step = timing.stack_pass(entry.calls)
 
                 def eager():
                     step()
@@ -142,13 +162,10 @@ def run_bench(request):
 
                 timed, calls_per_round = eager, layers
                 info["timing"] = "one pass over the stack + synchronize"
-                if m <= bench.GPU_GRAPH_MAX_M:  # small M: replay a CUDA graph, launch overhead removed
-                    reps = bench.graph_reps(layers)
-                    try:
-                        graph = bench.cuda_graph(step, reps)
-                    except Exception as exc:  # not capturable: time the eager passes, say why
-                        info["graph_error"] = f"{type(exc).__name__}: {str(exc)[:200]}"
-                        torch.cuda.synchronize()
+                if m <= timing.GPU_GRAPH_MAX_M:  # small M: replay a CUDA graph, launch overhead removed
+                    graph, reps, error = timing.try_graph(step, layers)
+                    if graph is None:  # not capturable: time the eager passes, say why
+                        info["graph_error"] = error
                     else:
                         def replay():
                             graph.replay()
@@ -163,9 +180,8 @@ def run_bench(request):
             return info
         per_layer_us = stats.stats.median / calls_per_round * 1e6
         info.update(per_layer_us=per_layer_us, x_floor=per_layer_us / info["floor_us"])
-        _ROWS.append({"suite": case.suite, "op": bench.SUITE_OP[case.suite], "device": device, "N": n, "K": k, "M": m,
-                      "layers": layers, "name": spec.name, "id": spec.id, "kind": spec.kind, "status": "ok",
-                      "time_us": per_layer_us, "floor_us": info["floor_us"], "x_floor": info["x_floor"]})
+        row = runner.base_row(suite, spec, stack, m)
+        _ROWS.append(runner.ok_row(row, entry, {"time_us": per_layer_us, "timing": info["timing"]}, bandwidth))
         return info
 
     return run
@@ -174,6 +190,6 @@ def run_bench(request):
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
     if not _ROWS:
         return
-    bw = {d: bench.measure_bandwidth(d) for d in {r["device"] for r in _ROWS}}
+    bw = {d: machine.measure_bandwidth(d) for d in {r["device"] for r in _ROWS}}
     terminalreporter.write_sep("=", "slimkernels: per-layer medians, speed-up = anchor / ours (same run)")
-    terminalreporter.write_line(bench.format_table(_ROWS, bw))
+    terminalreporter.write_line(table.format_table(_ROWS, bw))

@@ -2,9 +2,11 @@
 # Everything a session with a lent GPU needs, in one device call (see bench/README.md):
 #   build the wheel's native modules for this GPU, run the whole test suite on it (CUDA and Triton
 #   implementations against the reference), then the benchmark tables, all written under $OUT.
-# Usage on the device: bash bench/gpu_session.sh [quick|full]
+# Usage on the device: bash bench/gpu_session.sh [quick|full] [suites]
+#   suites: as `slimkernels bench --suite` (default: the default suites; `all` adds dequant_int8 and quantize)
 set -uo pipefail
 mode=${1:-quick}
+suites=${2:-default}
 out=${OUT:-/tmp/slim_out}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
@@ -22,5 +24,5 @@ echo "== tests"
 
 echo "== benchmarks"
 if [ "$mode" = full ]; then shapes=full; extra=""; else shapes=small; extra="--quick"; fi
-(cd /tmp && python3 -m slimkernels bench --device cuda --shapes "$shapes" $extra --no-progress \
+(cd /tmp && python3 -m slimkernels bench --device cuda --shapes "$shapes" --suite "$suites" $extra --no-progress \
   --json "$out/bench_cuda.json" 2>&1) | tee "$out/bench_cuda.txt"

@@ -1,9 +1,36 @@
-"""The `slimkernels` command: demo, bench, info."""
+"""The `slimkernels` command: demo, bench, info (each with its own --help), and --version."""
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+
+COMMANDS = {
+    "demo": "train a small model, compress it every way, print accuracy / size / speed",
+    "bench": "our kernels and layers against anchors on real model shapes, timed in one run",
+    "info": "what is built and usable on this machine (JSON)",
+}
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def _info(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="slimkernels info",
+        description="Print, as JSON, what slimkernels can run here: torch version, whether the CPU extension "
+                    "is built and its instruction sets (cpu_isa, cpu_isas), AMX, the CUDA extension and its "
+                    "architectures, the CUDA device, threads and Triton. Paste it into bug reports.",
+    )
+    parser.add_argument("--indent", type=int, default=1, help="JSON indent (default 1; 0 for one line)")
+    args = parser.parse_args(argv)
+    from . import info
+
+    print(json.dumps(info(), indent=args.indent or None))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -11,23 +38,22 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="slimkernels",
         description="Make neural networks smaller and faster.",
-        epilog="Each command has its own --help, e.g. `slimkernels bench --help`.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="commands:\n" + "\n".join(f"  {name:<6} {text}" for name, text in COMMANDS.items())
+               + "\n\nEach command has its own --help, e.g. `slimkernels bench --help`.",
     )
-    parser.add_argument("command", choices=["demo", "bench", "info"], help=(
-        "demo: train a small model, compress it every way, print accuracy/size/speed; "
-        "bench: our kernels against the anchors on real model shapes; "
-        "info: what is built and usable on this machine"))
-    args, rest = parser.parse_known_args(argv[:1])
-    rest = argv[1:]
+    parser.add_argument("--version", action="version", version=f"slimkernels {_version()}")
+    parser.add_argument("command", choices=list(COMMANDS), help="demo | bench | info")
+    # Only the options before the command are ours; everything after it belongs to the command.
+    split = next((i for i, a in enumerate(argv) if not a.startswith("-")), len(argv))
+    args = parser.parse_args(argv[:split + 1])
+    rest = argv[split + 1:]
     if args.command == "demo":
         from .demo import main as run
     elif args.command == "bench":
         from .bench import main as run
     else:
-        from . import info
-
-        print(json.dumps(info(), indent=1))
-        return 0
+        run = _info
     return run(rest)
 
 
