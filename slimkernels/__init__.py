@@ -26,6 +26,12 @@ from .nn import FakeQuantLinear, QuantLinear
 __version__ = "0.1.0"
 info = _native.info
 
+from . import integrations  # noqa: E402  (after __version__: the transformers integration reads it)
+
+# Hugging Face transformers: register quant_method "slimkernels" (save_pretrained / from_pretrained of
+# compressed models) once transformers loads its quantizer registry; imports nothing now.
+integrations.install()
+
 __all__ = [
     "ops", "QuantLinear", "FakeQuantLinear", "quantize_", "prepare_qat_", "convert_", "Int8DynamicConfig",
     "Int8WeightOnlyConfig", "Int4WeightOnlyConfig", "CodebookConfig", "CompressionReport",

@@ -169,7 +169,16 @@ def resolve(op: str, device: str) -> str:
         have = sorted(i for i, devices in impls.items() if device in devices)
         raise NotImplementedError(f"slimkernels::{op} has no {forced!r} implementation on {device}; it has {have}")
     if not _available(forced, device):
-        raise RuntimeError(f"the {forced!r} implementation of slimkernels::{op} is not available on {device}")
+        why = ""
+        if forced == "triton":
+            from .. import triton as slim_triton
+
+            why = f": {slim_triton.unavailable_reason() or 'on CPU Triton runs only under TRITON_INTERPRET=1'}"
+        elif forced == "native":
+            from .. import _native
+
+            why = f": {_native._C_ERROR if device == 'cpu' else _native._C_CUDA_ERROR or 'no CUDA device'}"
+        raise RuntimeError(f"the {forced!r} implementation of slimkernels::{op} is not available on {device}{why}")
     return forced
 
 

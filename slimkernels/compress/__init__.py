@@ -1,10 +1,10 @@
 from .calibration import (
-    ActivationStats, ActivationStatsCollector, BlockStatistics, Collector, HessianCollector, InputNormCollector,
-    OutputCollector, run_calibration,
+    ActivationStats, ActivationStatsCollector, BlockStatistics, CalibrationWarning, Collector, HessianCollector,
+    InputNormCollector, InputRows, InputRowsCollector, OutputCollector, run_calibration,
 )
 from .config import (
     CodebookConfig, CompressionConfig, Int4WeightOnlyConfig, Int8DynamicConfig, Int8WeightOnlyConfig, QuantizationConfig,
-    config_for_mode,
+    config_for_mode, config_suggestion,
 )
 from .passes import HANDLERS, convert_layer, register_handler, run_pass
 from .qat import convert_, prepare_qat_
@@ -15,9 +15,10 @@ from .skip import SkipLayer, candidate_layers, check_layer, skip_reason
 
 __all__ = [
     "CompressionConfig", "QuantizationConfig", "Int8DynamicConfig", "Int8WeightOnlyConfig", "Int4WeightOnlyConfig",
-    "CodebookConfig", "config_for_mode", "quantize_", "quantize_layer", "prepare_qat_", "convert_",
+    "CodebookConfig", "config_for_mode", "config_suggestion", "quantize_", "quantize_layer", "prepare_qat_", "convert_",
     "register_handler", "HANDLERS", "convert_layer", "run_pass", "SkipLayer", "skip_reason", "check_layer",
     "candidate_layers", "run_calibration", "BlockStatistics", "Collector", "HessianCollector", "InputNormCollector",
+    "InputRowsCollector", "InputRows", "CalibrationWarning",
     "ActivationStatsCollector", "ActivationStats", "OutputCollector", "CompressionReport", "LayerRecord",
     "module_bytes", "save", "load",
 ]

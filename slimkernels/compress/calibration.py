@@ -23,6 +23,7 @@ What is collected per target layer is chosen by the pass as {stat_name: factory}
 as factory(layer, device=...) -> Collector. Collectors here:
 
   HessianCollector         H = 2/n X^T X of the layer's inputs (GPTQ, SparseGPT, SVD-LLM)
+  InputRowsCollector       how many input rows, and distinct ones, the layer saw (GPTQ's rank guard)
   InputNormCollector       per input feature: L2 norm over all rows (Wanda), mean square, mean |x| (ASVD)
   ActivationStatsCollector per output feature: fraction of zeros (APoZ) and mean, of the layer's output
                            or of activation(output)
@@ -42,13 +43,13 @@ A Wanda pass, for instance:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping, Optional
+from typing import Any, Callable, Iterable, Mapping, NamedTuple, Optional
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..quant.hessian import HessianAccumulator
+from ..quant.hessian import RANK_CHECK_ROWS, DistinctRows, HessianAccumulator
 
 
 # ---- collectors ------------------------------------------------------------------------------------
@@ -98,6 +99,42 @@ class HessianCollector(Collector):
 
     def result(self) -> torch.Tensor:
         return self.accumulator.hessian()
+
+
+class CalibrationWarning(UserWarning):
+    """A pass's warning about its calibration data (too little or too repetitive for a layer)."""
+
+
+class InputRows(NamedTuple):
+    """What InputRowsCollector saw: rows in all, distinct rows (at least that many if saturated)."""
+
+    rows: int
+    distinct: int
+    saturated: bool
+
+
+class InputRowsCollector(Collector):
+    """Rows of the module's inputs, and distinct rows among them (quant.hessian.DistinctRows), up to
+    `limit` distinct ones (default RANK_CHECK_ROWS x in_features: past it the rank guard of GPTQ has
+    no use for the exact number); result: InputRows. Costs one pass over the rows per batch, next to
+    the K times larger Hessian update."""
+
+    def __init__(self, module: nn.Module, device=None, limit: Optional[int] = None):
+        super().__init__(module, device)
+        in_features = getattr(module, "in_features", None)
+        if in_features is None:
+            raise TypeError(f"InputRowsCollector: {type(module).__name__} has no in_features")
+        self.counter = DistinctRows(in_features, limit=RANK_CHECK_ROWS * in_features if limit is None else limit)
+
+    @property
+    def count(self) -> int:
+        return self.counter.rows
+
+    def add(self, x, y=None) -> None:
+        self.counter.add(_rows(x, "input", self.device, x.dtype if isinstance(x, torch.Tensor) else None))
+
+    def result(self) -> InputRows:
+        return InputRows(self.counter.rows, self.counter.distinct, self.counter.saturated)
 
 
 class InputNormCollector(Collector):

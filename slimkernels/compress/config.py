@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Callable, Optional
 
-from .calibration import HessianCollector
+from .calibration import HessianCollector, InputRowsCollector
 from .skip import group_size_reason
 
 
@@ -99,11 +99,12 @@ def _check_min_features(cls_name: str, value) -> None:
 
 
 class _GPTQKnobs:
-    """What the GPTQ-capable configs share: method "rtn" | "gptq", the Hessian collector for GPTQ and
-    the round-to-nearest fallback for layers no calibration data reaches."""
+    """What the GPTQ-capable configs share: method "rtn" | "gptq", the Hessian collector for GPTQ (and
+    the row counts of its rank guard: quant.hessian.thin_calibration_damp) and the round-to-nearest
+    fallback for layers no calibration data reaches."""
 
     def collectors(self) -> dict[str, Callable]:
-        return {"hessian": HessianCollector} if self.method == "gptq" else {}
+        return {"hessian": HessianCollector, "input_rows": InputRowsCollector} if self.method == "gptq" else {}
 
     def uncalibrated(self):
         return (replace(self, method="rtn"), "rtn") if self.method == "gptq" else (self, self.method)
@@ -126,7 +127,9 @@ class Int4WeightOnlyConfig(_GPTQKnobs, QuantizationConfig):
     group_size: 32, 64, 128, ... (a multiple of 32) or -1 for one group per output channel. Layers
       whose input features are not a multiple of it are left in float (the report says why).
     method: "rtn" (round to nearest) or "gptq" (Frantar et al. 2022: error-compensating, needs
-      `calibration` batches in quantize_). damp, block_size and act_order are GPTQ's knobs.
+      `calibration` batches in quantize_). damp, block_size and act_order are GPTQ's knobs. Calibrate
+      on at least 10 x in_features tokens of varied text: a layer whose calibration inputs span too
+      few directions gets a larger damp (and a CalibrationWarning; quant.hessian.thin_calibration_damp).
     """
 
     group_size: int = 128
@@ -165,7 +168,8 @@ class CodebookConfig(_GPTQKnobs, QuantizationConfig):
       NormalFloat-4 levels scaled by the absmax; bits=4 only) or "pow2" (0 and +-2^-i levels).
     method: "rtn" (every weight to its nearest entry) or "gptq" (the codebook as fitted, then GPTQ
       picks the codes, pushing each column's error onto the columns not yet assigned; needs
-      `calibration` batches in quantize_). damp, block_size and act_order are GPTQ's knobs.
+      `calibration` batches in quantize_). damp, block_size and act_order are GPTQ's knobs; the rank
+      guard of Int4WeightOnlyConfig applies too.
     """
 
     bits: int = 4
@@ -205,3 +209,47 @@ def config_for_mode(mode: str) -> QuantizationConfig:
     if mode not in _BY_MODE:
         raise ValueError(f"config_for_mode: mode must be one of {sorted(_BY_MODE)}, got {mode!r}")
     return _BY_MODE[mode]()
+
+
+# ---- "did you mean ...": a config class, or a mode name, where a config object belongs ------------
+_SUGGESTIONS = {  # normalized spelling (lower case, letters and digits only) -> what to write instead
+    **dict.fromkeys(("w8a8", "int8dynamic", "int8dyn", "dynamic", "int8dynamicactivationint8weight", "a8w8"),
+                    ("Int8DynamicConfig()",)),
+    "int8": ("Int8DynamicConfig()", "Int8WeightOnlyConfig() for weight-only int8"),
+    **dict.fromkeys(("w8a16", "int8weightonly", "int8wo", "int8weight", "a16w8"), ("Int8WeightOnlyConfig()",)),
+    **dict.fromkeys(("w4a16", "int4", "int4weightonly", "int4wo", "4bit", "rtn", "a16w4"), ("Int4WeightOnlyConfig()",)),
+    "gptq": ("Int4WeightOnlyConfig(method='gptq') (with calibration= batches)",
+             "CodebookConfig(method='gptq')"),
+    **dict.fromkeys(("codebook", "kmeans", "lut", "weightsharing"), ("CodebookConfig()",)),
+    "nf4": ("CodebookConfig(codebook='nf4')",),
+    "pow2": ("CodebookConfig(codebook='pow2')",),
+}
+
+
+def config_suggestion(value) -> Optional[str]:
+    """What to pass instead of `value` where a config object belongs: "Int8DynamicConfig()" for the
+    class Int8DynamicConfig, "Int4WeightOnlyConfig()" for "w4a16" or "int4", ...; None when
+    there is no guess."""
+    if isinstance(value, type):
+        return f"{value.__name__}()" if issubclass(value, CompressionConfig) else None
+    if isinstance(value, str):
+        key = "".join(ch for ch in value.lower() if ch.isalnum())
+        if key.endswith("config"):  # "Int8DynamicConfig": the class name, as a string
+            by_name = {cls.__name__.lower(): cls for cls in QUANTIZATION_CONFIGS}
+            cls = by_name.get(key)
+            return f"{cls.__name__}()" if cls is not None else None
+        guesses = _SUGGESTIONS.get(key)
+        return None if guesses is None else " or ".join(guesses)
+    return None
+
+
+def check_config_object(value, fn: str) -> None:
+    """TypeError with a "did you mean" when a pass gets a config class or a string instead of a
+    config object (Int8DynamicConfig instead of Int8DynamicConfig(), "w8a8", "int4", ...)."""
+    if isinstance(value, type) and issubclass(value, CompressionConfig):
+        raise TypeError(f"{fn}: got the class {value.__name__}, not a config object; did you mean {value.__name__}()?")
+    if isinstance(value, str):
+        guess = config_suggestion(value)
+        known = ", ".join(f"{cls.__name__}()" for cls in QUANTIZATION_CONFIGS)
+        hint = f"did you mean {guess}?" if guess else f"configs: {known}"
+        raise TypeError(f"{fn}: config must be a config object, not the string {value!r}; {hint}")

@@ -7,16 +7,18 @@ you fine-tune it as usual, convert_ turns it into QuantLinear modules with the s
 """
 from __future__ import annotations
 
+import warnings
 from typing import Callable, Optional
 
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..integrations import on_model_compressed
 from ..nn.fake_quant_linear import FakeQuantLinear
-from .config import QUANTIZATION_CONFIGS, CompressionConfig
-from .passes import set_submodule, warn_skipped
+from .config import QUANTIZATION_CONFIGS, CompressionConfig, check_config_object
+from .passes import set_submodule, user_stacklevel, warn_skipped
 from .report import CompressionReport, LayerRecord, module_bytes
-from .skip import candidate_layers, skip_reason
+from .skip import candidate_layers, nothing_to_do_reason, skip_reason
 
 QAT_CONFIGS = QUANTIZATION_CONFIGS
 
@@ -26,6 +28,7 @@ def prepare_qat_(model: nn.Module, config, filter_fn: Optional[Callable[[nn.Modu
     Layers quantize_ would leave in float (skip.py's rules: min_features, meta device, NaN/Inf weights,
     a group size that does not divide in_features) train in float; a warning gives each one's reason.
     Int4 QAT rounds to nearest (method="gptq" is a post-training method and is refused here)."""
+    check_config_object(config, "prepare_qat_")
     if not isinstance(config, QAT_CONFIGS):
         what = "a CompressionConfig of another pass" if isinstance(config, CompressionConfig) else "not a CompressionConfig"
         raise TypeError(f"prepare_qat_: config must be one of {[c.__name__ for c in QAT_CONFIGS]}, got "
@@ -34,7 +37,10 @@ def prepare_qat_(model: nn.Module, config, filter_fn: Optional[Callable[[nn.Modu
         raise ValueError("prepare_qat_: QAT trains through round-to-nearest; use Int4WeightOnlyConfig(method='rtn')")
     if isinstance(model, nn.Linear):
         raise TypeError("prepare_qat_ works in place on a model's children; wrap a lone nn.Linear in nn.Sequential")
-    for name, module in candidate_layers(model, filter_fn).items():
+    candidates = candidate_layers(model, filter_fn)
+    if not candidates:
+        warnings.warn(f"prepare_qat_: {nothing_to_do_reason(model, filter_fn)}", stacklevel=user_stacklevel())
+    for name, module in candidates.items():
         why = skip_reason(module, config)
         if why is not None:
             warn_skipped("prepare_qat_", name, why, stacklevel=3)
@@ -56,4 +62,5 @@ def convert_(model: nn.Module, progress: bool = True) -> CompressionReport:
                                          module_bytes(module), module_bytes(new)))
         set_submodule(model, name, new)
     report.model_bytes_after = module_bytes(model)
+    on_model_compressed(model, report=report)  # a transformers model records it for save_pretrained
     return report

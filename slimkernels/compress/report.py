@@ -33,6 +33,7 @@ class CompressionReport:
     layers: list[LayerRecord] = field(default_factory=list)
     model_bytes_before: int = 0
     model_bytes_after: int = 0
+    note: str = ""  # why nothing was converted, when nothing was (the pass also warns it)
 
     @property
     def converted(self) -> list[LayerRecord]:
@@ -53,6 +54,7 @@ class CompressionReport:
             "skipped": len(self.skipped),
             "model_bytes_before": self.model_bytes_before,
             "model_bytes_after": self.model_bytes_after,
+            "note": self.note,
             "layers": [vars(r) for r in self.layers],
         }
 
@@ -62,6 +64,8 @@ class CompressionReport:
             f"model {self.model_bytes_before / 1e6:.2f} MB -> {self.model_bytes_after / 1e6:.2f} MB "
             f"({self.compression_ratio:.2f}x smaller)"
         ]
+        if self.note:
+            lines.append(f"  {self.note}")
         width = max([len(r.name) for r in self.layers] + [5])
         for r in self.layers:
             lines.append(f"  {r.name:<{width}}  {r.action:<9}  {r.detail:<24} {r.bytes_before:>12,} -> {r.bytes_after:>12,} B")

@@ -18,6 +18,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ..integrations import on_model_compressed
 from ..nn.base import CompressedModule, layer_type
 
 FORMAT = "slimkernels"
@@ -91,13 +92,13 @@ def _convert_layer(model: nn.Module, name: str, cfg: dict) -> None:
         if same(cfg):
             return
         try:
-            full = cls.from_layer_config(cfg, device="meta", dtype=module.weight_dtype).layer_config()
+            recorded = cls.from_layer_config(cfg, device="meta", dtype=module.weight_dtype)
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"checkpoint layer {name!r} has an invalid config {cfg}: {exc}") from None
+        full = recorded.layer_config()
         if same(full):
             return
-        raise ValueError(f"checkpoint layer {name!r} is {full} but the model has a {type(module).__name__} "
-                         f"{module.layer_config()} there")
+        raise ValueError(_format_mismatch(name, recorded, full, module))
     try:
         matches = cls.matches_float(module, cfg)
     except (KeyError, TypeError) as exc:
@@ -112,6 +113,31 @@ def _convert_layer(model: nn.Module, name: str, cfg: dict) -> None:
         raise ValueError(f"checkpoint layer {name!r} has an invalid config {cfg}: {exc}") from None
     parent, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent) if parent else model, child, new)
+
+
+def _layer_words(module: CompressedModule) -> str:
+    """A few words on a compressed layer's format: its format_summary() if it has one ('w4a16 g128
+    asym'), else its type."""
+    summary = getattr(module, "format_summary", None)
+    return summary() if callable(summary) else f"a {type(module).__name__}"
+
+
+def _format_mismatch(name: str, recorded: CompressedModule, full: dict, module: CompressedModule) -> str:
+    """The error for a checkpoint layer of one format loaded into a model layer of another: both
+    formats in words, the fields that differ, and the configs in full."""
+    mine = module.layer_config()
+    ours, theirs = _layer_words(recorded), _layer_words(module)
+    if type(recorded) is not type(module) and ours == theirs:
+        ours, theirs = f"a {type(recorded).__name__} {ours}", f"a {type(module).__name__} {theirs}"
+    if ours == theirs:  # one format, other fields (shape, bias): name them
+        differ = [f"{key} {full.get(key)!r} in the checkpoint, {mine.get(key)!r} in the model"
+                  for key in dict.fromkeys([*full, *mine]) if key != "weight_dtype" and full.get(key) != mine.get(key)]
+        head = f"checkpoint layer {name!r} and the model's are both {ours} but differ: {'; '.join(differ)}"
+    else:
+        head = f"checkpoint layer {name!r} is {ours} but the model's is {theirs}"
+    return (f"{head}: the checkpoint "
+            f"records {full} but the model has a {type(module).__name__} {mine} there. Load the checkpoint into the "
+            "float model (load converts its layers), or quantize the model the way the checkpoint was")
 
 
 def load(path: str | os.PathLike, model: nn.Module) -> nn.Module:
@@ -144,4 +170,5 @@ def load(path: str | os.PathLike, model: nn.Module) -> nn.Module:
         raise ValueError(f"{path}: checkpoint has tensors the model does not: {unexpected[:5]}")
     with torch.no_grad():
         model.load_state_dict(tensors, strict=True)
+    on_model_compressed(model)  # a transformers model records its layers for save_pretrained
     return model

@@ -59,3 +59,45 @@ def candidate_layers(model: nn.Module, filter_fn: Optional[Callable[[nn.Module, 
     layer, are not candidates) that filter_fn(module, name) accepts (all, by default), in module order."""
     return {name: m for name, m in model.named_modules()
             if type(m) is nn.Linear and (filter_fn is None or filter_fn(m, name))}
+
+
+def _names(names: list[str], limit: int = 3) -> str:
+    shown = ", ".join(repr(n) for n in names[:limit])
+    return shown + (f", ... ({len(names)} in all)" if len(names) > limit else "")
+
+
+def nothing_to_do_reason(model: nn.Module, filter_fn: Optional[Callable[[nn.Module, str], bool]] = None) -> str:
+    """Why `candidate_layers(model, filter_fn)` is empty, in words for a warning and a report: the
+    model is already compressed, prepared for QAT, filter_fn rejected every layer, its linear layers
+    are nn.Linear subclasses, or it has none."""
+    from ..nn.base import CompressedModule
+    from ..nn.fake_quant_linear import FakeQuantLinear
+
+    modules = list(model.named_modules())
+    linears = [name for name, m in modules if type(m) is nn.Linear]
+    compressed = [(name, m) for name, m in modules if isinstance(m, CompressedModule)]
+    fake = [name for name, m in modules if isinstance(m, FakeQuantLinear)]
+    subclassed = [(name, m) for name, m in modules
+                  if isinstance(m, nn.Linear) and type(m) is not nn.Linear and not isinstance(m, FakeQuantLinear)]
+    reasons = []
+    if linears:
+        reasons.append(f"filter_fn accepted none of its {len(linears)} nn.Linear layers ({_names(linears)})")
+    if compressed:
+        kinds: dict[str, int] = {}
+        for _, m in compressed:
+            summary = getattr(m, "format_summary", None)
+            kind = f"{type(m).__name__} {summary()}" if callable(summary) else type(m).__name__
+            kinds[kind] = kinds.get(kind, 0) + 1
+        what = ", ".join(f"{count} {kind}" for kind, count in kinds.items())
+        reasons.append(f"it is already compressed ({what}){'' if linears else ' and has no nn.Linear left'}; to "
+                       "compress it another way, start again from the float model")
+    if fake:
+        reasons.append(f"it is prepared for QAT ({len(fake)} FakeQuantLinear layers: {_names(fake)}); "
+                       "call convert_(model) to turn them into QuantLinear")
+    if subclassed:
+        types = sorted({type(m).__name__ for _, m in subclassed})
+        reasons.append(f"its {len(subclassed)} linear layers are subclasses of nn.Linear ({', '.join(types)}), "
+                       "which passes leave alone (their forward may do more than a linear map)")
+    if not reasons:
+        reasons.append("it has no nn.Linear layers")
+    return "nothing to convert: " + "; ".join(reasons)

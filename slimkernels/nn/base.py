@@ -81,6 +81,11 @@ class _RepackAfterInit(type(nn.Module)):
 
 
 def _after_load_state_dict(module: "CompressedModule", incompatible_keys) -> None:
+    if any(t.device.type == "meta" for _, t in module._own_state()):
+        # A partial load into a module built on the meta device (load_state_dict(..., assign=True)
+        # one tensor at a time, as transformers 4.x's from_pretrained does): nothing to check yet;
+        # the load that fills the last tensor validates and repacks.
+        return
     module.validate_state()
     module.repack()
 
@@ -204,7 +209,12 @@ class CompressedModule(nn.Module, metaclass=_RepackAfterInit):
         """A stand-in for the float weight this module replaces, for model code that reads
         `.dtype`, `.device` or `.shape`. Its values are NaN, not the weights (those are
         `dequantized_weight()`); it is a read-only zero-stride view of one element."""
-        return self._weight_anchor.expand(self.weight_shape)
+        stand_in = self._weight_anchor.expand(self.weight_shape)
+        # Hugging Face transformers' weight initialization (from_pretrained runs the model's
+        # _init_weights, e.g. T5's init.normal_(attention.q.weight)) skips tensors so marked; an
+        # in-place write into this view would fail (its elements share one memory location).
+        stand_in._is_hf_initialized = True
+        return stand_in
 
     @property
     def weight_dtype(self) -> torch.dtype:

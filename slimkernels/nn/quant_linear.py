@@ -7,6 +7,14 @@ itself is format-agnostic: it registers the format's buffers plus `bias` (float3
 the input, and gets the rest of its life cycle (layer config, checkpoints, `weight` for model code,
 validation after load, repack on device moves, dtype-preserving casts) from CompressedModule.
 
+Training around it: every mode is differentiable in its input, so adapters, distillation and
+fine-tuning of float layers around frozen quantized ones work; the gradient is that of an nn.Linear
+holding dequantized_weight() (for w8a8 the per-token rounding of the input is straight-through).
+`bias` is a float32 buffer: `layer.bias.requires_grad_()` to train it. The quantized weight is frozen:
+the layer has no Parameters, torch refuses requires_grad_() on its integer buffers, and a float buffer
+of it (weight_scale, codebook) set to require grad makes the backward raise an error saying so (train
+the weights with prepare_qat_ / FakeQuantLinear instead).
+
 Building one:
   QuantLinear.from_float(linear, config)   quantize an nn.Linear: config is a pass config
       (Int8DynamicConfig, ..., CodebookConfig) or a mode name for its default settings. The

@@ -38,6 +38,7 @@ def op(name: str, check: Callable, fake: Callable):
         body.__signature__ = signature.replace(parameters=kept)
         opdef = torch.library.custom_op(f"{LIB}::{name}", mutates_args=())(body)
         opdef.register_fake(checked_fake)
+        opdef.slim_name, opdef.slim_arg_names = name, tuple(signature.parameters)  # for the autograd helpers
         handle = getattr(getattr(torch.ops, LIB), name).default  # looked up once: a per-call lookup costs us
 
         if kept == list(signature.parameters.values()):
@@ -87,10 +88,30 @@ def linear_fake(n_of: Callable) -> Callable:
     return fake
 
 
+FROZEN_WEIGHT_HINT = (
+    "the quantized weight is frozen: its integer codes have no gradient, and the float tensors that "
+    "dequantize them (scales, zero points, codebooks) are treated as constants. Gradients flow to the "
+    "input and the bias only. To train the weights, fine-tune the float model with prepare_qat_ "
+    "(FakeQuantLinear) and convert_ it; to adapt a quantized model, train float layers (an adapter, "
+    "LoRA) beside the frozen quantized ones"
+)
+
+
+def frozen_weight_error(op_name: str, names) -> RuntimeError:
+    """The error an op's backward raises when a gradient is asked for its quantized weight."""
+    return RuntimeError(f"slimkernels.{op_name}: no gradient for {', '.join(names)}: {FROZEN_WEIGHT_HINT}")
+
+
 def weight_only_autograd(opdef, dequantize: Callable, n_weight_args: int) -> None:
-    """Autograd of a weight-only op(x, *weights, bias): the weights are frozen integers or codes, so
-    only x and bias get gradients (distillation and fine-tuning around quantized layers); the
-    backward dequantizes the weight with `dequantize(*weights, K)`."""
+    """Autograd of a linear-like op(x, *weights, bias) over a quantized weight: the weights are frozen
+    integers or codes (and the float tensors that dequantize them), so only x and bias get gradients
+    (distillation, adapters and fine-tuning around quantized layers): grad_x = grad @ W with
+    W = `dequantize(*weights, K)` in float32, grad_bias = grad summed over rows. A weight argument
+    that requires grad (say a scale buffer set to requires_grad_()) makes the backward raise a
+    RuntimeError naming it and saying what to do instead (frozen_weight_error), not return None
+    silently. For ops whose forward also rounds x (W8A8), the gradient of that rounding is taken as
+    the identity (straight-through estimator): grad_x is the gradient of x @ W.T + bias."""
+    op_name, weight_names = opdef.slim_name, opdef.slim_arg_names[1:1 + n_weight_args]
 
     def setup(ctx, inputs, output):
         ctx.k = inputs[0].shape[-1]
@@ -99,9 +120,15 @@ def weight_only_autograd(opdef, dequantize: Callable, n_weight_args: int) -> Non
         ctx.bias_dtype = bias.dtype if bias is not None else None
 
     def backward(ctx, grad):
-        w = dequantize(*ctx.weight_args, ctx.k)
-        grad_x = (grad.float() @ w).to(grad.dtype)
-        grad_bias = None if ctx.bias_dtype is None else as_rows(grad).float().sum(0).to(ctx.bias_dtype)
+        asked = [name for name, needs in zip(weight_names, ctx.needs_input_grad[1:1 + n_weight_args]) if needs]
+        if asked:
+            raise frozen_weight_error(op_name, asked)
+        grad_x = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            w = dequantize(*ctx.weight_args, ctx.k)
+            grad_x = (grad.float() @ w).to(grad.dtype)
+        if ctx.bias_dtype is not None and ctx.needs_input_grad[-1]:
+            grad_bias = as_rows(grad).float().sum(0).to(ctx.bias_dtype)
         return (grad_x,) + (None,) * n_weight_args + (grad_bias,)
 
     opdef.register_autograd(backward, setup_context=setup)

@@ -8,9 +8,9 @@ import torch
 from torch import Tensor
 
 from ..backends import dispatch
-from ..quant.packing import int8_packed_shape, pack_int8
+from ..quant.packing import int8_packed_shape, pack_int8, unpack_int8
 from . import _checks as check
-from ._contract import linear_fake, linear_rows, op
+from ._contract import linear_fake, linear_rows, op, weight_only_autograd
 
 
 def _empty(a, n):
@@ -113,8 +113,55 @@ def _check_dynamic(x, w_packed, w_scale, bias=None):
 @op("int8_dynamic_linear", _check_dynamic, linear_fake(lambda x, w_packed, w_scale, bias=None: w_scale.shape[0]))
 def int8_dynamic_linear(x: Tensor, w_packed: Tensor, w_scale: Tensor, bias: Optional[Tensor] = None) -> Tensor:
     """W8A8 linear: quantize x [..., K] per token, int8 GEMM against a weight from int8_prepack,
-    fused epilogue; [..., N] in x.dtype. Equal to quantize_per_token_int8 + int8_scaled_mm_packed."""
+    fused epilogue; [..., N] in x.dtype. Equal to quantize_per_token_int8 + int8_scaled_mm_packed.
+
+    Differentiable in x and bias; the weight is frozen (w_packed is integer, and a w_scale that
+    requires grad makes the backward raise a RuntimeError that says so). grad_x = grad @ W with W = unpack(w_packed) * w_scale,
+    the dequantized weight: the per-token rounding of x is taken as the identity in the backward pass
+    (the straight-through estimator, the usual convention for training through quantized
+    activations), so grad_x is the gradient of x @ W.T + bias; grad_bias = grad summed over tokens."""
     return linear_rows("int8_dynamic_linear", x, w_scale.shape[0], w_packed, w_scale, bias)
+
+
+def dequantize_packed_int8(w_packed: Tensor, w_scale: Tensor, k: int) -> Tensor:
+    """The float32 weight [N, K] of a packed W8A8 weight (any device's layout) and its scales."""
+    return unpack_int8(w_packed, w_scale.shape[0], k).float() * w_scale[:, None]
+
+
+weight_only_autograd(int8_dynamic_linear.opdef, dequantize_packed_int8, 2)
+
+
+# ---- autograd of int8_scaled_mm / int8_scaled_mm_packed ------------------------------------------------
+# The int8 operands are integer tensors: torch refuses requires_grad on them ("only Tensors of floating
+# point and complex dtype can require gradients"), so autograd never asks for their gradient. The float
+# arguments get exact gradients of y = (acc * a_scale[m]) * b_scale[n] + bias[n], acc = a @ b.T the
+# int32 product the forward used (recomputed in the backward only when a scale needs a gradient).
+def _scaled_autograd(opdef, unpacked) -> None:
+    def setup(ctx, inputs, output):
+        a, a_scale, b, b_scale, bias, _out_dtype = inputs
+        ctx.save_for_backward(a, a_scale, b, b_scale)
+        ctx.bias_dtype = None if bias is None else bias.dtype
+
+    def backward(ctx, grad):
+        a, a_scale, b, b_scale = ctx.saved_tensors
+        needs = ctx.needs_input_grad
+        g = grad.float()
+        grad_a_scale = grad_b_scale = grad_bias = None
+        if needs[1] or needs[3]:
+            acc = int8_mm(a, unpacked(b, b_scale.shape[0], a.shape[1])).float()
+            if needs[1]:
+                grad_a_scale = (g * acc * b_scale[None, :]).sum(1)
+            if needs[3]:
+                grad_b_scale = (g * acc * a_scale[:, None]).sum(0)
+        if ctx.bias_dtype is not None and needs[4]:
+            grad_bias = g.sum(0).to(ctx.bias_dtype)
+        return None, grad_a_scale, None, grad_b_scale, grad_bias, None
+
+    opdef.register_autograd(backward, setup_context=setup)
+
+
+_scaled_autograd(int8_scaled_mm.opdef, lambda b, n, k: b)
+_scaled_autograd(int8_scaled_mm_packed.opdef, unpack_int8)
 
 
 __all__ = ["int8_mm", "int8_scaled_mm", "int8_prepack", "int8_scaled_mm_packed", "int8_dynamic_linear"]

@@ -24,6 +24,8 @@ Implementation notes (algorithm 1 of the paper):
   the paper's code does: zeroing does not change the calibration output at all, and keeps the group's
   range a little tighter only if the dead weight was its extreme, but it deletes a feature the model
   may well use on inputs outside a (small) calibration set. zero_dead=True zeroes them instead.
+- `damp` is used as given. quantize_ raises it for layers whose calibration inputs span too few
+  directions (the rank guard: quant.hessian.thin_calibration_damp, applied in compress/quantize.py).
 - Codebooks stay fixed during GPTQ (fitted to the float W beforehand): a column is "quantized" to the
   nearest entries of its rows' codebooks, which is all the column loop needs.
 """

@@ -40,13 +40,32 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+# The oldest Triton our kernels are tested with. Older ones fail: 3.0 (paired with torch 2.4) cannot
+# trace them ("arange's arguments must be of type tl.constexpr"), and 3.2 (torch 2.6) wants a GPU
+# driver in its autotuner even under TRITON_INTERPRET=1.
+MIN_TRITON = (3, 5)
+
+
+def _version_tuple(version: str) -> tuple:
+    parts = []
+    for piece in version.split("+")[0].split(".")[:2]:
+        digits = "".join(ch for ch in piece if ch.isdigit())
+        parts.append(int(digits) if digits else 0)
+    return tuple(parts)
+
+
 @functools.lru_cache(maxsize=None)
 def _triton_import_error() -> str:
     try:
-        import triton  # noqa: F401
+        import triton
         import triton.language  # noqa: F401
     except Exception as e:  # ImportError, or a broken install raising something else
         return f"triton is not importable ({type(e).__name__}: {e})"
+    version = getattr(triton, "__version__", "0")
+    if _version_tuple(version) < MIN_TRITON:
+        want = ".".join(map(str, MIN_TRITON))
+        return (f"triton {version} is older than {want}, the oldest version slimkernels' Triton kernels are tested "
+                f"with; pip install 'triton>={want}' (with a torch that pairs with it) to use them")
     return ""
 
 

@@ -3,6 +3,8 @@ collectors: each statistic must equal the one computed directly from the layer's
 from __future__ import annotations
 
 import functools
+import os
+import sys
 
 import pytest
 import torch
@@ -13,6 +15,10 @@ from slimkernels.compress.calibration import (
     run_calibration,
 )
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # toy_models.py (--import-mode=importlib)
+from toy_models import TinyTransformer  # noqa: E402
+
+
 COLLECTORS = {
     "hessian": HessianCollector,
     "norm": InputNormCollector,
@@ -21,27 +27,8 @@ COLLECTORS = {
 }
 
 
-class Block(nn.Module):
-    def __init__(self, d):
-        super().__init__()
-        self.up, self.down = nn.Linear(d, 2 * d), nn.Linear(2 * d, d)
-
-    def forward(self, h, scale=1.0):
-        return h + scale * self.down(torch.relu(self.up(h)))
-
-
-class Tiny(nn.Module):
-    def __init__(self, d=16, depth=3, vocab=30):
-        super().__init__()
-        self.embed = nn.Embedding(vocab, d)
-        self.layers = nn.ModuleList(Block(d) for _ in range(depth))
-        self.head = nn.Linear(d, vocab)
-
-    def forward(self, ids, scale=1.0):
-        h = self.embed(ids)
-        for layer in self.layers:
-            h = layer(h, scale=scale)
-        return self.head(h)
+def Tiny():
+    return TinyTransformer(d=16, depth=3, vocab=30)
 
 
 class HFBlock(nn.Module):

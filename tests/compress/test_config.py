@@ -12,8 +12,8 @@ from torch import nn
 
 from slimkernels import CodebookConfig, Int4WeightOnlyConfig, Int8DynamicConfig, Int8WeightOnlyConfig, prepare_qat_, quantize_
 from slimkernels.compress import (
-    HANDLERS, CompressionConfig, HessianCollector, InputNormCollector, QuantizationConfig, SkipLayer, config_for_mode,
-    register_handler, run_pass,
+    HANDLERS, CompressionConfig, HessianCollector, InputNormCollector, InputRowsCollector, QuantizationConfig, SkipLayer,
+    config_for_mode, register_handler, run_pass,
 )
 
 CONFIGS = (Int8DynamicConfig, Int8WeightOnlyConfig, Int4WeightOnlyConfig, CodebookConfig)
@@ -48,7 +48,8 @@ def test_calibration_hooks():
         assert not config.needs_calibration and config.collectors() == {}
     for cls in (Int4WeightOnlyConfig, CodebookConfig):
         config = cls(method="gptq")
-        assert config.needs_calibration and config.collectors() == {"hessian": HessianCollector}
+        assert config.needs_calibration and config.collectors() == {"hessian": HessianCollector,
+                                                                  "input_rows": InputRowsCollector}
         fallback, note = config.uncalibrated()
         assert note == "rtn" and fallback == dataclasses.replace(config, method="rtn")
     assert Int4WeightOnlyConfig(group_size=32).describe() == "w4a16 g32 asym rtn"
@@ -147,7 +148,8 @@ def test_configs_must_stay_frozen():
 def test_non_config_inputs_are_rejected():
     with pytest.raises(TypeError, match="quantize_: no handler for config object"):
         quantize_(Tiny(), object())
-    with pytest.raises(TypeError, match=r"config must be one of .* got str \(not a CompressionConfig\)"):
+    with pytest.raises(TypeError, match=r"prepare_qat_: config must be a config object, not the string 'w4a16'; "
+                                        r"did you mean Int4WeightOnlyConfig\(\)\?"):
         prepare_qat_(Tiny(), "w4a16")
     with warnings.catch_warnings():
         warnings.simplefilter("error")

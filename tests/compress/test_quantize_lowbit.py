@@ -2,6 +2,9 @@
 reports and save/load."""
 from __future__ import annotations
 
+import os
+import sys
+
 import pytest
 import torch
 from torch import nn
@@ -10,28 +13,8 @@ import slimkernels
 from slimkernels import CodebookConfig, Int4WeightOnlyConfig, QuantLinear
 from slimkernels.compress.calibration import find_blocks
 
-
-class Block(nn.Module):
-    def __init__(self, d):
-        super().__init__()
-        self.up, self.down = nn.Linear(d, 2 * d), nn.Linear(2 * d, d)
-
-    def forward(self, h, scale=1.0):
-        return h + scale * self.down(torch.relu(self.up(h)))
-
-
-class TinyTransformer(nn.Module):
-    def __init__(self, d=64, depth=3, vocab=40):
-        super().__init__()
-        self.embed = nn.Embedding(vocab, d)
-        self.layers = nn.ModuleList(Block(d) for _ in range(depth))
-        self.head = nn.Linear(d, vocab)
-
-    def forward(self, ids, scale=1.0):
-        h = self.embed(ids)
-        for layer in self.layers:
-            h = layer(h, scale=scale)
-        return self.head(h)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # toy_models.py (--import-mode=importlib)
+from toy_models import TinyTransformer  # noqa: E402
 
 
 def _model(seed=0):
@@ -41,22 +24,18 @@ def _model(seed=0):
         m.embed.weight.copy_(torch.randn(40, 8) @ torch.randn(8, 64))
     return m
 
-
 def _batches(n=4, seed=1):
     g = torch.Generator().manual_seed(seed)
     return [torch.randint(0, 40, (2, 16), generator=g) for _ in range(n)]
-
 
 def _output_error(model, ref_model, batches):
     with torch.no_grad():
         return sum((model(b) - ref_model(b)).pow(2).sum().item() for b in batches)
 
-
 def test_find_blocks():
     name, blocks = find_blocks(_model())
     assert name == "layers" and len(blocks) == 3
     assert find_blocks(nn.Sequential(nn.Linear(3, 3))) is None
-
 
 @pytest.mark.parametrize("config", [Int4WeightOnlyConfig(group_size=32), CodebookConfig(bits=4)], ids=["rtn", "kmeans"])
 def test_uncalibrated_configs(config):
@@ -68,7 +47,6 @@ def test_uncalibrated_configs(config):
     cos = nn.functional.cosine_similarity(model(ids).flatten(), ref(ids).flatten(), dim=0)
     assert cos > 0.98
 
-
 def test_gptq_beats_rtn_and_reports():
     calib, held_out = _batches(8, seed=1), _batches(4, seed=2)
     ref = _model()
@@ -79,10 +57,10 @@ def test_gptq_beats_rtn_and_reports():
                                    progress=False)
     assert len(report.converted) == 7
     details = {r.name: r.detail for r in report.layers}
-    assert details["layers.0.up"] == "w4a16 g32 asym gptq"
+    # 8 distinct tokens' worth of rows for K=64: the rank guard raised the dampening (and said so)
+    assert details["layers.0.up"] == "w4a16 g32 asym gptq (calibration rank 8 < K=64: damp 0.01 -> 0.88)"
     assert "-> rtn" in details["head"]  # outside the blocks: no calibration inputs
     assert _output_error(gptq, ref, held_out) < _output_error(rtn, ref, held_out)
-
 
 def test_codebook_gptq_beats_nearest_entries_and_reports():
     calib, held_out = _batches(8, seed=1), _batches(4, seed=2)
@@ -91,7 +69,7 @@ def test_codebook_gptq_beats_nearest_entries_and_reports():
     report = slimkernels.quantize_(gptq, CodebookConfig(bits=3, method="gptq", act_order=True), calibration=calib,
                                    progress=False)
     details = {r.name: r.detail for r in report.layers}
-    assert details["layers.0.up"] == "codebook 3-bit kmeans per row gptq"
+    assert details["layers.0.up"] == "codebook 3-bit kmeans per row gptq (calibration rank 8 < K=64: damp 0.01 -> 0.88)"
     assert "-> rtn" in details["head"]
     # GPTQ keeps each layer's fitted codebook and only changes which entries the weights use
     assert torch.equal(gptq.layers[1].down.codebook, plain.layers[1].down.codebook)
@@ -101,14 +79,12 @@ def test_codebook_gptq_beats_nearest_entries_and_reports():
     with pytest.raises(ValueError, match="Hessian"):
         QuantLinear.from_float(nn.Linear(8, 4), CodebookConfig(method="gptq"))
 
-
 @pytest.mark.parametrize("kwargs, match", [({"method": "kmeans"}, "method"), ({"damp": 0.0}, "damp"),
                                            ({"block_size": 0}, "block_size"), ({"damp": True}, "damp")])
 def test_gptq_knobs_are_checked(kwargs, match):
     for cls in (Int4WeightOnlyConfig, CodebookConfig):
         with pytest.raises(ValueError, match=f"{cls.__name__}.{match}"):
             cls(**kwargs)
-
 
 def test_gptq_keyword_inputs_and_no_blocks():
     model = _model()
@@ -119,8 +95,7 @@ def test_gptq_keyword_inputs_and_no_blocks():
     mlp = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 8))
     report = slimkernels.quantize_(mlp, Int4WeightOnlyConfig(group_size=-1, method="gptq"),
                                    calibration=[torch.randn(8, 64) for _ in range(3)], progress=False)
-    assert len(report.converted) == 2 and all("gptq" == r.detail.split()[-1] for r in report.layers)
-
+    assert len(report.converted) == 2 and all(r.detail.startswith("w4a16 per-channel asym gptq") for r in report.layers)
 
 def test_gptq_bad_calibration():
     with pytest.raises(ValueError, match="needs calibration data"):
@@ -131,7 +106,6 @@ def test_gptq_bad_calibration():
         slimkernels.quantize_(_model(), Int4WeightOnlyConfig(group_size=32, method="gptq"),
                               calibration=[torch.randn(2, 16)], progress=False)  # floats where ids belong
 
-
 def test_dead_input_channels_stay_finite():
     mlp = nn.Sequential(nn.Linear(64, 32))
     x = torch.randn(32, 64)
@@ -139,13 +113,11 @@ def test_dead_input_channels_stay_finite():
     slimkernels.quantize_(mlp, Int4WeightOnlyConfig(group_size=32, method="gptq"), calibration=[x], progress=False)
     assert torch.isfinite(mlp[0].dequantized_weight()).all() and torch.isfinite(mlp(torch.randn(3, 64))).all()
 
-
 def test_skips_layers_group_does_not_divide():
     mlp = nn.Sequential(nn.Linear(48, 64), nn.Linear(64, 8))
     with pytest.warns(UserWarning, match="not a multiple of group_size=32"):
         report = slimkernels.quantize_(mlp, Int4WeightOnlyConfig(group_size=32), progress=False)
     assert [r.name for r in report.skipped] == ["0"] and [r.name for r in report.converted] == ["1"]
-
 
 @pytest.mark.parametrize("config", [Int4WeightOnlyConfig(group_size=32), Int4WeightOnlyConfig(group_size=-1, symmetric=True),
                                     CodebookConfig(bits=3, per="layer"), CodebookConfig(bits=4, codebook="nf4")],

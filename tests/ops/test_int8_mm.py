@@ -488,3 +488,92 @@ def test_triton_imports_without_triton(tmp_path):
     res = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
                          timeout=120)
     assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr[-2000:]
+
+
+# ---- autograd ------------------------------------------------------------------------------------------
+# int8_dynamic_linear: x and bias get gradients; the weight is frozen, and the per-token rounding of x is
+# taken as the identity (straight-through), so grad_x = grad @ W with W = unpack(w_packed) * w_scale, the
+# dequantized weight. int8_scaled_mm(_packed): the int8 operands cannot require grad (torch refuses it on
+# integer tensors); the scales and the bias get the exact gradients of (acc * a_scale) * b_scale + bias.
+@pytest.mark.parametrize("case", cases("int8_dynamic_linear", per_isa=False))
+def test_dynamic_linear_autograd(case):
+    dev = case.device
+    gen = torch.Generator().manual_seed(21)
+    b = rand_int8(12, 40, gen=gen).to(dev)
+    w_scale = (torch.rand(12, generator=gen) * 0.01 + 0.001).to(dev)
+    w = b.cpu().float() * w_scale.cpu()[:, None]
+    x = rand_rows(6, 40, gen=gen).reshape(2, 3, 40).to(dev).requires_grad_()
+    bias = torch.randn(12, generator=gen).to(dev).requires_grad_()
+    grad = torch.randn(2, 3, 12, generator=gen).to(dev)
+    with forced(case):
+        packed = ops.int8_prepack(b)
+        ops.int8_dynamic_linear(x, packed, w_scale, bias).backward(grad)
+    torch.testing.assert_close(x.grad.cpu(), grad.cpu() @ w, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(bias.grad.cpu(), grad.cpu().sum((0, 1)), rtol=1e-5, atol=1e-5)
+    # only what was asked for: x alone, bias alone
+    x2 = x.detach().clone().requires_grad_()
+    with forced(case):
+        ops.int8_dynamic_linear(x2, packed, w_scale, bias.detach()).sum().backward()
+    torch.testing.assert_close(x2.grad.cpu(), w.sum(0).expand(2, 3, 40), rtol=1e-5, atol=1e-5)
+
+
+def test_dynamic_linear_autograd_half_and_opcheck():
+    gen = torch.Generator().manual_seed(22)
+    b = rand_int8(24, 40, gen=gen)
+    w_scale = torch.rand(24, generator=gen) * 0.01 + 0.001
+    packed = ops.int8_prepack(b)
+    for dtype in (torch.bfloat16, torch.float16):
+        x = rand_rows(5, 40, gen=gen).to(dtype).requires_grad_()
+        ops.int8_dynamic_linear(x, packed, w_scale).sum().backward()
+        assert x.grad.dtype == dtype
+        expected = (b.float() * w_scale[:, None]).sum(0).expand(5, 40).to(dtype)
+        torch.testing.assert_close(x.grad.float(), expected.float())
+    # opcheck with inputs that require grad: the autograd registration and its AOT trace
+    x = rand_rows(6, 40, gen=gen).view(2, 3, 40).requires_grad_()
+    bias = torch.randn(24, generator=gen, requires_grad=True)
+    op = torch.ops.slimkernels.int8_dynamic_linear.default
+    torch.library.opcheck(op, (x, packed, w_scale, bias))
+    torch.library.opcheck(op, (x, packed, w_scale, None))
+    torch.library.opcheck(op, (x.detach(), packed, w_scale, bias))
+
+
+def test_dynamic_linear_refuses_a_weight_gradient():
+    gen = torch.Generator().manual_seed(23)
+    packed = ops.int8_prepack(rand_int8(8, 16, gen=gen))
+    w_scale = torch.rand(8, generator=gen).requires_grad_()
+    x = torch.randn(3, 16, requires_grad=True)
+    y = ops.int8_dynamic_linear(x, packed, w_scale)
+    with pytest.raises(RuntimeError, match=r"slimkernels.int8_dynamic_linear: no gradient for w_scale: the quantized "
+                                           r"weight is frozen.*prepare_qat_"):
+        y.sum().backward()
+    with pytest.raises(RuntimeError, match="only Tensors of floating point"):  # torch's own, on the int8 tensor
+        packed.requires_grad_()
+
+
+def test_scaled_mm_autograd():
+    gen = torch.Generator().manual_seed(24)
+    a, a_scale, b, b_scale, bias = int8_scaled_inputs(5, 24, 40, gen=gen)
+    packed = ops.int8_prepack(b)
+    acc = int8_mm_exact(a, b).double()
+    grad = torch.randn(5, 24, generator=gen)
+    for name, fn in (("int8_scaled_mm", lambda s_a, s_b, c: ops.int8_scaled_mm(a, s_a, b, s_b, c)),
+                     ("int8_scaled_mm_packed", lambda s_a, s_b, c: ops.int8_scaled_mm_packed(a, s_a, packed, s_b, c))):
+        args = [t.clone().requires_grad_() for t in (a_scale, b_scale, bias)]
+        fn(*args).backward(grad)
+        ref = [t.detach().double().requires_grad_() for t in (a_scale, b_scale, bias)]
+        ((acc * ref[0][:, None]) * ref[1][None, :] + ref[2][None, :]).backward(grad.double())
+        for got, want in zip(args, ref):
+            torch.testing.assert_close(got.grad.double(), want.grad, rtol=1e-5, atol=1e-6, msg=name)
+        # only the bias: no product is recomputed, the scales get nothing
+        c = bias.clone().requires_grad_()
+        fn(a_scale, b_scale, c).backward(grad)
+        torch.testing.assert_close(c.grad, grad.sum(0), msg=name)
+    with pytest.raises(RuntimeError, match="only Tensors of floating point"):  # an int8 operand has no gradient
+        a.clone().requires_grad_()
+    assert not ops.int8_mm(a, b).requires_grad  # integer out: nothing to differentiate
+    for op, args in ((torch.ops.slimkernels.int8_scaled_mm.default,
+                      (a, a_scale.clone().requires_grad_(), b, b_scale.clone().requires_grad_(), bias, torch.bfloat16)),
+                     (torch.ops.slimkernels.int8_scaled_mm_packed.default,
+                      (a, a_scale, packed, b_scale.clone().requires_grad_(), bias.clone().requires_grad_(),
+                       torch.float32))):
+        torch.library.opcheck(op, args)

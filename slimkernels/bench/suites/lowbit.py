@@ -91,4 +91,6 @@ def lowbit(case: Case) -> list[EntrySpec]:
                            skip=group_skip if mode == "w4a16" else None, isa=mode != "w8a8", amx=mode != "w8a8")
     specs += float_anchors(case)
     label = "tinygemm int4 (bf16)" if case.device == "cpu" else "tinygemm int4"
-    return specs + case.anchor(label, "tinygemm", _tinygemm, skip=group_skip)
+    kernel = "_weight_int4pack_mm_for_cpu" if case.device == "cpu" else "_weight_int4pack_mm"
+    missing = None if hasattr(torch.ops.aten, kernel) else f"torch {torch.__version__} has no aten.{kernel}"
+    return specs + case.anchor(label, "tinygemm", _tinygemm, skip=group_skip or missing)
