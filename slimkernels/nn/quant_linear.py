@@ -71,6 +71,13 @@ class QuantLinear(CompressedModule, layer_type="QuantLinear"):
     def weight_shape(self) -> tuple[int, int]:
         return (self.out_features, self.in_features)
 
+    # The format's options as attributes, as the layer had them before formats were objects
+    # (None where the format has no such option).
+    group_size = property(lambda self: getattr(self.format, "group_size", None))
+    symmetric = property(lambda self: getattr(self.format, "symmetric", None))
+    bits = property(lambda self: getattr(self.format, "bits", None))
+    per = property(lambda self: getattr(self.format, "per", None))
+
     # ---- construction -------------------------------------------------------------------------
     @classmethod
     def from_float(cls, linear: nn.Linear, config="w8a8", hessian: Optional[torch.Tensor] = None) -> "QuantLinear":

@@ -155,3 +155,16 @@ def test_format_registry():
         @register_format
         class Again(WeightFormat):
             mode = "w8a8"
+
+
+def test_format_options_read_as_layer_attributes():
+    from torch import nn
+
+    import slimkernels
+
+    model = nn.Sequential(nn.Linear(64, 32), nn.Linear(32, 16))
+    slimkernels.quantize_(model, slimkernels.Int4WeightOnlyConfig(group_size=32), progress=False)
+    assert (model[0].group_size, model[0].symmetric, model[0].bits, model[0].per) == (32, False, None, None)
+    model = nn.Sequential(nn.Linear(64, 32))
+    slimkernels.quantize_(model, slimkernels.CodebookConfig(bits=3, codebook="pow2"), progress=False)
+    assert (model[0].group_size, model[0].bits, model[0].per) == (None, 3, "row")
