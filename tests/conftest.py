@@ -32,5 +32,5 @@ def pytest_sessionstart(session):
     if slimkernels._native._C is None and not os.environ.get("SLIMKERNELS_ALLOW_NO_EXTENSION"):
         raise SystemExit(
             f"slimkernels at {slimkernels.__file__} has no compiled CPU extension "
-            f"({slimkernels._native._C_ERROR}); run `pip install '.[test]'` first"
+            f"({slimkernels._native._C_ERROR}); install it first (`pip install .`, README: Install), then `pip install -r tests/requirements.txt`"
         )
