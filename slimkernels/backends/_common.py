@@ -4,7 +4,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from . import CPU_AMX, CPU_ISA, row_stride
+from . import CPU_AMX, CPU_ISA
 
 KIND = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16", torch.int32: "int32"}
 
@@ -34,11 +34,6 @@ def cpu_isa() -> str:
 
 def cpu_amx() -> str:
     return CPU_AMX.get()
-
-
-def ld(x: torch.Tensor) -> int:
-    """Row stride of x [R, C] as dispatch hands it over (contiguous or row-strided)."""
-    return row_stride(x)
 
 
 def cuda_stream(device) -> int:

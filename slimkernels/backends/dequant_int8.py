@@ -4,8 +4,8 @@ import torch
 import torch.nn.functional as F
 
 from .. import _native
-from . import register
-from ._common import KIND, cpu_isa, f32, ld, ptr, threads
+from . import register, row_stride
+from ._common import KIND, cpu_isa, f32, ptr, threads
 from .quantize import ALL_DEVICES
 
 
@@ -25,7 +25,7 @@ def dequant_mm_int8_cpu(x, qweight, scales, bias):
     bias = f32(bias)
     y = torch.empty((m, n), dtype=x.dtype)
     _native.require_cpu().dequant_mm_int8(
-        x.data_ptr(), ld(x), KIND[x.dtype], qweight.data_ptr(), k, scales.data_ptr(),
+        x.data_ptr(), row_stride(x), KIND[x.dtype], qweight.data_ptr(), k, scales.data_ptr(),
         ptr(bias), y.data_ptr(), n, m, n, k, threads(), cpu_isa(),
     )
     return y

@@ -6,8 +6,8 @@ import torch.nn.functional as F
 
 from .. import _native
 from ..quant import lowbit
-from . import register
-from ._common import KIND, cpu_amx, cpu_isa, cuda_stream, f32, ld, ptr, threads
+from . import register, row_stride
+from ._common import KIND, cpu_amx, cpu_isa, cuda_stream, f32, ptr, threads
 from .quantize import ALL_DEVICES
 
 
@@ -38,8 +38,8 @@ def _lowbit_cpu(x, codes, bits, lut_kind, n, *, scales=None, zeros=None, group_s
     bias = f32(bias)
     y = torch.empty((m, n), dtype=x.dtype)
     _native.require_cpu().lowbit_mm(
-        x.data_ptr(), ld(x), KIND[x.dtype], codes.data_ptr(), bits, lut_kind, ptr(scales), ptr(zeros), group_size,
-        ptr(codebook), 0 if codebook is None else codebook.shape[0], ptr(bias), y.data_ptr(), n, m, n, k,
+        x.data_ptr(), row_stride(x), KIND[x.dtype], codes.data_ptr(), bits, lut_kind, ptr(scales), ptr(zeros),
+        group_size, ptr(codebook), 0 if codebook is None else codebook.shape[0], ptr(bias), y.data_ptr(), n, m, n, k,
         threads(), cpu_isa(), cpu_amx(),
     )
     return y
@@ -73,7 +73,7 @@ def _lowbit_cuda(x, n, bias, gemv, dequantize):
     with torch.cuda.device(x.device):
         if m <= LOWBIT_GEMV_MAX_M:
             out = torch.empty((m, n), dtype=x.dtype, device=x.device)
-            gemv(x, ld(x), out, f32(bias), stream)
+            gemv(x, row_stride(x), out, f32(bias), stream)
             return out
         w = torch.empty((n, x.shape[1]), dtype=x.dtype, device=x.device)
         dequantize(w, stream)
