@@ -41,14 +41,16 @@ def spmm_csr_torch(x, row_ptr, col_idx, values, scales, bias):
     """W (a torch sparse CSR tensor in x's float dtype, int8 values dequantized) @ x.T: the anchor."""
     n, k = row_ptr.numel() - 1, x.shape[1]
     rows = layout.csr_rows(row_ptr)
-    v = layout.decode_values(values, rows, scales).to(x.dtype)
+    # torch's CPU CSR matmul has no float16/bfloat16 kernel: those run in float32 there.
+    dt = torch.float32 if x.device.type == "cpu" else x.dtype
+    v = layout.decode_values(values, rows, scales).to(dt)
     with warnings.catch_warnings():  # "sparse CSR support is in beta"
         warnings.simplefilter("ignore", UserWarning)
         w = torch.sparse_csr_tensor(row_ptr.long(), col_idx.long(), v, (n, k), check_invariants=False)
-        y = torch.sparse.mm(w, x.T).T
+        y = torch.sparse.mm(w, x.to(dt).T).T
     if bias is not None:
-        y = y + bias.to(x.dtype)
-    return y.contiguous()
+        y = y + bias.to(dt)
+    return y.to(x.dtype).contiguous()
 
 
 # ---- native CPU ------------------------------------------------------------------------------------

@@ -222,8 +222,8 @@ def test_load_checks_use_the_registry(tmp_path):
         save_file(load_file(str(path)), str(out), metadata=meta)
         return out
 
-    bad = rewrite(lambda layers: layers["fc2"].update(type="SparseLinear"))
-    with pytest.raises(ValueError, match=r"'fc2' has unknown compressed layer type 'SparseLinear'; known types: .*'tests.ToyLowRankLinear'"):
+    bad = rewrite(lambda layers: layers["fc2"].update(type="NoSuchLinear"))
+    with pytest.raises(ValueError, match=r"'fc2' has unknown compressed layer type 'NoSuchLinear'; known types: .*'tests.ToyLowRankLinear'"):
         slimkernels.load(bad, _net())
     bad = rewrite(lambda layers: layers["conv"].pop("stride"))
     with pytest.raises(ValueError, match=r"'conv' has a malformed config: .*lacks \['stride'\]"):
