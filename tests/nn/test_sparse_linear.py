@@ -70,27 +70,15 @@ def reference(x, w, b):
     return y.to(x.dtype)
 
 
-def csr_half_gap(request, fmt, x_dtype, device):
-    """The "torch" CPU implementation of spmm_csr (torch.sparse.mm) has no float16/bfloat16 kernel, and it
-    is the default until the native CSR kernel lands (reported to the lead: backends/sparse.py). Only
-    that NotImplementedError is expected; any other failure still fails."""
-    impls = backends.implementations("spmm_csr", "cpu")
-    running = backends.get_backend() or (impls[0] if impls else None)
-    if fmt == "csr" and x_dtype != torch.float32 and device == "cpu" and running == "torch":
-        request.applymarker(pytest.mark.xfail(raises=NotImplementedError, strict=False,
-                                              reason="spmm_csr 'torch' on CPU: torch.sparse.mm lacks Half/BFloat16"))
-
-
 # ---- equivalence ----------------------------------------------------------------------------------
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("x_dtype", X_DTYPES, ids=str)
 @pytest.mark.parametrize("values", VALUES)
 @pytest.mark.parametrize("fmt,block", FORMATS, ids=FORMAT_IDS)
-def test_matches_pruned_linear(request, device, fmt, block, values, x_dtype):
+def test_matches_pruned_linear(device, fmt, block, values, x_dtype):
     layer, w, b = make_layer(fmt, block, values, device=device)
     layer.dense_from_m = None  # the sparse kernels at every M
     x = torch.randn(2, 3, K, device=device).to(x_dtype)
-    csr_half_gap(request, fmt, x_dtype, device)
     with torch.no_grad():
         got = layer(x)
     assert got.dtype == x_dtype and got.shape == (2, 3, N)
@@ -368,7 +356,7 @@ def test_corrupt_checkpoints_are_refused(tmp_path, case):
 
 # ---- casts, devices, compile, autograd, model code ------------------------------------------------------
 @pytest.mark.parametrize("dense_from_m", [None, 1])
-def test_half_keeps_the_stored_dtypes(request, dense_from_m):
+def test_half_keeps_the_stored_dtypes(dense_from_m):
     layer, w, b = make_layer("csr", None, "int8")
     layer.dense_from_m = dense_from_m
     values, scales = layer.values.clone(), layer.scales.clone()
@@ -378,8 +366,6 @@ def test_half_keeps_the_stored_dtypes(request, dense_from_m):
     assert layer.bias.dtype == torch.float32
     assert layer.weight.dtype == torch.float16 and layer.weight.shape == (N, K)
     x = torch.randn(4, K).half()
-    if dense_from_m is None:
-        csr_half_gap(request, "csr", torch.float16, "cpu")
     y = layer(x)
     assert y.dtype == torch.float16
     check_close(y, reference(x, layer.dequantized_weight(), b), x, layer.dequantized_weight())
