@@ -58,4 +58,17 @@ def spmm_csr_torch(x, row_ptr, col_idx, values, scales, bias):
 # (csrc/cuda/sparse.cu through _C_cuda)
 
 # ---- Triton ------------------------------------------------------------------------------------------
-# (triton/sparse.py)
+# triton/sparse.py: BSR (tl.dot for blocks >= 16 on both sides, FMAs for narrower ones) and N:M (2:4 and
+# 4:8, kept values expanded in registers). No CSR kernel: spmm_csr runs the other implementations.
+@register("spmm_bsr", "triton", ("cuda", "cpu"), strided_rows=True)
+def spmm_bsr_triton(x, row_ptr, col_idx, values, scales, bias):
+    from ..triton.sparse import spmm_bsr
+
+    return spmm_bsr(x, row_ptr, col_idx, values, scales, bias)
+
+
+@register("spmm_24", "triton", ("cuda", "cpu"), strided_rows=True)
+def spmm_24_triton(x, values, indices, scales, group, bias):
+    from ..triton.sparse import spmm_nm
+
+    return spmm_nm(x, values, indices, scales, group, bias)
