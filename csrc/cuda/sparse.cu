@@ -266,7 +266,8 @@ struct Tag {
 };
 
 void check_dim(const char* name, int64_t v) {
-  if (v < 0 || v >= kMaxDim) throw_invalid(std::string("spmm_24: ") + name + " must be in [0, 2^30), got " + std::to_string(v));
+  if (v < 0 || v >= kMaxDim)
+    throw_invalid(std::string("spmm_24: ") + name + " must be in [0, 2^30), got " + std::to_string(v));
 }
 
 size_t value_size(SparseValueKind kind) {

@@ -38,7 +38,9 @@ from ._common import (
 )
 
 if HAVE_TRITON:
-    from ._common import bias_epilogue_store, dequant_epilogue_store, even_k_heuristic, load_maybe_bf16, tile_offsets, widen
+    from ._common import (
+        bias_epilogue_store, dequant_epilogue_store, even_k_heuristic, load_maybe_bf16, tile_offsets, widen,
+    )
     from .lowbit import _autotuned, _launch, _load_codes, _store_result
 
 __all__ = ["spmm_bsr", "spmm_nm"]
@@ -97,7 +99,8 @@ def _bsr_tile_k(args):
 
 if HAVE_TRITON:
 
-    @triton.autotune(configs=_bsr_configs(), key=["M_BUCKET", "BN", "BK"], prune_configs_by={"early_config_prune": _bsr_prune})
+    @triton.autotune(configs=_bsr_configs(), key=["M_BUCKET", "BN", "BK"],
+                     prune_configs_by={"early_config_prune": _bsr_prune})
     @triton.heuristics({"TILE_K": _bsr_tile_k})
     @triton.jit
     def _spmm_bsr_kernel(

@@ -27,7 +27,8 @@ from slimkernels.quant import sparse as layout
 from slimkernels.testing import Case, assert_close_linear
 
 triton_ok = slimkernels.triton.available()
-needs_triton = pytest.mark.skipif(not triton_ok, reason=f"Triton unavailable: {slimkernels.triton.unavailable_reason()}")
+needs_triton = pytest.mark.skipif(not triton_ok,
+                                  reason=f"Triton unavailable: {slimkernels.triton.unavailable_reason()}")
 HAS_CUDA = torch.cuda.is_available()
 needs_cuda_ext = pytest.mark.skipif(not HAS_CUDA or _native._C_cuda is None,
                                     reason="needs a CUDA device and the _C_cuda extension")
@@ -359,29 +360,33 @@ def test_cuda_24_binding_checks():
             C.spmm_24(**{**ok, **bad})
 
 
+# (x dtype, value dtype) pairs for Triton on a GPU: each pair compiles and autotunes its own kernels, so a
+# few that cover every dtype (the interpreter tests above take the full product).
+TRITON_CUDA_DTYPES = [(torch.float16, torch.float16), (torch.bfloat16, torch.int8), (torch.float32, torch.float32),
+                      (torch.bfloat16, torch.float32), (torch.float16, torch.bfloat16)]
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not HAS_CUDA or not triton_ok, reason="needs a CUDA device and Triton")
-def test_triton_on_cuda_matches_reference():
+@pytest.mark.parametrize("xdtype,vdtype", TRITON_CUDA_DTYPES, ids=lambda d: dtype_id(d))
+def test_triton_on_cuda_matches_reference(xdtype, vdtype):
     from slimkernels.triton.sparse import spmm_bsr, spmm_nm
 
     case = Case("cuda", "triton")
-    for xdtype in X_DTYPES:
-        for vdtype in VALUE_DTYPES:
-            for n, k, block in [(256, 512, (32, 32)), (96, 128, (4, 4)), (64, 96, (1, 16)), (4096, 4096, (64, 64))]:
-                w = block_sparse_weight(n, k, block, seed=n)
-                packed = [t.cuda() if t is not None else None for t in layout.pack_bsr(w, block, vdtype)]
-                w32 = layout.unpack_bsr(*packed, k)
-                for m in (1, 16, 100):
-                    x = x_rows(m, k, xdtype).cuda()
-                    assert_close_linear(spmm_bsr(x, *packed, None), spmm_bsr_reference(x, *packed, None), x, w32,
-                                        case, f"bsr {block} {vdtype} x {xdtype} M={m}")
-            for group in (4, 8):
-                for n, k in [(37, 72), (4096, 4096)]:
-                    w = nm_weight(n, k, group)
-                    packed = [t.cuda() if t is not None else None for t in layout.pack_nm(w, group, vdtype)]
-                    w32 = layout.unpack_nm(*packed, group, k)
-                    for m in (1, 16, 100):
-                        x = x_rows(m, k, xdtype).cuda()
-                        assert_close_linear(spmm_nm(x, *packed, group, None),
-                                            spmm_24_reference(x, *packed, group, None), x, w32, case,
-                                            f"{group} {vdtype} x {xdtype} M={m}")
+    for n, k, block in [(256, 512, (32, 32)), (96, 128, (4, 4)), (64, 96, (1, 16)), (4096, 4096, (64, 64))]:
+        w = block_sparse_weight(n, k, block, seed=n)
+        packed = [t.cuda() if t is not None else None for t in layout.pack_bsr(w, block, vdtype)]
+        w32 = layout.unpack_bsr(*packed, k)
+        for m in (1, 100):
+            x = x_rows(m, k, xdtype).cuda()
+            assert_close_linear(spmm_bsr(x, *packed, None), spmm_bsr_reference(x, *packed, None), x, w32, case,
+                                f"bsr {block} {vdtype} x {xdtype} M={m}")
+    for group in (4, 8):
+        for n, k in [(37, 72), (4096, 4096)]:
+            w = nm_weight(n, k, group)
+            packed = [t.cuda() if t is not None else None for t in layout.pack_nm(w, group, vdtype)]
+            w32 = layout.unpack_nm(*packed, group, k)
+            for m in (1, 100):
+                x = x_rows(m, k, xdtype).cuda()
+                assert_close_linear(spmm_nm(x, *packed, group, None), spmm_24_reference(x, *packed, group, None),
+                                    x, w32, case, f"{group} {vdtype} x {xdtype} M={m}")
