@@ -80,8 +80,15 @@ def spmm_24_cuda(x, values, indices, scales, group, bias):
     return out
 
 # ---- Triton ------------------------------------------------------------------------------------------
-# triton/sparse.py: BSR (tl.dot for blocks >= 16 on both sides, FMAs for narrower ones) and N:M (2:4 and
-# 4:8, kept values expanded in registers). No CSR kernel: spmm_csr runs the other implementations.
+# triton/sparse.py: CSR (a row-per-program gather for small M), BSR (tl.dot for blocks >= 16 on both sides,
+# FMAs for narrower ones) and N:M (2:4 and 4:8, kept values expanded in registers).
+@register("spmm_csr", "triton", ("cuda", "cpu"), strided_rows=True)
+def spmm_csr_triton(x, row_ptr, col_idx, values, scales, bias):
+    from ..triton.sparse import spmm_csr
+
+    return spmm_csr(x, row_ptr, col_idx, values, scales, bias)
+
+
 @register("spmm_bsr", "triton", ("cuda", "cpu"), strided_rows=True)
 def spmm_bsr_triton(x, row_ptr, col_idx, values, scales, bias):
     from ..triton.sparse import spmm_bsr

@@ -1,8 +1,13 @@
-"""Sparse matmuls in Triton: ``spmm_bsr`` (block-sparse) and ``spmm_nm`` (N:M semi-structured,
-2:4 and 4:8), ``out = x @ W.T + bias`` with W read in the canonical layouts of
+"""Sparse matmuls in Triton: ``spmm_csr`` (unstructured), ``spmm_bsr`` (block-sparse) and ``spmm_nm``
+(N:M semi-structured, 2:4 and 4:8), ``out = x @ W.T + bias`` with W read in the canonical layouts of
 ``slimkernels.quant.sparse`` as stored (no device layout). x is float16/bfloat16/float32 [M, K] (any
 row stride); values are float32/float16/bfloat16, or int8 with float32 per-row ``scales``; the result
 is [M, N] in x.dtype, accumulated in float32.
+
+CSR. One program per (output row n, BLOCK_M rows of x): it walks the row's nonzeros BLOCK_NNZ at a time,
+gathers x's columns col_idx[z] for its BLOCK_M rows and sums x * value in float32 (x and the values
+widen to float32 exactly, so only the order of the sum differs from the reference). A gather kernel
+for small M: no tensor cores, every x element read once per nonzero of W.
 
 BSR. One program per (BLOCK_M rows of x, block row of W, TILE_N-wide slice of the block's bn rows).
 It walks the block row's stored blocks (``row_ptr``/``col_idx``) and, per block, the block's bk
@@ -43,7 +48,25 @@ if HAVE_TRITON:
     )
     from .lowbit import _autotuned, _launch, _load_codes, _store_result
 
-__all__ = ["spmm_bsr", "spmm_nm"]
+__all__ = ["spmm_csr", "spmm_bsr", "spmm_nm"]
+
+# ---------------------------------------------------------------------------------------------
+# CSR tiles (BLOCK_M, BLOCK_NNZ): not yet timed on a GPU.
+# ---------------------------------------------------------------------------------------------
+_CSR_TILES = [(16, 128), (32, 64), (64, 32)]
+_CSR_INTERPRETER_TILE = (16, 32)
+
+
+def _csr_configs():
+    tiles = [_CSR_INTERPRETER_TILE] if slim_triton.interpreting() else _CSR_TILES
+    return [triton.Config({"BLOCK_M": bm, "BLOCK_NNZ": bz}, num_warps=4, num_stages=2) for bm, bz in tiles]
+
+
+def _csr_prune(configs, named_args, **kwargs):
+    bucket = int(named_args.get("M_BUCKET", 16))
+    kept = [c for c in configs if c.kwargs["BLOCK_M"] <= max(16, bucket)]
+    return kept or list(configs)[:1]
+
 
 # ---------------------------------------------------------------------------------------------
 # BSR tiles. Not yet timed on a GPU: BLOCK_M per M bucket, one warp count.
@@ -98,6 +121,42 @@ def _bsr_tile_k(args):
 
 
 if HAVE_TRITON:
+
+    @triton.autotune(configs=_csr_configs(), key=["M_BUCKET"], prune_configs_by={"early_config_prune": _csr_prune})
+    @triton.jit
+    def _spmm_csr_kernel(
+        x_ptr, row_ptr_ptr, col_ptr, v_ptr, s_ptr, bias_ptr, out_ptr,
+        M, M_BUCKET, stride_xm, stride_xk, stride_om, stride_on,
+        HAS_SCALES: tl.constexpr, HAS_BIAS: tl.constexpr, INT64_IDX: tl.constexpr, BF16_MANUAL: tl.constexpr,
+        V_BF16_MANUAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_NNZ: tl.constexpr,
+    ):
+        pid = tl.program_id(0)
+        num_m_tiles = tl.cdiv(M, BLOCK_M)
+        pid_m = pid % num_m_tiles
+        n = pid // num_m_tiles
+        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        offs_xm = widen(offs_m % M, INT64_IDX)  # rows past M wrap onto valid ones, never stored
+        offs_z = tl.arange(0, BLOCK_NNZ)
+        first = tl.load(row_ptr_ptr + n)
+        last = tl.load(row_ptr_ptr + n + 1)
+        acc = tl.zeros((BLOCK_M,), dtype=tl.float32)
+        for z0 in range(first, last, BLOCK_NNZ):
+            z = widen(z0 + offs_z, INT64_IDX)
+            z_mask = z < last
+            cols = widen(tl.load(col_ptr + z, mask=z_mask, other=0).to(tl.int32), INT64_IDX)
+            v = load_maybe_bf16(v_ptr + z, z_mask, True, V_BF16_MANUAL).to(tl.float32)
+            xg = load_maybe_bf16(x_ptr + offs_xm[:, None] * stride_xm + cols[None, :] * stride_xk, z_mask[None, :],
+                                 True, BF16_MANUAL).to(tl.float32)
+            acc += tl.sum(xg * v[None, :], axis=1)
+        # One output column: a [BLOCK_M, 1] tile whose width mask is "column < n + 1".
+        offs_n = widen(n + tl.arange(0, 1), INT64_IDX)
+        offs_m = widen(offs_m, INT64_IDX)
+        if HAS_SCALES:
+            dequant_epilogue_store(acc[:, None], out_ptr, s_ptr, s_ptr, bias_ptr, offs_m, offs_n, M, n + 1,
+                                   stride_om, stride_on, False, HAS_BIAS, BF16_MANUAL)
+        else:
+            bias_epilogue_store(acc[:, None], out_ptr, bias_ptr, offs_m, offs_n, M, n + 1, stride_om, stride_on,
+                                HAS_BIAS, BF16_MANUAL)
 
     @triton.autotune(configs=_bsr_configs(), key=["M_BUCKET", "BN", "BK"],
                      prune_configs_by={"early_config_prune": _bsr_prune})
@@ -214,6 +273,35 @@ def _dot_precision(x: torch.Tensor) -> str:
     # float32 x: exact float32 products (no TF32); bfloat16 under the interpreter is dotted in
     # float32 too. The flag does not apply to 16-bit dots.
     return "ieee" if (x.dtype == torch.float32 or bf16_manual(x.dtype)) else "tf32"
+
+
+def spmm_csr(x: torch.Tensor, row_ptr: torch.Tensor, col_idx: torch.Tensor, values: torch.Tensor,
+             scales: torch.Tensor | None, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``x @ quant.sparse.unpack_csr(row_ptr, col_idx, values, scales, K).T + bias`` -> [M, N] in x.dtype,
+    N = row_ptr.numel() - 1.
+
+    x float16/bfloat16/float32 [M, K] (unit column stride, any row stride); row_ptr int32 [N + 1],
+    col_idx int16/int32 [nnz], values [nnz] and scales (float32 [N] for int8 values, else None)
+    contiguous; bias [N] contiguous float or None.
+    """
+    require_triton("spmm_csr")
+    require_float(x)
+    M = x.shape[0]
+    n = row_ptr.numel() - 1
+    out = torch.empty((M, n), dtype=x.dtype, device=x.device)
+    int64_idx = needs_int64_index(x.numel(), values.numel(), M * n)
+
+    def grid(meta):
+        return (triton.cdiv(M, meta["BLOCK_M"]) * n,)
+
+    with launch_device(x):
+        _spmm_csr_kernel[grid](
+            x, row_ptr, col_idx, values, scales if scales is not None else out, bias if bias is not None else out,
+            out, M, m_bucket(M), x.stride(0), x.stride(1), out.stride(0), out.stride(1),
+            HAS_SCALES=scales is not None, HAS_BIAS=bias is not None, INT64_IDX=int64_idx,
+            BF16_MANUAL=bf16_manual(x.dtype), V_BF16_MANUAL=bf16_manual(values.dtype),
+        )
+    return out
 
 
 def spmm_bsr(x: torch.Tensor, row_ptr: torch.Tensor, col_idx: torch.Tensor, values: torch.Tensor,

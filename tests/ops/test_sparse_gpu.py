@@ -1,7 +1,8 @@
 """What only the GPU kernels of the sparse family have (the generic per-implementation sweep is
 tests/ops/test_sparse.py):
 
-* Triton (slimkernels/triton/sparse.py), on CPU under its interpreter: spmm_bsr on both of its paths
+* Triton (slimkernels/triton/sparse.py), on CPU under its interpreter: spmm_csr (rows longer than
+  one nonzero chunk, empty rows, int16 and int32 columns); spmm_bsr on both of its paths
   (tl.dot for blocks >= 16 on both sides, padded when a side is not a power of two; FMAs for narrow
   blocks), empty block rows, row-strided x; spmm_nm for 2:4 and 4:8 through both split-K policies, K
   not a multiple of the K tile; every value dtype (int8 with scales) with every x dtype, bias or not.
@@ -22,7 +23,7 @@ import torch
 import slimkernels
 import slimkernels.triton
 from slimkernels import _native, ops
-from slimkernels.backends.sparse import spmm_24_reference, spmm_bsr_reference
+from slimkernels.backends.sparse import spmm_24_reference, spmm_bsr_reference, spmm_csr_reference
 from slimkernels.quant import sparse as layout
 from slimkernels.testing import Case, assert_close_linear
 
@@ -75,6 +76,45 @@ def x_rows(m, k, dtype, seed=1):
 
 def bias_for(n, with_bias, seed=2):
     return torch.randn(n, generator=_gen(seed)) if with_bias else None
+
+
+# ---- Triton: spmm_csr ----------------------------------------------------------------------------------------
+# (N, K, density): rows of 0 .. K nonzeros (chunks of 32 under the interpreter: one and several), an
+# empty row; K = 40000 needs int32 column indices.
+CSR_SHAPES = [(37, 77, 0.5), (9, 200, 0.9), (5, 40000, 0.002)]
+
+
+@needs_triton
+@pytest.mark.parametrize("shape", CSR_SHAPES, ids=lambda s: f"{s[0]}x{s[1]}")
+@pytest.mark.parametrize("vdtype", VALUE_DTYPES, ids=dtype_id)
+def test_triton_csr_matches_reference(shape, vdtype):
+    from slimkernels.triton.sparse import spmm_csr
+
+    n, k, density = shape
+    w = sparse_weight(n, k, density, seed=n + k)
+    w[n // 2] = 0  # an empty row: bias alone
+    packed = layout.pack_csr(w, vdtype)
+    assert packed.col_idx.dtype == layout.index_dtype(k)
+    w32 = layout.unpack_csr(*packed, k)
+    for i, xdtype in enumerate(X_DTYPES):
+        m = (1, 17, 3)[i]
+        x = x_rows(m, k, xdtype, seed=i)
+        bias = bias_for(n, i != 2)
+        got = spmm_csr(x, *packed, bias)
+        ref = spmm_csr_reference(x, *packed, bias)
+        assert_close_linear(got, ref, x, w32, TRITON_CPU, f"csr {shape} {vdtype} x {xdtype} M={m}")
+
+
+@needs_triton
+def test_triton_csr_strided_rows_through_the_op():
+    n, k = 21, 50
+    packed = layout.pack_csr(sparse_weight(n, k, 0.3), torch.int8)
+    wide = x_rows(4, 2 * k, torch.float16)
+    bias = bias_for(n, True)
+    with slimkernels.use_backend("triton"):
+        got = ops.spmm_csr(wide[:, 1: k + 1], *packed, bias=bias)
+    ref = spmm_csr_reference(wide[:, 1: k + 1].contiguous(), *packed, bias)
+    assert_close_linear(got, ref, wide[:, 1: k + 1], layout.unpack_csr(*packed, k), TRITON_CPU, "csr strided")
 
 
 # ---- Triton: spmm_bsr ---------------------------------------------------------------------------------
@@ -370,9 +410,16 @@ TRITON_CUDA_DTYPES = [(torch.float16, torch.float16), (torch.bfloat16, torch.int
 @pytest.mark.skipif(not HAS_CUDA or not triton_ok, reason="needs a CUDA device and Triton")
 @pytest.mark.parametrize("xdtype,vdtype", TRITON_CUDA_DTYPES, ids=lambda d: dtype_id(d))
 def test_triton_on_cuda_matches_reference(xdtype, vdtype):
-    from slimkernels.triton.sparse import spmm_bsr, spmm_nm
+    from slimkernels.triton.sparse import spmm_bsr, spmm_csr, spmm_nm
 
     case = Case("cuda", "triton")
+    for n, k, density in [(4096, 4096, 0.1), (37, 77, 0.5)]:
+        packed = [t.cuda() if t is not None else None for t in layout.pack_csr(sparse_weight(n, k, density), vdtype)]
+        w32 = layout.unpack_csr(*packed, k)
+        for m in (1, 100):
+            x = x_rows(m, k, xdtype).cuda()
+            assert_close_linear(spmm_csr(x, *packed, None), spmm_csr_reference(x, *packed, None), x, w32, case,
+                                f"csr {vdtype} x {xdtype} M={m}")
     for n, k, block in [(256, 512, (32, 32)), (96, 128, (4, 4)), (64, 96, (1, 16)), (4096, 4096, (64, 64))]:
         w = block_sparse_weight(n, k, block, seed=n)
         packed = [t.cuda() if t is not None else None for t in layout.pack_bsr(w, block, vdtype)]
