@@ -13,6 +13,7 @@
   X(int8_mm)                  \
   X(quantize)                 \
   X(lowbit)                   \
+  X(sparse)                   \
   X(runtime)
 
 namespace slim {

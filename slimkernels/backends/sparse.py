@@ -6,8 +6,10 @@ import warnings
 
 import torch
 
+from .. import _native
 from ..quant import sparse as layout
-from . import register
+from . import register, row_stride
+from ._common import KIND, cuda_stream, f32, ptr
 from .quantize import ALL_DEVICES
 
 
@@ -57,7 +59,47 @@ def spmm_csr_torch(x, row_ptr, col_idx, values, scales, bias):
 # (csrc/cpu/sparse*.cpp through _C; registered below by the CPU kernels)
 
 # ---- native CUDA -----------------------------------------------------------------------------------
-# (csrc/cuda/sparse.cu through _C_cuda)
+# csrc/cuda/sparse.cu through _C_cuda: 2:4 on the sparse tensor cores (mma.sp), reading the canonical layout.
+_CUDA_VALUE_KIND = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16", torch.int8: "int8"}
+
+
+@register("spmm_24", "native", ("cuda",), strided_rows=True)
+def spmm_24_cuda(x, values, indices, scales, group, bias):
+    """2:4 (group=4) with float16/bfloat16 x on the sparse tensor cores: values (any value dtype) converted to
+    x's type in registers, float32 accumulation, scales and bias in float32, one rounding to x.dtype.
+    The tensor cores have no 4:8 pattern and no float32 2:4 path, so group=8 and float32 x run the
+    reference implementation instead (Triton, the default on CUDA, covers both)."""
+    if group != 4 or x.dtype == torch.float32:
+        return spmm_24_reference(x, values, indices, scales, group, bias)
+    C = _native.require_cuda()
+    m, k = x.shape
+    n = values.shape[0]
+    out = torch.empty((m, n), dtype=x.dtype, device=x.device)
+    bias32 = f32(bias)
+    with torch.cuda.device(x.device):
+        C.spmm_24(x.data_ptr(), row_stride(x), m, k, KIND[x.dtype], values.data_ptr(), _CUDA_VALUE_KIND[values.dtype],
+                  indices.data_ptr(), ptr(scales), n, ptr(bias32), out.data_ptr(), n, cuda_stream(x.device))
+    return out
 
 # ---- Triton ------------------------------------------------------------------------------------------
-# (triton/sparse.py)
+# triton/sparse.py: CSR (a row-per-program gather for small M), BSR (tl.dot for blocks >= 16 on both sides,
+# FMAs for narrower ones) and N:M (2:4 and 4:8, kept values expanded in registers).
+@register("spmm_csr", "triton", ("cuda", "cpu"), strided_rows=True)
+def spmm_csr_triton(x, row_ptr, col_idx, values, scales, bias):
+    from ..triton.sparse import spmm_csr
+
+    return spmm_csr(x, row_ptr, col_idx, values, scales, bias)
+
+
+@register("spmm_bsr", "triton", ("cuda", "cpu"), strided_rows=True)
+def spmm_bsr_triton(x, row_ptr, col_idx, values, scales, bias):
+    from ..triton.sparse import spmm_bsr
+
+    return spmm_bsr(x, row_ptr, col_idx, values, scales, bias)
+
+
+@register("spmm_24", "triton", ("cuda", "cpu"), strided_rows=True)
+def spmm_24_triton(x, values, indices, scales, group, bias):
+    from ..triton.sparse import spmm_nm
+
+    return spmm_nm(x, values, indices, scales, group, bias)
