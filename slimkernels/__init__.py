@@ -15,13 +15,15 @@ from .compress import (
     Int4WeightOnlyConfig,
     Int8DynamicConfig,
     Int8WeightOnlyConfig,
+    SparsityConfig,
     convert_,
     load,
     prepare_qat_,
     quantize_,
     save,
+    sparsify_,
 )
-from .nn import FakeQuantLinear, QuantLinear
+from .nn import FakeQuantLinear, QuantLinear, SparseLinear
 
 __version__ = "0.1.0"
 info = _native.info
@@ -33,7 +35,7 @@ from . import integrations  # noqa: E402  (after __version__: the transformers i
 integrations.install()
 
 __all__ = [
-    "ops", "QuantLinear", "FakeQuantLinear", "quantize_", "prepare_qat_", "convert_", "Int8DynamicConfig",
+    "ops", "QuantLinear", "FakeQuantLinear", "SparseLinear", "quantize_", "sparsify_", "SparsityConfig", "prepare_qat_", "convert_", "Int8DynamicConfig",
     "Int8WeightOnlyConfig", "Int4WeightOnlyConfig", "CodebookConfig", "CompressionReport",
     "save", "load", "set_backend", "use_backend", "get_backend", "set_cpu_isa", "use_cpu_isa", "get_cpu_isa",
     "set_cpu_amx", "use_cpu_amx", "get_cpu_amx", "info", "__version__",

@@ -1,16 +1,19 @@
 from .calibration import (
     ActivationStats, ActivationStatsCollector, BlockStatistics, CalibrationWarning, Collector, HessianCollector,
-    InputNormCollector, InputRows, InputRowsCollector, OutputCollector, run_calibration,
+    InputNormCollector, InputRows, InputRowsCollector, OutputCollector, UnfoldedConvCollector, conv_aware,
+    run_calibration,
 )
 from .config import (
     CodebookConfig, CompressionConfig, Int4WeightOnlyConfig, Int8DynamicConfig, Int8WeightOnlyConfig, QuantizationConfig,
-    config_for_mode, config_suggestion,
+    SparsityConfig, config_for_mode, config_suggestion,
 )
 from .passes import HANDLERS, convert_layer, register_handler, run_pass
 from .qat import convert_, prepare_qat_
 from .quantize import quantize_, quantize_layer
 from .report import CompressionReport, LayerRecord, module_bytes
 from .serialization import load, save
+from .sparsify import allocate_sparsity, sparsify_, sparsify_layer
+from .text import calibration_text
 from .skip import SkipLayer, candidate_layers, check_layer, skip_reason
 
 __all__ = [
@@ -20,5 +23,6 @@ __all__ = [
     "candidate_layers", "run_calibration", "BlockStatistics", "Collector", "HessianCollector", "InputNormCollector",
     "InputRowsCollector", "InputRows", "CalibrationWarning",
     "ActivationStatsCollector", "ActivationStats", "OutputCollector", "CompressionReport", "LayerRecord",
-    "module_bytes", "save", "load",
+    "module_bytes", "save", "load", "SparsityConfig", "sparsify_", "sparsify_layer", "allocate_sparsity",
+    "calibration_text", "UnfoldedConvCollector", "conv_aware",
 ]

@@ -29,6 +29,11 @@ as factory(layer, device=...) -> Collector. Collectors here:
                            or of activation(output)
   OutputCollector          the layer's output rows themselves, on the CPU
 
+The collectors over a layer's inputs (Hessian, input rows, input norms) take an nn.Conv2d too, through
+conv_aware(factory): its input is unfolded to the rows its weight multiplies (quant.pruning's
+unfold_conv_input: [B * L, Cin/g * kh * kw] per group) and fed to one collector per group; the result
+is the list of the groups' results.
+
 A Wanda pass, for instance:
 
     def prune_block(block: BlockStatistics):
@@ -80,14 +85,22 @@ def _rows(t: torch.Tensor, what: str, device, dtype) -> torch.Tensor:
     return t.detach().reshape(-1, t.shape[-1]).to(device=device if device is not None else t.device, dtype=dtype)
 
 
+def layer_input_features(module: nn.Module, who: str) -> int:
+    """The K of a layer's weight: in_features, or Cin/groups * kh * kw for an nn.Conv2d."""
+    if isinstance(module, nn.Conv2d):
+        return module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
+    in_features = getattr(module, "in_features", None)
+    if in_features is None:
+        raise TypeError(f"{who}: {type(module).__name__} has no in_features")
+    return in_features
+
+
 class HessianCollector(Collector):
     """H = 2/n X^T X of the module's inputs (quant.hessian.HessianAccumulator); result: float32 [K, K]."""
 
     def __init__(self, module: nn.Module, device=None, dtype: torch.dtype = torch.float32):
         super().__init__(module, device)
-        in_features = getattr(module, "in_features", None)
-        if in_features is None:
-            raise TypeError(f"HessianCollector: {type(module).__name__} has no in_features")
+        in_features = layer_input_features(module, "HessianCollector")
         self.accumulator = HessianAccumulator(in_features, device=device, dtype=dtype)
 
     @property
@@ -121,9 +134,7 @@ class InputRowsCollector(Collector):
 
     def __init__(self, module: nn.Module, device=None, limit: Optional[int] = None):
         super().__init__(module, device)
-        in_features = getattr(module, "in_features", None)
-        if in_features is None:
-            raise TypeError(f"InputRowsCollector: {type(module).__name__} has no in_features")
+        in_features = layer_input_features(module, "InputRowsCollector")
         self.counter = DistinctRows(in_features, limit=RANK_CHECK_ROWS * in_features if limit is None else limit)
 
     @property
@@ -232,6 +243,47 @@ class OutputCollector(Collector):
         if not self.parts:
             raise ValueError("OutputCollector: no calibration rows were added (did the layer run?)")
         return torch.cat(self.parts)
+
+
+class UnfoldedConvCollector(Collector):
+    """For an nn.Conv2d: its input unfolded to the rows its weight multiplies, one `inner` collector per
+    group (inner(module, device=...) sees rows [B * L, Cin/g * kh * kw]); result: the list of the groups'
+    results. Use conv_aware(factory) to get this for convs and `factory` itself for other layers."""
+
+    def __init__(self, module: nn.Conv2d, device=None, inner: Callable[..., Collector] = HessianCollector):
+        super().__init__(module, device)
+        if not isinstance(module, nn.Conv2d):
+            raise TypeError(f"UnfoldedConvCollector: expected an nn.Conv2d, got {type(module).__name__}")
+        self.conv = module
+        self.groups = [inner(module, device=device) for _ in range(module.groups)]
+
+    @property
+    def count(self) -> int:
+        return self.groups[0].count
+
+    def add(self, x, y=None) -> None:
+        from ..quant.pruning import unfold_conv_input
+
+        c = self.conv
+        rows = unfold_conv_input(x.detach(), c.kernel_size, c.stride, c.padding, c.dilation, c.groups)
+        for collector, group_rows in zip(self.groups, rows):
+            collector.add(group_rows, None)
+
+    def result(self) -> list:
+        return [c.result() for c in self.groups]
+
+
+def conv_aware(factory: Callable[..., Collector]) -> Callable[..., Collector]:
+    """A collector factory that builds UnfoldedConvCollector(module, inner=factory) for an nn.Conv2d and
+    factory(module) for any other layer."""
+
+    def make(module: nn.Module, device=None) -> Collector:
+        if isinstance(module, nn.Conv2d):
+            return UnfoldedConvCollector(module, device=device, inner=factory)
+        return factory(module, device=device)
+
+    make.__name__ = f"conv_aware({getattr(factory, '__name__', 'collector')})"
+    return make
 
 
 # ---- blocks and inputs -----------------------------------------------------------------------------

@@ -23,8 +23,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Callable, Optional
 
-from .calibration import HessianCollector, InputRowsCollector
-from .skip import group_size_reason
+from .calibration import HessianCollector, InputNormCollector, InputRowsCollector, conv_aware
+from .skip import group_size_reason, layer_features
 
 
 @dataclass(frozen=True)
@@ -200,6 +200,173 @@ class CodebookConfig(_GPTQKnobs, QuantizationConfig):
         return f"codebook {self.bits}-bit {self.codebook} per {self.per}" + (" gptq" if self.method == "gptq" else "")
 
 
+SPARSE_BLOCK = (16, 1)  # the default bn x bk tile of pattern="block" (rows x columns; the CPU kernels' measurement picks it)
+SPARSITY_PATTERNS = ("unstructured", "2:4", "4:8", "block")
+SPARSITY_METHODS = ("magnitude", "wanda", "sparsegpt")
+SPARSITY_FORMATS = {"unstructured": "csr", "block": "bsr", "2:4": "2:4", "4:8": "4:8"}  # pattern -> SparseLinear format
+
+
+def sparse_conv_class():
+    """slimkernels' SparseConv2d, or None where this version has none (sparsify_ then skips convs)."""
+    import importlib
+
+    from ..nn.base import layer_types as registered
+
+    try:
+        importlib.import_module("slimkernels.nn.sparse_conv")
+    except ImportError:
+        pass
+    return registered().get("SparseConv2d")
+
+
+@dataclass(frozen=True)
+class SparsityConfig(CompressionConfig):
+    """One-shot pruning (sparsify_): the pruned layers become SparseLinear / SparseConv2d holding only
+    their nonzeros.
+
+    sparsity: the fraction of weights pruned, in [0, 1) (N:M patterns: 0.5, the default).
+    pattern: "unstructured" (CSR), "2:4" / "4:8" (N:M: m/2 kept in every m consecutive input features)
+      or "block" (whole `block` = (rows, cols) tiles, BSR; default SPARSE_BLOCK).
+    method: "magnitude" (|w|), "wanda" (|w| x the L2 norm of its input feature over calibration data)
+      or "sparsegpt" (OBS: each column's pruned weights compensated on the columns not yet pruned, from
+      the layer's input Hessian; damp and block_size as GPTQ's, with its rank guard for thin
+      calibration; keep_better: also prune by Wanda's mask and keep whichever has the lower layer output
+      error on the damped Hessian). wanda and sparsegpt need calibration batches in sparsify_; layers no
+      data reaches are pruned by magnitude (the report says so).
+    per: the comparison group of unstructured pruning, "row" (every output row loses the same
+      fraction) or "layer".
+    scope: "layer" (every layer at `sparsity`) or "global" (one threshold on the scores of all layers:
+      |w| for magnitude; for wanda and sparsegpt, Wanda's scores on a calibration pre-pass over the float
+      model; then each layer is pruned by its own method at the sparsity that threshold gives it).
+    allocation: "uniform", or "owl" (outlier-weighted layerwise sparsity, Yin et al. 2023: from a pre-pass
+      like scope="global", each layer's fraction of Wanda scores above owl_factor x its mean; layers with
+      more outliers get up to owl_strength less sparsity, others more; the weighted mean stays `sparsity`).
+    values: None (the weight's float dtype) or "int8" (per output row, sparse + quantized; sparsegpt
+      prunes and quantizes in one pass).
+    conv: also prune nn.Conv2d layers (weight [Cout, Cin/g * kh * kw], inputs unfolded).
+    min_features: layers with fewer input or output features are left as they are.
+    """
+
+    sparsity: float = 0.5
+    pattern: str = "unstructured"
+    method: str = "magnitude"
+    scope: str = "layer"
+    values: Optional[str] = None
+    block: tuple = SPARSE_BLOCK
+    per: str = "row"
+    damp: float = 0.01
+    block_size: int = 128
+    min_features: int = 1
+    conv: bool = True
+    allocation: str = "uniform"
+    owl_strength: float = 0.08
+    owl_factor: float = 5.0
+    keep_better: bool = True
+
+    def __post_init__(self):
+        super().__post_init__()
+        name = "SparsityConfig"
+        if self.pattern not in SPARSITY_PATTERNS:
+            raise ValueError(f"{name}.pattern must be one of {SPARSITY_PATTERNS}, got {self.pattern!r}")
+        if self.method not in SPARSITY_METHODS:
+            raise ValueError(f"{name}.method must be one of {SPARSITY_METHODS}, got {self.method!r}")
+        s = self.sparsity
+        if not isinstance(s, (int, float)) or isinstance(s, bool) or not 0 <= s < 1:
+            raise ValueError(f"{name}.sparsity must be a number in [0, 1), got {s!r}")
+        nm = self.pattern in ("2:4", "4:8")
+        if nm and s != 0.5:
+            raise ValueError(f"{name}: pattern {self.pattern!r} prunes exactly half the weights; leave sparsity at 0.5, "
+                             f"got {s!r}")
+        if self.scope not in ("layer", "global"):
+            raise ValueError(f"{name}.scope must be 'layer' or 'global', got {self.scope!r}")
+        if self.allocation not in ("uniform", "owl"):
+            raise ValueError(f"{name}.allocation must be 'uniform' or 'owl', got {self.allocation!r}")
+        if nm and (self.scope != "layer" or self.allocation != "uniform"):
+            raise ValueError(f"{name}: pattern {self.pattern!r} fixes every layer's sparsity at 0.5; scope='global' and "
+                             "allocation='owl' need 'unstructured' or 'block'")
+        if self.scope == "global" and self.allocation != "uniform":
+            raise ValueError(f"{name}: scope='global' already chooses each layer's sparsity; use allocation='uniform'")
+        if self.values not in (None, "int8"):
+            raise ValueError(f"{name}.values must be None (float) or 'int8', got {self.values!r}")
+        b = self.block
+        if not (isinstance(b, (tuple, list)) and len(b) == 2 and all(isinstance(v, int) and not isinstance(v, bool)
+                                                                      and v > 0 for v in b)):
+            raise ValueError(f"{name}.block must be (rows, cols) of positive ints, got {b!r}")
+        if isinstance(b, list):
+            object.__setattr__(self, "block", tuple(b))
+        if self.per not in ("row", "layer"):
+            raise ValueError(f"{name}.per must be 'row' or 'layer', got {self.per!r}")
+        _check_gptq_knobs(name, "gptq", self.damp, self.block_size)
+        if self.pattern == "block" and self.values == "int8" and self.method == "sparsegpt":
+            raise ValueError(f"{name}: sparsegpt with int8 values supports the unstructured and N:M patterns; use "
+                             "values=None with pattern='block'")
+        for field_name in ("conv", "keep_better"):
+            if not isinstance(getattr(self, field_name), bool):
+                raise ValueError(f"{name}.{field_name} must be True or False, got {getattr(self, field_name)!r}")
+        st, fa = self.owl_strength, self.owl_factor
+        if not isinstance(st, (int, float)) or isinstance(st, bool) or not 0 <= st < 1:
+            raise ValueError(f"{name}.owl_strength must be in [0, 1), got {st!r}")
+        if not isinstance(fa, (int, float)) or isinstance(fa, bool) or not fa > 0:
+            raise ValueError(f"{name}.owl_factor must be > 0, got {fa!r}")
+
+    @property
+    def layer_types(self) -> tuple[type, ...]:
+        from torch import nn
+
+        return (nn.Linear, nn.Conv2d) if self.conv else (nn.Linear,)
+
+    @property
+    def nm_group(self) -> Optional[int]:
+        return {"2:4": 4, "4:8": 8}.get(self.pattern)
+
+    @property
+    def format(self) -> str:
+        """The SparseLinear format of the pattern: "csr", "bsr", "2:4" or "4:8"."""
+        return SPARSITY_FORMATS[self.pattern]
+
+    def describe(self) -> str:
+        amount = self.pattern if self.nm_group else f"{self.sparsity * 100:g}% {self.pattern}"
+        if self.pattern == "block":
+            amount += f" {self.block[0]}x{self.block[1]}"
+        words = [amount, self.method]
+        if self.scope == "global":
+            words.append("global")
+        if self.allocation == "owl":
+            words.append(f"owl {self.owl_strength:g}")
+        if self.values:
+            words.append(self.values)
+        return " ".join(words)
+
+    def skip_reason(self, module) -> Optional[str]:
+        from torch import nn
+
+        k, n = layer_features(module)
+        if isinstance(module, nn.Conv2d):
+            if sparse_conv_class() is None:
+                return "SparseConv2d not available"
+            if module.padding_mode != "zeros":
+                return f"padding_mode={module.padding_mode!r} (only zero padding)"
+            if isinstance(module.padding, str) and self.needs_calibration:
+                return f"padding={module.padding!r}: give the padding in pixels to calibrate on unfolded inputs"
+        m = self.nm_group
+        if m is not None and k % m:
+            what = "Cin/groups * kh * kw" if isinstance(module, nn.Conv2d) else "in_features"
+            return f"{what}={k} is not a multiple of {m} ({self.pattern})"
+        if self.pattern == "block" and (n % self.block[0] or k % self.block[1]):
+            return f"block {self.block[0]}x{self.block[1]} does not divide the weight [{n}, {k}]"
+        return None
+
+    def collectors(self) -> dict[str, Callable]:
+        if self.method == "wanda":
+            return {"input_norm": conv_aware(InputNormCollector)}
+        if self.method == "sparsegpt":
+            return {"hessian": conv_aware(HessianCollector), "input_rows": conv_aware(InputRowsCollector)}
+        return {}
+
+    def uncalibrated(self):
+        return (replace(self, method="magnitude"), "magnitude")
+
+
 QUANTIZATION_CONFIGS = (Int8DynamicConfig, Int8WeightOnlyConfig, Int4WeightOnlyConfig, CodebookConfig)
 _BY_MODE = {cls.mode: cls for cls in QUANTIZATION_CONFIGS}
 
@@ -223,6 +390,10 @@ _SUGGESTIONS = {  # normalized spelling (lower case, letters and digits only) ->
     **dict.fromkeys(("codebook", "kmeans", "lut", "weightsharing"), ("CodebookConfig()",)),
     "nf4": ("CodebookConfig(codebook='nf4')",),
     "pow2": ("CodebookConfig(codebook='pow2')",),
+    **dict.fromkeys(("sparsity", "sparse", "prune", "pruning", "magnitude", "unstructured"), ("SparsityConfig()",)),
+    "wanda": ("SparsityConfig(method='wanda') (with calibration= batches)",),
+    "sparsegpt": ("SparsityConfig(method='sparsegpt') (with calibration= batches)",),
+    **dict.fromkeys(("24", "48"), ("SparsityConfig(pattern='2:4')", "SparsityConfig(pattern='4:8')")),
 }
 
 
@@ -235,7 +406,7 @@ def config_suggestion(value) -> Optional[str]:
     if isinstance(value, str):
         key = "".join(ch for ch in value.lower() if ch.isalnum())
         if key.endswith("config"):  # "Int8DynamicConfig": the class name, as a string
-            by_name = {cls.__name__.lower(): cls for cls in QUANTIZATION_CONFIGS}
+            by_name = {cls.__name__.lower(): cls for cls in QUANTIZATION_CONFIGS + (SparsityConfig,)}
             cls = by_name.get(key)
             return f"{cls.__name__}()" if cls is not None else None
         guesses = _SUGGESTIONS.get(key)
@@ -250,6 +421,6 @@ def check_config_object(value, fn: str) -> None:
         raise TypeError(f"{fn}: got the class {value.__name__}, not a config object; did you mean {value.__name__}()?")
     if isinstance(value, str):
         guess = config_suggestion(value)
-        known = ", ".join(f"{cls.__name__}()" for cls in QUANTIZATION_CONFIGS)
+        known = ", ".join(f"{cls.__name__}()" for cls in QUANTIZATION_CONFIGS + (SparsityConfig,))
         hint = f"did you mean {guess}?" if guess else f"configs: {known}"
         raise TypeError(f"{fn}: config must be a config object, not the string {value!r}; {hint}")

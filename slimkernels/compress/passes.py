@@ -30,7 +30,7 @@ from ..nn.base import CompressedModule
 from .calibration import BlockStatistics, run_calibration, set_submodule
 from .config import check_config_object
 from .report import CompressionReport, LayerRecord, module_bytes
-from .skip import SkipLayer, candidate_layers, check_layer, nothing_to_do_reason
+from .skip import SkipLayer, candidate_layers, check_layer, layer_types, nothing_to_do_reason
 
 Handler = Callable[..., nn.Module]
 NOTED_LAYERS_SHOWN = 12  # a pass's warning about a kind of note names this many layers, then counts the rest
@@ -97,6 +97,14 @@ def note_layer(kind: str, detail: str, advice: str, category: type[Warning] = Us
         notes.append((kind, detail, advice, category))
 
 
+def describe_layer(detail: str) -> None:
+    """For handlers: words on the layer just converted for its report line only (no warning), e.g. the
+    sparsity it reached and its format; ignored outside run_pass."""
+    notes = _LAYER_NOTES.get()
+    if notes is not None:
+        notes.append((None, detail, "", None))
+
+
 def warn_skipped(fn: str, name: str, why, stacklevel: int = 5) -> None:
     """The warning every pass gives for a layer it leaves as it is (stacklevel 5: the pass's caller
     when called from a pass's per-layer helper)."""
@@ -123,7 +131,7 @@ def run_pass(
     if needs_calibration and calibration is None:
         raise ValueError(f"{fn}: {_describe(config)} needs calibration data: pass calibration=<iterable of model inputs>")
     report = CompressionReport(method=f"{type(config).__name__} ({_describe(config)})", model_bytes_before=module_bytes(model))
-    targets = candidate_layers(model, filter_fn)
+    targets = candidate_layers(model, filter_fn, layer_types(config))
     if not targets:
         # An already-compressed model, a filter_fn that matches nothing, ...: say why nothing happened.
         report.note = nothing_to_do_reason(model, filter_fn)
@@ -156,7 +164,9 @@ def run_pass(
         finally:
             _LAYER_NOTES.reset(token)
         for kind, note, advice, category in notes:
-            detail += f" ({note})"
+            detail += f" ({note})" if kind is not None else f": {note}"
+            if kind is None:  # describe_layer: the report line only
+                continue
             pass_notes.setdefault(kind, (advice, category, []))[2].append(f"{name} ({note})")
         report.layers.append(LayerRecord(name, type(module).__name__, "converted", detail, before, module_bytes(new)))
         return new

@@ -1,11 +1,13 @@
 """Which layers a pass leaves as they are, and why: the rules every pass shares, written once.
 
-A pass (quantize_, prepare_qat_, and the coming sparsify_ / prune_ / low_rank_) considers the layers
-`candidate_layers` returns (exactly nn.Linear, accepted by filter_fn) and leaves one as it is, with the
-reason recorded, when `skip_reason(module, config)` gives one:
+A pass (quantize_, prepare_qat_, sparsify_, and the coming prune_ / low_rank_) considers the layers
+`candidate_layers` returns (exactly nn.Linear, or exactly one of config.layer_types when the config has
+them: sparsify_'s takes nn.Conv2d too; accepted by filter_fn) and leaves one as it is, with the reason
+recorded, when `skip_reason(module, config)` gives one:
 
-  1. it is not an nn.Linear;
-  2. it has fewer input or output features than config.min_features;
+  1. it is not of one of those types;
+  2. it has fewer input or output features than config.min_features (a conv: Cin/groups * kh * kw
+     and Cout);
   3. its weight is on the meta device (no values to work on);
   4. its weight holds NaN or Inf;
   5. the config's own rule, config.skip_reason(module) (e.g. a group size that does not divide
@@ -31,12 +33,27 @@ def group_size_reason(in_features: int, group_size: int) -> Optional[str]:
     return None
 
 
+def layer_types(config) -> tuple[type, ...]:
+    """The layer types `config`'s pass converts: config.layer_types, or (nn.Linear,)."""
+    return tuple(getattr(config, "layer_types", None) or (nn.Linear,))
+
+
+def layer_features(module: nn.Module) -> tuple[int, int]:
+    """(input features, output features) of a linear layer, or of a conv's weight matrix
+    (Cin/groups * kh * kw, Cout)."""
+    if isinstance(module, nn.Conv2d):
+        kh, kw = module.kernel_size
+        return module.in_channels // module.groups * kh * kw, module.out_channels
+    return module.in_features, module.out_features
+
+
 def skip_reason(module: nn.Module, config) -> Optional[str]:
     """The reason `config`'s pass leaves `module` as it is (the rules of the module docstring), or None."""
-    if not isinstance(module, nn.Linear):
-        return f"{type(module).__name__} is not an nn.Linear"
+    types = layer_types(config)
+    if not isinstance(module, types):
+        return f"{type(module).__name__} is not an {' or '.join('nn.' + t.__name__ for t in types)}"
     min_features = getattr(config, "min_features", 1)
-    smallest = min(module.in_features, module.out_features)
+    smallest = min(layer_features(module))
     if smallest < min_features:
         return f"{smallest} features < min_features={min_features}"
     if module.weight.device.type == "meta":
@@ -54,11 +71,13 @@ def check_layer(module: nn.Module, config) -> None:
         raise SkipLayer(reason)
 
 
-def candidate_layers(model: nn.Module, filter_fn: Optional[Callable[[nn.Module, str], bool]] = None) -> dict[str, nn.Linear]:
-    """name -> layer for the plain nn.Linear layers of `model` (subclasses, e.g. an already fake-quantized
-    layer, are not candidates) that filter_fn(module, name) accepts (all, by default), in module order."""
+def candidate_layers(model: nn.Module, filter_fn: Optional[Callable[[nn.Module, str], bool]] = None,
+                     types: tuple[type, ...] = (nn.Linear,)) -> dict[str, nn.Module]:
+    """name -> layer for the layers of `model` of exactly one of `types` (plain nn.Linear by default;
+    subclasses, e.g. an already fake-quantized layer, are not candidates) that filter_fn(module, name)
+    accepts (all, by default), in module order."""
     return {name: m for name, m in model.named_modules()
-            if type(m) is nn.Linear and (filter_fn is None or filter_fn(m, name))}
+            if type(m) in types and (filter_fn is None or filter_fn(m, name))}
 
 
 def _names(names: list[str], limit: int = 3) -> str:
