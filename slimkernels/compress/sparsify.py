@@ -146,7 +146,8 @@ def _sparsify(module: nn.Module, config: SparsityConfig, input_norm=None, hessia
                    CalibrationWarning)
     zeros = float((weight == 0).sum()) / max(weight.numel(), 1)
     summary = getattr(new, "policy", None) or getattr(new, "format_summary", lambda: type(new).__name__)()
-    describe_layer(f"{100 * zeros:.1f}% zeros (target {100 * sparsity:.1f}%), {summary}")
+    allocated = "" if sparsity == config.sparsity else f" (allocated {100 * sparsity:.1f}%)"
+    describe_layer(f"{100 * zeros:.1f}% zeros{allocated}, {summary}")
     return new
 
 
@@ -224,6 +225,8 @@ def sparsify_(
     calibration: batches of model inputs (model(*batch) for a tuple/list, model(**batch) for a mapping,
       model(batch) otherwise); required by method="wanda" / "sparsegpt". Layers outside the model's
       block stack see none and are pruned by magnitude (the report says so).
+      Every row a layer receives counts, padding tokens included: batches without padding (one
+      sentence each, or sentences of one length) give cleaner statistics.
     device: where calibrated passes run each block; default: where the block is."""
     fn = "sparsify_"
     check_config_object(config, fn)
