@@ -14,6 +14,8 @@ struct Avx2 {
     const int c = n <= 0 ? 0 : n >= 8 ? 8 : int(n);
     return _mm256_cmpgt_epi32(_mm256_set1_epi32(c), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
   }
+  static constexpr int kAccumulators = 8;
+  static Vec loadu(const float* p) { return _mm256_loadu_ps(p); }
   static Vec set1(float f) { return _mm256_set1_ps(f); }
   static Vec load(const float* p, Mask m) { return _mm256_maskload_ps(p, m); }
   static Vec fma(Vec a, Vec b, Vec c) { return _mm256_fmadd_ps(a, b, c); }

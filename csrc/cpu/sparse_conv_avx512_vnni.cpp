@@ -11,6 +11,8 @@ struct Avx512 {
   using Vec = __m512;
   using Mask = __mmask16;
   static Mask mask(int64_t n) { return n <= 0 ? Mask(0) : n >= 16 ? Mask(0xFFFF) : Mask((1u << n) - 1); }
+  static constexpr int kAccumulators = 16;
+  static Vec loadu(const float* p) { return _mm512_loadu_ps(p); }
   static Vec set1(float f) { return _mm512_set1_ps(f); }
   static Vec load(const float* p, Mask m) { return _mm512_maskz_loadu_ps(m, p); }
   static Vec fma(Vec a, Vec b, Vec c) { return _mm512_fmadd_ps(a, b, c); }

@@ -52,6 +52,7 @@ struct SparseConvPlan {
   int64_t row_len;        // sw * Wph
   const SparseConvTap* taps;  // nnz, rows as row_ptr
   void* y_image;          // y of the image: [Cout, OH, OW]
+  int64_t strip_rows;     // output rows per strip at most (the strip's input rows stay in cache)
 };
 
 // Validates every size, the row pointers and the column indices (std::invalid_argument naming

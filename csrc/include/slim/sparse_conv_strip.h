@@ -2,8 +2,9 @@
 // type V and compiled into each ISA's file (scalar, AVX2, AVX-512). Internal linkage on purpose, as
 // in cpu_convert.h: each copy carries its own ISA's instructions.
 //
-// V provides: kLanes, Vec, Mask, mask(n) (the first n lanes, n may be <= 0 or > kLanes), set1(f),
-// load(p, mask) (masked-off lanes read nothing), fma(a, b, c) = a*b + c, store(p, v, mask).
+// V provides: kLanes, kAccumulators (vector registers the strips may hold), Vec, Mask, mask(n) (the
+// first n lanes, n may be <= 0 or > kLanes), set1(f), loadu(p), load(p, mask) (masked-off lanes read
+// nothing), fma(a, b, c) = a*b + c, store(p, v, mask).
 #pragma once
 #include <algorithm>
 #include <cstdint>
@@ -20,7 +21,7 @@ template <class V, int R, int NV>
 void sparse_conv_strip(const SparseConvPlan& p, int64_t co, int64_t oh, int64_t ow0, int64_t width) {
   constexpr int L = V::kLanes;
   const SparseConvArgs& g = *p.g;
-  typename V::Mask m[NV];
+  typename V::Mask m[NV];  // only the last vector of the strip can be partial
   for (int u = 0; u < NV; ++u) m[u] = V::mask(width - int64_t(u) * L);
   const typename V::Vec b = V::set1(g.bias ? g.bias[co] : 0.f);
   typename V::Vec acc[R][NV];
@@ -33,8 +34,10 @@ void sparse_conv_strip(const SparseConvPlan& p, int64_t co, int64_t oh, int64_t 
   for (; t < end; ++t) {
     const float* q = base + t->off;
     const typename V::Vec v = V::set1(t->v);
-    for (int r = 0; r < R; ++r)
-      for (int u = 0; u < NV; ++u) acc[r][u] = V::fma(v, V::load(q + r * rstep + u * L, m[u]), acc[r][u]);
+    for (int r = 0; r < R; ++r) {
+      for (int u = 0; u + 1 < NV; ++u) acc[r][u] = V::fma(v, V::loadu(q + r * rstep + u * L), acc[r][u]);
+      acc[r][NV - 1] = V::fma(v, V::load(q + r * rstep + (NV - 1) * L, m[NV - 1]), acc[r][NV - 1]);
+    }
   }
   for (int r = 0; r < R; ++r) {
     const int64_t off = (co * g.OH + oh + r) * g.OW + ow0;
@@ -54,35 +57,49 @@ void sparse_conv_strip(const SparseConvPlan& p, int64_t co, int64_t oh, int64_t 
   }
 }
 
-// R rows at once for NV vectors of columns: at most 8 accumulators (the x loads need registers too).
+// The largest number of rows a strip of NV vectors holds (R x NV accumulators <= kAccumulators, R <= 8).
 template <class V, int NV>
-void sparse_conv_strips(const SparseConvPlan& p, int64_t co, int64_t oh, int64_t rows, int64_t ow0, int64_t width) {
-  constexpr int R = NV <= 2 ? 4 : 2;
-  int64_t r = 0;
-  for (; r + R <= rows; r += R) sparse_conv_strip<V, R, NV>(p, co, oh + r, ow0, width);
-  for (; r < rows; ++r) sparse_conv_strip<V, 1, NV>(p, co, oh + r, ow0, width);
+constexpr int64_t max_strip_rows() {
+  return V::kAccumulators / NV >= 8 ? 8 : V::kAccumulators / NV >= 4 ? 4 : V::kAccumulators / NV >= 2 ? 2 : 1;
 }
 
-// Channels [co0, co1) x rows [oh0, oh1), whole width, in chunks of up to 4 vectors of columns. The
-// rows of a group share their workspace rows across the channels of the block (they stay in cache).
+// Rows [oh, oh + rows) of channel co, rows <= max_strip_rows: one strip, R a power of two per call.
+template <class V, int NV>
+void sparse_conv_strip_rows(const SparseConvPlan& p, int64_t co, int64_t oh, int64_t rows, int64_t ow0, int64_t width) {
+  constexpr int64_t kMax = max_strip_rows<V, NV>();
+  while (rows > 0) {
+    if (kMax >= 8 && rows >= 8) { sparse_conv_strip<V, (kMax >= 8 ? 8 : 1), NV>(p, co, oh, ow0, width); oh += 8; rows -= 8; }
+    else if (kMax >= 4 && rows >= 4) { sparse_conv_strip<V, (kMax >= 4 ? 4 : 1), NV>(p, co, oh, ow0, width); oh += 4; rows -= 4; }
+    else if (kMax >= 2 && rows >= 2) { sparse_conv_strip<V, (kMax >= 2 ? 2 : 1), NV>(p, co, oh, ow0, width); oh += 2; rows -= 2; }
+    else { sparse_conv_strip<V, 1, NV>(p, co, oh, ow0, width); oh += 1; rows -= 1; }
+  }
+}
+
+// Channels [co0, co1) x rows [oh0, oh1), whole width. Strips (up to p.strip_rows rows x 4 vectors
+// of columns) are the outer loop and channels the inner one: the workspace a strip reads over all
+// input channels (sized by the driver to stay in L1/L2) serves every channel of the task.
+template <class V, int NV>
+void sparse_conv_chunk(const SparseConvPlan& p, int64_t co0, int64_t co1, int64_t oh0, int64_t oh1, int64_t ow0,
+                       int64_t width) {
+  const int64_t step = std::min(p.strip_rows, max_strip_rows<V, NV>());
+  for (int64_t oh = oh0; oh < oh1; oh += step) {
+    const int64_t rows = std::min(step, oh1 - oh);
+    for (int64_t co = co0; co < co1; ++co) sparse_conv_strip_rows<V, NV>(p, co, oh, rows, ow0, width);
+  }
+}
+
 template <class V>
 void sparse_conv_rows(const SparseConvPlan& p, int64_t co0, int64_t co1, int64_t oh0, int64_t oh1) {
   constexpr int L = V::kLanes;
   constexpr int64_t kChunk = 4 * L;
-  constexpr int64_t kRowGroup = 4;
   const int64_t OW = p.g->OW;
-  for (int64_t oh = oh0; oh < oh1; oh += kRowGroup) {
-    const int64_t rows = std::min(kRowGroup, oh1 - oh);
-    for (int64_t co = co0; co < co1; ++co) {
-      for (int64_t ow0 = 0; ow0 < OW; ow0 += kChunk) {
-        const int64_t width = std::min(kChunk, OW - ow0);
-        switch ((width + L - 1) / L) {
-          case 1: sparse_conv_strips<V, 1>(p, co, oh, rows, ow0, width); break;
-          case 2: sparse_conv_strips<V, 2>(p, co, oh, rows, ow0, width); break;
-          case 3: sparse_conv_strips<V, 3>(p, co, oh, rows, ow0, width); break;
-          default: sparse_conv_strips<V, 4>(p, co, oh, rows, ow0, width); break;
-        }
-      }
+  for (int64_t ow0 = 0; ow0 < OW; ow0 += kChunk) {
+    const int64_t width = std::min(kChunk, OW - ow0);
+    switch ((width + L - 1) / L) {
+      case 1: sparse_conv_chunk<V, 1>(p, co0, co1, oh0, oh1, ow0, width); break;
+      case 2: sparse_conv_chunk<V, 2>(p, co0, co1, oh0, oh1, ow0, width); break;
+      case 3: sparse_conv_chunk<V, 3>(p, co0, co1, oh0, oh1, ow0, width); break;
+      default: sparse_conv_chunk<V, 4>(p, co0, co1, oh0, oh1, ow0, width); break;
     }
   }
 }
