@@ -5,6 +5,7 @@ from .base import CompressedModule, layer_type, layer_types
 from .fake_quant_linear import FakeQuantLinear
 from .formats import WeightFormat, register_format, weight_format, weight_formats
 from .quant_linear import QuantLinear
+from .sparse_conv import SparseConv2d
 
 __all__ = ["CompressedModule", "layer_type", "layer_types", "QuantLinear", "FakeQuantLinear", "WeightFormat",
-           "register_format", "weight_format", "weight_formats"]
+           "register_format", "weight_format", "weight_formats", "SparseConv2d"]

@@ -79,7 +79,8 @@ def _check(x, row_ptr, col_idx, values, scales, bias, kernel_size, stride, paddi
 
 def _fake(x, row_ptr, col_idx, values, scales, bias, kernel_size, stride, padding, dilation, groups):
     fmt = torch.channels_last if is_channels_last(x) else torch.contiguous_format
-    return x.new_empty(_out_shape(x, row_ptr, kernel_size, stride, padding, dilation), memory_format=fmt)
+    shape = _out_shape(x, row_ptr, kernel_size, stride, padding, dilation)
+    return torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=fmt)
 
 
 @op(OP, _check, _fake)
