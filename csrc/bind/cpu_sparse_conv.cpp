@@ -37,7 +37,7 @@ std::vector<int64_t> pair(const std::vector<int64_t>& v, const char* name) {
   return v;
 }
 
-void sparse_conv2d(uintptr_t x, const std::string& x_kind, int64_t B, int64_t Cin, int64_t H, int64_t W,
+void sparse_conv2d(uintptr_t x, const std::string& x_kind, bool channels_last, int64_t B, int64_t Cin, int64_t H, int64_t W,
                    uintptr_t row_ptr, uintptr_t col_idx, const std::string& index_kind, uintptr_t values,
                    const std::string& value_kind, uintptr_t scales, uintptr_t bias, int64_t Cout, int64_t nnz,
                    const std::vector<int64_t>& kernel_size, const std::vector<int64_t>& stride,
@@ -45,7 +45,7 @@ void sparse_conv2d(uintptr_t x, const std::string& x_kind, int64_t B, int64_t Ci
                    uintptr_t y, int64_t OH, int64_t OW, int num_threads, const std::string& isa) {
   const auto k = pair(kernel_size, "kernel_size"), s = pair(stride, "stride"), p = pair(padding, "padding"),
              d = pair(dilation, "dilation");
-  slim::SparseConvArgs g{ptr<const void>(x), slim::parse_in_kind(x_kind, "x_kind"), B, Cin, H, W,
+  slim::SparseConvArgs g{ptr<const void>(x), slim::parse_in_kind(x_kind, "x_kind"), channels_last, B, Cin, H, W,
                          ptr<const int32_t>(row_ptr), ptr<const void>(col_idx), parse_index_kind(index_kind),
                          ptr<const void>(values), parse_value_kind(value_kind), ptr<const float>(scales),
                          ptr<const float>(bias), Cout, nnz, k[0], k[1], s[0], s[1], p[0], p[1], d[0], d[1], groups,
@@ -58,12 +58,13 @@ void sparse_conv2d(uintptr_t x, const std::string& x_kind, int64_t B, int64_t Ci
 }  // namespace
 
 void bind_sparse_conv(py::module_& m) {
-  m.def("sparse_conv2d", &sparse_conv2d, py::arg("x"), py::arg("x_kind"), py::arg("B"), py::arg("Cin"), py::arg("H"),
+  m.def("sparse_conv2d", &sparse_conv2d, py::arg("x"), py::arg("x_kind"), py::arg("channels_last"), py::arg("B"), py::arg("Cin"), py::arg("H"),
         py::arg("W"), py::arg("row_ptr"), py::arg("col_idx"), py::arg("index_kind"), py::arg("values"),
         py::arg("value_kind"), py::arg("scales"), py::arg("bias"), py::arg("Cout"), py::arg("nnz"),
         py::arg("kernel_size"), py::arg("stride"), py::arg("padding"), py::arg("dilation"), py::arg("groups"),
         py::arg("y"), py::arg("OH"), py::arg("OW"), py::arg("num_threads"), py::arg("isa") = "",
-        "Sparse conv2d: y [B, Cout, OH, OW] = conv(x [B, Cin, H, W], W) + bias, both NCHW contiguous of x_kind, W "
+        "Sparse conv2d: y [B, Cout, OH, OW] = conv(x [B, Cin, H, W], W) + bias, both NCHW contiguous (NHWC if "
+        "channels_last) of x_kind, W "
         "CSR over output channels of [Cout, Cin/groups*kh*kw] (row_ptr int32, col_idx index_kind, values "
         "value_kind; int8 times scales[co]); bias float32 or 0. Checks the sizes, row_ptr and col_idx.");
 }

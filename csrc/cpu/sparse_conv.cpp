@@ -152,6 +152,16 @@ inline float x_at(const void* x, InKind kind, int64_t i) {
   }
 }
 
+// One workspace row of an NHWC image: input row ih of channel ci, padded and split by phase.
+void fill_row_nhwc(const SparseConvArgs& g, int64_t b, int64_t ih, int64_t ci, int64_t wph, float* dst) {
+  const int64_t src = (b * g.H + ih) * g.W * g.Cin + ci;
+  for (int64_t phase = 0; phase < g.sw; ++phase)
+    for (int64_t j = 0; j < wph; ++j) {
+      const int64_t iw = j * g.sw + phase - g.pw;
+      dst[phase * wph + j] = iw >= 0 && iw < g.W ? x_at(g.x, g.x_kind, src + iw * g.Cin) : 0.f;
+    }
+}
+
 // Image b of x -> float32 workspace [Cin][Hp][sw][Wph], padding written out, columns split by phase.
 void fill_workspace(const SparseConvArgs& g, int64_t b, int64_t hp, int64_t wph, float* xw, int nt) {
   const int64_t row_len = g.sw * wph;
@@ -159,6 +169,20 @@ void fill_workspace(const SparseConvArgs& g, int64_t b, int64_t hp, int64_t wph,
   parallel_for(work < (1 << 16) ? 1 : nt, [&](int tid, int n) {
     int64_t c0, c1;
     part(g.Cin, tid, n, &c0, &c1);
+    if (g.channels_last) {  // row by row: the W pixels' channel vectors are read once from memory
+      for (int64_t ihp = 0; ihp < hp; ++ihp) {
+        const int64_t ih = ihp - g.ph;
+        for (int64_t ci = c0; ci < c1; ++ci) {
+          float* dst = xw + (ci * hp + ihp) * row_len;
+          if (ih < 0 || ih >= g.H) {
+            std::memset(dst, 0, sizeof(float) * row_len);
+          } else {
+            fill_row_nhwc(g, b, ih, ci, wph, dst);
+          }
+        }
+      }
+      return;
+    }
     for (int64_t ci = c0; ci < c1; ++ci) {
       for (int64_t ihp = 0; ihp < hp; ++ihp) {
         float* dst = xw + (ci * hp + ihp) * row_len;
@@ -239,7 +263,7 @@ void sparse_conv2d(const SparseConvArgs& args, int num_threads, CpuIsa isa) {
   const int64_t plane = hp * row_len;
   if (g.Cin * plane >= (int64_t(1) << 31)) bad("one image's padded input must hold fewer than 2^31 elements");
   // float32 input without padding and with unit column stride is its own workspace.
-  const bool in_place = g.x_kind == InKind::kFloat32 && g.ph == 0 && g.pw == 0 && g.sw == 1;
+  const bool in_place = g.x_kind == InKind::kFloat32 && !g.channels_last && g.ph == 0 && g.pw == 0 && g.sw == 1;
 
   auto* taps = static_cast<SparseConvTap*>(thread_scratch(0, sizeof(SparseConvTap) * size_t(g.nnz) + 64));
   decode_taps(g, plane, row_len, wph, taps, num_threads);

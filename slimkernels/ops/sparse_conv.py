@@ -5,8 +5,8 @@ float32/float16/bfloat16, or int8 with per-output-channel scales). Contract and 
 implementations in backends/sparse_conv.py.
 
 Memory format: the output has x's (NCHW in, NCHW out; channels_last in, channels_last out). The
-implementations compute on NCHW-contiguous tensors: a channels_last x is copied to NCHW and the result
-back to channels_last here (two copies of activations, no weight-sized work).
+implementations get x contiguous as NCHW [B, C, H, W], or, for a channels_last x, as the NHWC tensor
+[B, H, W, C] that its memory is (`channels_last=True`, no copy), and return y the same way.
 
 As for spmm_csr, the contents of the index tensors are checked once where untrusted tensors come in
 (quant.sparse.validate_csr: at pack time and at load); the native kernel re-checks the row pointers
@@ -93,10 +93,10 @@ def sparse_conv2d(x: Tensor, row_ptr: Tensor, col_idx: Tensor, values: Tensor, s
     scales[co]). x [B, Cin, H, W] float32/float16/bfloat16; kernel_size, stride, padding, dilation are
     [h, w] pairs. float32 accumulation. Layout: slimkernels.quant.sparse."""
     channels_last = is_channels_last(x)
-    empty = x.shape[0] == 0
-    y = dispatch(OP, x.device.type, x.contiguous(), row_ptr, col_idx, values, scales, bias, list(kernel_size),
-                 list(stride), list(padding), list(dilation), groups, empty=empty)
-    return y.contiguous(memory_format=torch.channels_last) if channels_last else y
+    xin = x.permute(0, 2, 3, 1) if channels_last else x.contiguous()
+    y = dispatch(OP, x.device.type, xin, row_ptr, col_idx, values, scales, bias, list(kernel_size), list(stride),
+                 list(padding), list(dilation), groups, channels_last, empty=x.shape[0] == 0)
+    return y.permute(0, 3, 1, 2) if channels_last else y
 
 
 def dense_weight(row_ptr, col_idx, values, scales, cin_per_group: int, kernel_size) -> Tensor:

@@ -133,6 +133,11 @@ def test_channels_last(case):
         assert_close_conv(y, reference(args), args, geom_id(geom))
         plain = run(case, (args[0].contiguous(),) + args[1:])
         assert torch.equal(y, plain)  # same numbers whatever the layout
+    for x_dtype in X_DTYPES:  # strided columns, padding, halves: read and written NHWC
+        args = make_args(GEOMETRIES[2], batch=2, x_dtype=x_dtype, value_dtype=torch.int8, channels_last=True)
+        y = run(case, args, 2)
+        assert y.is_contiguous(memory_format=torch.channels_last)
+        assert_close_conv(y, reference(args), args, f"{geom_id(GEOMETRIES[2])} {x_dtype}")
 
 
 @pytest.mark.parametrize("case", SWEEP)
@@ -266,7 +271,7 @@ def test_native_binding_checks():
     y = torch.empty(1, 6, 9, 11)
 
     def call(**kw):
-        a = dict(x=x.data_ptr(), x_kind="float32", B=1, Cin=8, H=9, W=11, row_ptr=row_ptr.data_ptr(),
+        a = dict(x=x.data_ptr(), x_kind="float32", channels_last=False, B=1, Cin=8, H=9, W=11, row_ptr=row_ptr.data_ptr(),
                  col_idx=col_idx.data_ptr(), index_kind="int16", values=values.data_ptr(), value_kind="float32",
                  scales=0, bias=0, Cout=6, nnz=col_idx.numel(), kernel_size=[3, 3], stride=[1, 1], padding=[1, 1],
                  dilation=[1, 1], groups=1, y=y.data_ptr(), OH=9, OW=11, num_threads=1)

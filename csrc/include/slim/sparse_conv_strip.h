@@ -40,19 +40,25 @@ void sparse_conv_strip(const SparseConvPlan& p, int64_t co, int64_t oh, int64_t 
     }
   }
   for (int r = 0; r < R; ++r) {
-    const int64_t off = (co * g.OH + oh + r) * g.OW + ow0;
-    if (g.x_kind == InKind::kFloat32) {
-      float* y = static_cast<float*>(p.y_image) + off;
+    if (g.x_kind == InKind::kFloat32 && !g.channels_last) {
+      float* y = static_cast<float*>(p.y_image) + (co * g.OH + oh + r) * g.OW + ow0;
       for (int u = 0; u < NV; ++u) V::store(y + u * L, acc[r][u], m[u]);
       continue;
     }
     float row[NV * L];
     for (int u = 0; u < NV; ++u) V::store(row + u * L, acc[r][u], m[u]);
-    uint16_t* y = static_cast<uint16_t*>(p.y_image) + off;
-    if (g.x_kind == InKind::kFloat16) {
-      for (int64_t i = 0; i < width; ++i) y[i] = f32_to_f16(row[i]);
+    // NHWC: consecutive channels of the task's inner loop fill the same cache lines.
+    const int64_t step = g.channels_last ? g.Cout : 1;
+    const int64_t off = g.channels_last ? ((oh + r) * g.OW + ow0) * g.Cout + co : (co * g.OH + oh + r) * g.OW + ow0;
+    if (g.x_kind == InKind::kFloat32) {
+      float* y = static_cast<float*>(p.y_image) + off;
+      for (int64_t i = 0; i < width; ++i) y[i * step] = row[i];
+    } else if (g.x_kind == InKind::kFloat16) {
+      uint16_t* y = static_cast<uint16_t*>(p.y_image) + off;
+      for (int64_t i = 0; i < width; ++i) y[i * step] = f32_to_f16(row[i]);
     } else {
-      for (int64_t i = 0; i < width; ++i) y[i] = f32_to_bf16(row[i]);
+      uint16_t* y = static_cast<uint16_t*>(p.y_image) + off;
+      for (int64_t i = 0; i < width; ++i) y[i * step] = f32_to_bf16(row[i]);
     }
   }
 }
