@@ -152,14 +152,38 @@ inline float x_at(const void* x, InKind kind, int64_t i) {
   }
 }
 
-// One workspace row of an NHWC image: input row ih of channel ci, padded and split by phase.
-void fill_row_nhwc(const SparseConvArgs& g, int64_t b, int64_t ih, int64_t ci, int64_t wph, float* dst) {
-  const int64_t src = (b * g.H + ih) * g.W * g.Cin + ci;
-  for (int64_t phase = 0; phase < g.sw; ++phase)
-    for (int64_t j = 0; j < wph; ++j) {
-      const int64_t iw = j * g.sw + phase - g.pw;
-      dst[phase * wph + j] = iw >= 0 && iw < g.W ? x_at(g.x, g.x_kind, src + iw * g.Cin) : 0.f;
+// Rows ihp of channels [c0, c1) of the workspace from an NHWC image: a transpose in blocks of
+// kPixelBlock pixels, so the block's channel vectors stay in L1 while every channel reads them.
+constexpr int64_t kPixelBlock = 32;
+
+void fill_rows_nhwc(const SparseConvArgs& g, int64_t b, int64_t ihp, int64_t c0, int64_t c1, int64_t hp, int64_t wph,
+                    float* xw) {
+  const int64_t row_len = g.sw * wph, ih = ihp - g.ph;
+  const bool inside = ih >= 0 && ih < g.H;
+  if (!inside || g.pw > 0 || row_len > g.W)  // rows the pixels below do not cover whole: zeros first
+    for (int64_t ci = c0; ci < c1; ++ci) std::memset(xw + (ci * hp + ihp) * row_len, 0, sizeof(float) * row_len);
+  if (!inside) return;
+  const int64_t src = (b * g.H + ih) * g.W * g.Cin;
+  int64_t pos[kPixelBlock];  // each pixel's place in a workspace row (padded column, split by phase)
+  for (int64_t iw0 = 0; iw0 < g.W; iw0 += kPixelBlock) {
+    const int64_t n = std::min(g.W, iw0 + kPixelBlock) - iw0;
+    for (int64_t k = 0; k < n; ++k) pos[k] = ((iw0 + k + g.pw) % g.sw) * wph + (iw0 + k + g.pw) / g.sw;
+    const int64_t first = src + iw0 * g.Cin;
+    for (int64_t ci = c0; ci < c1; ++ci) {
+      float* dst = xw + (ci * hp + ihp) * row_len;
+      if (g.x_kind == InKind::kFloat32) {
+        const float* x = static_cast<const float*>(g.x) + first + ci;
+        for (int64_t k = 0; k < n; ++k) dst[pos[k]] = x[k * g.Cin];
+      } else {
+        const uint16_t* x = static_cast<const uint16_t*>(g.x) + first + ci;
+        if (g.x_kind == InKind::kFloat16) {
+          for (int64_t k = 0; k < n; ++k) dst[pos[k]] = f16_to_f32(x[k * g.Cin]);
+        } else {
+          for (int64_t k = 0; k < n; ++k) dst[pos[k]] = bf16_to_f32(x[k * g.Cin]);
+        }
+      }
     }
+  }
 }
 
 // Image b of x -> float32 workspace [Cin][Hp][sw][Wph], padding written out, columns split by phase.
@@ -169,18 +193,8 @@ void fill_workspace(const SparseConvArgs& g, int64_t b, int64_t hp, int64_t wph,
   parallel_for(work < (1 << 16) ? 1 : nt, [&](int tid, int n) {
     int64_t c0, c1;
     part(g.Cin, tid, n, &c0, &c1);
-    if (g.channels_last) {  // row by row: the W pixels' channel vectors are read once from memory
-      for (int64_t ihp = 0; ihp < hp; ++ihp) {
-        const int64_t ih = ihp - g.ph;
-        for (int64_t ci = c0; ci < c1; ++ci) {
-          float* dst = xw + (ci * hp + ihp) * row_len;
-          if (ih < 0 || ih >= g.H) {
-            std::memset(dst, 0, sizeof(float) * row_len);
-          } else {
-            fill_row_nhwc(g, b, ih, ci, wph, dst);
-          }
-        }
-      }
+    if (g.channels_last) {
+      for (int64_t ihp = 0; ihp < hp; ++ihp) fill_rows_nhwc(g, b, ihp, c0, c1, hp, wph, xw);
       return;
     }
     for (int64_t ci = c0; ci < c1; ++ci) {

@@ -15,6 +15,8 @@
 namespace slim {
 namespace {
 
+constexpr int kPrefetchTaps = 6;
+
 // Output channel co, rows [oh, oh + R), columns [ow0, ow0 + width), width <= NV * kLanes: R x NV
 // accumulators start at the bias and take every tap of row co, then are stored once.
 template <class V, int R, int NV>
@@ -33,6 +35,11 @@ void sparse_conv_strip(const SparseConvPlan& p, int64_t co, int64_t oh, int64_t 
   const SparseConvTap* end = p.taps + g.row_ptr[co + 1];
   for (; t < end; ++t) {
     const float* q = base + t->off;
+    if (t + kPrefetchTaps < end) {  // the taps jump between input planes: ask for a later tap's rows early
+      const float* ahead = base + t[kPrefetchTaps].off;
+      for (int r = 0; r < R; ++r)
+        for (int u = 0; u < NV; ++u) __builtin_prefetch(ahead + r * rstep + u * L);
+    }
     const typename V::Vec v = V::set1(t->v);
     for (int r = 0; r < R; ++r) {
       for (int u = 0; u + 1 < NV; ++u) acc[r][u] = V::fma(v, V::loadu(q + r * rstep + u * L), acc[r][u]);
