@@ -7,9 +7,10 @@ or int8 with `scales` float32 [Cout]) and `bias` float32 [Cout] or None. Checkpo
 (`nnz` and the value dtype are in the layer config, so the empty module has the right buffer sizes).
 
 forward runs slimkernels.ops.sparse_conv2d (the native CPU kernel: a direct sparse convolution, no
-im2col), or, when the layer is not sparse enough to beat torch's dense convolution (sparsity below
-DENSE_BELOW_SPARSITY, measured), F.conv2d with the dense weight rebuilt by repack() into a non-persistent
-buffer: a sparse layer is never slower than the dense one it replaced; extra_repr says which runs.
+im2col), or, when the layer is not sparse enough to beat torch's dense convolution for the input's
+memory format (the measured crossovers below), F.conv2d with the dense weight rebuilt by repack() into a
+non-persistent buffer: a sparse layer is not slower than the dense one it replaced; extra_repr says
+which runs for NCHW and for channels_last inputs.
 
 Depthwise convolutions (groups == Cin == Cout) are supported and computed correctly; at kh*kw taps per
 channel they rarely reach the crossover, so they usually run dense (a pruning pass may keep them as
@@ -34,9 +35,15 @@ from ..quant import sparse as layout
 from .base import CompressedModule, dtype_name
 
 # Below this sparsity (fraction of zero weights) the layer runs torch's dense conv2d, which is faster
-# there. Measured on the ResNet-50 conv shapes, fp32, batch 1 and 8, 2 threads, ours vs F.conv2d:
-# bench/results/2026-11-30-sparse-conv-cpu.md (the crossover table).
+# there. Measured on the ResNet-50 conv shapes, fp32, batch 1 and 8, ours vs F.conv2d with the same
+# threads: bench/results/2026-11-30-sparse-conv-cpu.md (ours >= 1.04x dense at 80% on every NCHW row).
 DENSE_BELOW_SPARSITY = 0.8
+# channels_last inputs cost the kernel a transpose of the input into its workspace, so they need more
+# sparsity (every layer of the table is >= 1.1x dense at 90%), and enough taps per input channel
+# (nnz / Cin) to pay for the transpose: 1x1 256->64 at 56x56 (6 taps per channel at 90%) stays slower
+# than dense at every sparsity measured, 1x1 1024->256 at 14x14 (26 per channel) is 1.2-2.2x faster.
+DENSE_BELOW_SPARSITY_CHANNELS_LAST = 0.9
+CHANNELS_LAST_MIN_TAPS_PER_INPUT_CHANNEL = 16
 
 VALUE_NAMES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "int8": torch.int8}
 
@@ -129,10 +136,13 @@ class SparseConv2d(CompressedModule, layer_type="SparseConv2d"):
         """Fraction of the weight's entries that are not stored (zero)."""
         return 1.0 - self.nnz / (self.out_channels * self.reduction_size)
 
-    @property
-    def runs_dense(self) -> bool:
-        """Whether forward runs torch's dense conv2d (sparsity below DENSE_BELOW_SPARSITY)."""
-        return self.sparsity < DENSE_BELOW_SPARSITY
+    def runs_dense(self, channels_last: bool = False) -> bool:
+        """Whether forward runs torch's dense conv2d for NCHW (or channels_last) inputs: below the
+        measured crossover of that memory format."""
+        if not channels_last:
+            return self.sparsity < DENSE_BELOW_SPARSITY
+        return (self.sparsity < DENSE_BELOW_SPARSITY_CHANNELS_LAST
+                or self.nnz < CHANNELS_LAST_MIN_TAPS_PER_INPUT_CHANNEL * self.in_channels)
 
     # ---- construction -------------------------------------------------------------------------------
     @classmethod
@@ -212,9 +222,10 @@ class SparseConv2d(CompressedModule, layer_type="SparseConv2d"):
         dense = None
         state = (self.row_ptr, self.col_idx, self.values)
         filled = all(t.device.type != "meta" for t in state) and int(self.row_ptr[-1]) == self.nnz
-        if self.runs_dense and filled:
+        if (self.runs_dense(False) or self.runs_dense(True)) and filled:
             dense = self.dequantized_weight().to(self.weight_dtype)
         self.dense_weight = dense
+        self._dense_for = (self.runs_dense(False), self.runs_dense(True))  # by channels_last
 
     def dequantized_weight(self) -> torch.Tensor:
         """The float32 weight [Cout, Cin/groups, kh, kw] this layer convolves with."""
@@ -230,7 +241,9 @@ class SparseConv2d(CompressedModule, layer_type="SparseConv2d"):
                              f"[{self.in_channels}, H, W]), got shape {tuple(x.shape)}")
         if x.dim() == 3:
             return self.forward(x.unsqueeze(0)).squeeze(0)
-        if self.dense_weight is not None:
+        from ..ops.sparse_conv import is_channels_last
+
+        if self.dense_weight is not None and self._dense_for[is_channels_last(x)]:
             w = self.dense_weight if self.dense_weight.dtype == x.dtype else self.dense_weight.to(x.dtype)
             bias = None if self.bias is None else self.bias.to(x.dtype)
             return F.conv2d(x, w, bias, self.stride, self.padding, self.dilation, self.groups)
@@ -245,8 +258,8 @@ class SparseConv2d(CompressedModule, layer_type="SparseConv2d"):
         return f"unstructured CSR, {100 * self.sparsity:.1f}% sparse, {dtype_name(self.values.dtype)} values"
 
     def extra_repr(self) -> str:
-        runs = (f"dense conv2d (sparsity below the {DENSE_BELOW_SPARSITY:.0%} crossover)" if self.runs_dense
-                else "sparse_conv2d")
+        runs = ", ".join(f"{'dense conv2d' if self.runs_dense(cl) else 'sparse_conv2d'} ({fmt})"
+                         for cl, fmt in ((False, "NCHW"), (True, "channels_last")))
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
                 f"padding={self.padding}, dilation={self.dilation}, groups={self.groups}, bias={self.bias is not None}, "
                 f"pattern=unstructured, sparsity={100 * self.sparsity:.1f}%, format=CSR (col_idx "

@@ -32,14 +32,19 @@ def test_from_float_matches_the_conv(kw):
     cout = 8 if kw.get("groups") == 8 else 12
     conv = pruned_conv(cout=cout, **kw)
     layer = SparseConv2d.from_float(conv)
-    assert not layer.runs_dense and layer.dense_weight is None
+    assert not layer.runs_dense()
     x = torch.randn(3, 8, 11, 13)
     with torch.no_grad():
         close(layer(x), conv(x))
         close(layer(x[0]), conv(x[0]))  # unbatched
         y = layer(x.contiguous(memory_format=torch.channels_last))
-    assert y.is_contiguous(memory_format=torch.channels_last)
-    close(y, conv(x).detach())
+        assert y.is_contiguous(memory_format=torch.channels_last)
+        close(y, conv(x))
+        ops_y = slimkernels.ops.sparse_conv2d(x.contiguous(memory_format=torch.channels_last), layer.row_ptr,
+                                              layer.col_idx, layer.values, layer.scales, layer.bias,
+                                              list(layer.kernel_size), list(layer.stride), list(layer.padding),
+                                              list(layer.dilation), layer.groups)
+        close(ops_y, conv(x))  # the sparse kernel itself, whatever the layer runs for channels_last
     close(layer.dequantized_weight(), conv.weight.detach())
 
 
@@ -58,13 +63,21 @@ def test_values_int8_and_half():
 def test_dense_below_the_crossover():
     conv = pruned_conv(sparsity=0.3)
     layer = SparseConv2d.from_float(conv)
-    assert layer.sparsity < module_file.DENSE_BELOW_SPARSITY and layer.runs_dense
-    assert layer.dense_weight is not None and "dense conv2d" in repr(layer)
+    assert layer.sparsity < module_file.DENSE_BELOW_SPARSITY and layer.runs_dense() and layer.runs_dense(True)
+    assert layer.dense_weight is not None and "runs=dense conv2d (NCHW)" in repr(layer)
     assert "dense_weight" not in layer.state_dict()
     x = torch.randn(2, 8, 9, 9)
     close(layer(x), conv(x).detach())
-    sparse = SparseConv2d.from_float(pruned_conv(sparsity=0.95))
-    assert "runs=sparse_conv2d" in repr(sparse)
+    close(layer(x.contiguous(memory_format=torch.channels_last)), conv(x).detach())
+    # sparse for NCHW, dense for channels_last: too few taps per input channel to pay for the transpose
+    big = pruned_conv(cin=64, cout=16, k=1, sparsity=0.95)
+    sparse = SparseConv2d.from_float(big)
+    assert "runs=sparse_conv2d (NCHW), dense conv2d (channels_last)" in repr(sparse)
+    x = torch.randn(2, 64, 5, 5)
+    close(sparse(x), big(x).detach())
+    close(sparse(x.contiguous(memory_format=torch.channels_last)), big(x).detach())
+    deep = SparseConv2d.from_float(pruned_conv(cin=8, cout=64, k=3, sparsity=0.92))
+    assert not deep.runs_dense() and not deep.runs_dense(True) and deep.dense_weight is None
 
 
 def test_extra_repr_and_properties():
