@@ -186,44 +186,40 @@ void fill_rows_nhwc(const SparseConvArgs& g, int64_t b, int64_t ihp, int64_t c0,
   }
 }
 
-// Image b of x -> float32 workspace [Cin][Hp][sw][Wph], padding written out, columns split by phase.
-void fill_workspace(const SparseConvArgs& g, int64_t b, int64_t hp, int64_t wph, float* xw, int nt) {
+// Channels [c0, c1) of image b of x -> its float32 workspace xw [Cin][Hp][sw][Wph], padding written
+// out, columns split by phase.
+void fill_workspace(const SparseConvArgs& g, int64_t b, int64_t c0, int64_t c1, int64_t hp, int64_t wph, float* xw) {
   const int64_t row_len = g.sw * wph;
-  const int64_t work = g.Cin * hp * row_len;
-  parallel_for(work < (1 << 16) ? 1 : nt, [&](int tid, int n) {
-    int64_t c0, c1;
-    part(g.Cin, tid, n, &c0, &c1);
-    if (g.channels_last) {
-      for (int64_t ihp = 0; ihp < hp; ++ihp) fill_rows_nhwc(g, b, ihp, c0, c1, hp, wph, xw);
-      return;
-    }
-    for (int64_t ci = c0; ci < c1; ++ci) {
-      for (int64_t ihp = 0; ihp < hp; ++ihp) {
-        float* dst = xw + (ci * hp + ihp) * row_len;
-        const int64_t ih = ihp - g.ph;
-        if (ih < 0 || ih >= g.H) {
-          std::memset(dst, 0, sizeof(float) * row_len);
-          continue;
-        }
-        const int64_t src = ((b * g.Cin + ci) * g.H + ih) * g.W;
-        if (g.sw == 1) {
-          std::memset(dst, 0, sizeof(float) * g.pw);
-          if (g.x_kind == InKind::kFloat32) {
-            std::memcpy(dst + g.pw, static_cast<const float*>(g.x) + src, sizeof(float) * g.W);
-          } else {
-            for (int64_t iw = 0; iw < g.W; ++iw) dst[g.pw + iw] = x_at(g.x, g.x_kind, src + iw);
-          }
-          std::memset(dst + g.pw + g.W, 0, sizeof(float) * (row_len - g.pw - g.W));
-          continue;
-        }
-        for (int64_t phase = 0; phase < g.sw; ++phase)
-          for (int64_t j = 0; j < wph; ++j) {
-            const int64_t iw = j * g.sw + phase - g.pw;
-            dst[phase * wph + j] = iw >= 0 && iw < g.W ? x_at(g.x, g.x_kind, src + iw) : 0.f;
-          }
+  if (g.channels_last) {
+    for (int64_t ihp = 0; ihp < hp; ++ihp) fill_rows_nhwc(g, b, ihp, c0, c1, hp, wph, xw);
+    return;
+  }
+  for (int64_t ci = c0; ci < c1; ++ci) {
+    for (int64_t ihp = 0; ihp < hp; ++ihp) {
+      float* dst = xw + (ci * hp + ihp) * row_len;
+      const int64_t ih = ihp - g.ph;
+      if (ih < 0 || ih >= g.H) {
+        std::memset(dst, 0, sizeof(float) * row_len);
+        continue;
       }
+      const int64_t src = ((b * g.Cin + ci) * g.H + ih) * g.W;
+      if (g.sw == 1) {
+        std::memset(dst, 0, sizeof(float) * g.pw);
+        if (g.x_kind == InKind::kFloat32) {
+          std::memcpy(dst + g.pw, static_cast<const float*>(g.x) + src, sizeof(float) * g.W);
+        } else {
+          for (int64_t iw = 0; iw < g.W; ++iw) dst[g.pw + iw] = x_at(g.x, g.x_kind, src + iw);
+        }
+        std::memset(dst + g.pw + g.W, 0, sizeof(float) * (row_len - g.pw - g.W));
+        continue;
+      }
+      for (int64_t phase = 0; phase < g.sw; ++phase)
+        for (int64_t j = 0; j < wph; ++j) {
+          const int64_t iw = j * g.sw + phase - g.pw;
+          dst[phase * wph + j] = iw >= 0 && iw < g.W ? x_at(g.x, g.x_kind, src + iw) : 0.f;
+        }
     }
-  });
+  }
 }
 
 using RowsKernel = void (*)(const SparseConvPlan&, int64_t, int64_t, int64_t, int64_t);
@@ -256,6 +252,9 @@ int64_t strip_rows(const SparseConvArgs& g, int64_t row_len) {
   return rows;
 }
 constexpr int64_t kChannelsPerTask = 4;  // the unit of the channel split
+// Workspace bytes of the images one pass fills and convolves (one parallel region each per pass, not
+// per image: fewer waits for threads; the workspace stays within L2/L3 sizes).
+constexpr int64_t kPassBytes = 8 << 20;
 
 }  // namespace
 
@@ -282,22 +281,37 @@ void sparse_conv2d(const SparseConvArgs& args, int num_threads, CpuIsa isa) {
   auto* taps = static_cast<SparseConvTap*>(thread_scratch(0, sizeof(SparseConvTap) * size_t(g.nnz) + 64));
   decode_taps(g, plane, row_len, wph, taps, num_threads);
   if (g.B == 0) return;
-  float* buf = in_place ? nullptr : static_cast<float*>(thread_scratch(1, sizeof(float) * size_t(g.Cin * plane) + 64));
+  const int64_t image = g.Cin * plane;  // workspace floats per image
+  const int64_t per_pass = in_place ? g.B : std::max<int64_t>(1, std::min(g.B, kPassBytes / (image * 4)));
+  float* buf = in_place ? nullptr : static_cast<float*>(thread_scratch(1, sizeof(float) * size_t(per_pass * image) + 64));
 
   const RowsKernel kern = kernel_for(isa);
   const int64_t elem = g.x_kind == InKind::kFloat32 ? 4 : 2;
   const int64_t tiles = (g.OH + kRowsPerTask - 1) / kRowsPerTask;
+  const int64_t rows = strip_rows(g, row_len);
   // Multiply-adds per (tile, channel), for parallel_tiles' small-problem test.
   const int64_t work = std::max<int64_t>(1, g.nnz / g.Cout) * std::min(g.OH, kRowsPerTask) * g.OW;
-  for (int64_t b = 0; b < g.B; ++b) {
-    const float* xw = in_place ? static_cast<const float*>(g.x) + b * g.Cin * plane : buf;
-    if (!in_place) fill_workspace(g, b, hp, wph, buf, num_threads);
-    const SparseConvPlan plan{&g, xw, row_len, taps, static_cast<char*>(g.y) + b * g.Cout * g.OH * g.OW * elem,
-                              strip_rows(g, row_len)};
-    parallel_tiles(tiles, g.Cout, work, 1, kChannelsPerTask, num_threads,
+  for (int64_t b0 = 0; b0 < g.B; b0 += per_pass) {
+    const int64_t nb = std::min(per_pass, g.B - b0);
+    if (!in_place) {  // (image, channel) pairs split over the threads
+      parallel_for(nb * image < (1 << 16) ? 1 : num_threads, [&](int tid, int n) {
+        int64_t lo, hi;
+        part(nb * g.Cin, tid, n, &lo, &hi);
+        for (int64_t i = 0; i < nb; ++i) {
+          const int64_t c0 = std::max<int64_t>(lo - i * g.Cin, 0), c1 = std::min(hi - i * g.Cin, g.Cin);
+          if (c0 < c1) fill_workspace(g, b0 + i, c0, c1, hp, wph, buf + i * image);
+        }
+      });
+    }
+    const float* xw = in_place ? static_cast<const float*>(g.x) + b0 * image : buf;
+    parallel_tiles(nb * tiles, g.Cout, work, 1, kChannelsPerTask, num_threads,
                    [&](int64_t t0, int64_t t1, int64_t co0, int64_t co1) {
-                     for (int64_t t = t0; t < t1; ++t)
-                       kern(plan, co0, co1, t * kRowsPerTask, std::min(g.OH, (t + 1) * kRowsPerTask));
+                     for (int64_t t = t0; t < t1; ++t) {
+                       const int64_t i = t / tiles, tile = t % tiles;
+                       const SparseConvPlan plan{&g, xw + i * image, row_len, taps,
+                                                 static_cast<char*>(g.y) + (b0 + i) * g.Cout * g.OH * g.OW * elem, rows};
+                       kern(plan, co0, co1, tile * kRowsPerTask, std::min(g.OH, (tile + 1) * kRowsPerTask));
+                     }
                    });
   }
 }
