@@ -76,7 +76,7 @@ def test_dense_below_the_crossover():
     x = torch.randn(2, 64, 5, 5)
     close(sparse(x), big(x).detach())
     close(sparse(x.contiguous(memory_format=torch.channels_last)), big(x).detach())
-    deep = SparseConv2d.from_float(pruned_conv(cin=8, cout=64, k=3, sparsity=0.92))
+    deep = SparseConv2d.from_float(pruned_conv(cin=8, cout=64, k=3, sparsity=0.96))
     assert not deep.runs_dense() and not deep.runs_dense(True) and deep.dense_weight is None
 
 
