@@ -10,7 +10,8 @@
   X(quantize)                \
   X(int8_mm)                 \
   X(dequant_int8)            \
-  X(lowbit)
+  X(lowbit)                  \
+  X(sparse_conv)
 
 namespace slim {
 namespace bind {
