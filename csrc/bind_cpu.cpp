@@ -10,7 +10,8 @@
   X(quantize)                \
   X(int8_mm)                 \
   X(dequant_int8)            \
-  X(lowbit)
+  X(lowbit)                  \
+  X(sparse)
 
 namespace slim {
 namespace bind {
