@@ -180,11 +180,11 @@ void spmm_rows_scalar(const SparseMmArgs& g, const float* xf, int64_t ldxf, cons
   int32_t* cols = g.format == SparseFormat::kNm && xt
                       ? static_cast<int32_t*>(thread_scratch(2, size_t(g.K / 2 + 1) * sizeof(int32_t)))
                       : nullptr;
-  SparseKernels<ScalarPolicy>::rows(g, xf, ldxf, xt, n0, n1, cols);
+  sparse_rows_for<ScalarPolicy>(g, xf, ldxf, xt, n0, n1, cols);
 }
 
 void spmm_transpose_scalar(const float* xf, int64_t ldxf, int64_t M, int64_t K, float* xt, int64_t t0, int64_t t1) {
-  SparseKernels<ScalarPolicy>::transpose(xf, ldxf, M, K, xt, t0, t1);
+  sparse_transpose_for<ScalarPolicy>(xf, ldxf, M, K, xt, t0, t1);
 }
 
 void spmm(const SparseMmArgs& g, int num_threads, CpuIsa isa) {
@@ -198,7 +198,7 @@ void spmm(const SparseMmArgs& g, int num_threads, CpuIsa isa) {
   // x in float32: read in place, or converted once per call (M x K floats).
   const float* xf = static_cast<const float*>(g.x);
   int64_t ldxf = g.M > 1 ? g.ldx : g.K;
-  if (g.x_kind != InKind::kFloat32 || ldxf > INT32_MAX / kSparseTile) {
+  if (g.x_kind != InKind::kFloat32 || ldxf > INT32_MAX / 64) {  // 64: the widest tile's row gather
     float* buf = static_cast<float*>(thread_scratch(0, size_t(g.M) * size_t(g.K) * sizeof(float) + 64));
     if (g.x_kind == InKind::kFloat32)
       for (int64_t m = 0; m < g.M; ++m) std::memcpy(buf + m * g.K, xf + m * g.ldx, size_t(g.K) * sizeof(float));
@@ -216,8 +216,8 @@ void spmm(const SparseMmArgs& g, int num_threads, CpuIsa isa) {
   // Tiles of x (M > kSparseRowsMaxM): transposed once, shared read-only by every thread.
   float* xt = nullptr;
   if (g.M > kSparseRowsMaxM) {
-    const int64_t tiles = (g.M + kSparseTile - 1) / kSparseTile;
-    xt = static_cast<float*>(thread_scratch(1, size_t(tiles * g.K * kSparseTile) * sizeof(float)));
+    const int64_t tile = sparse_tile(g.M), tiles = (g.M + tile - 1) / tile;
+    xt = static_cast<float*>(thread_scratch(1, size_t(tiles * g.K * tile) * sizeof(float)));
     if (nt > 1 && tiles > 1) {
       parallel_for(nt, [&](int tid, int nth) {
         kern.transpose(xf, ldxf, g.M, g.K, xt, tiles * tid / nth, tiles * (tid + 1) / nth);

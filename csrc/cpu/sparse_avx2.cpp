@@ -142,11 +142,11 @@ void spmm_rows_avx2(const SparseMmArgs& g, const float* xf, int64_t ldxf, const 
   int32_t* cols = g.format == SparseFormat::kNm && xt
                       ? static_cast<int32_t*>(thread_scratch(2, size_t(g.K / 2 + 8) * sizeof(int32_t)))
                       : nullptr;
-  SparseKernels<Avx2Policy>::rows(g, xf, ldxf, xt, n0, n1, cols);
+  sparse_rows_for<Avx2Policy>(g, xf, ldxf, xt, n0, n1, cols);
 }
 
 void spmm_transpose_avx2(const float* xf, int64_t ldxf, int64_t M, int64_t K, float* xt, int64_t t0, int64_t t1) {
-  SparseKernels<Avx2Policy>::transpose(xf, ldxf, M, K, xt, t0, t1);
+  sparse_transpose_for<Avx2Policy>(xf, ldxf, M, K, xt, t0, t1);
 }
 
 }  // namespace slim

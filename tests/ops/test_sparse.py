@@ -50,7 +50,7 @@ def has(op: str, case: Case) -> bool:
 SWEEP = union(CSR_SWEEP, BSR_SWEEP, NM_SWEEP)
 CONTRACT = union(CSR_CONTRACT, cases("spmm_bsr", per_isa=False), cases("spmm_24", per_isa=False))
 
-MS = (1, 2, 16, 17, 40)  # one row (the gather path), tiles of 16 rows and their tails
+MS = (1, 2, 16, 17, 70)  # the row path, tiles of 16, 32 and 64 rows with tails  # one row (the gather path), tiles of 16 rows and their tails
 MS_SMALL = (1, 5, 17)
 DENSITIES = (0.0, 0.02, 0.3, 1.0)
 

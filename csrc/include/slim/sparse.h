@@ -14,8 +14,8 @@
 // Two ways through a weight row, both shared by every ISA (templates over an ISA policy P below):
 // - rows: one row of x at a time (M = 1): a gather dot product of the row's values with x[col];
 //   N:M rows instead pick their x values out of the two vectors of x their group span covers.
-// - tiles: x transposed once per call into tiles xT [K][kTile] (kTile rows of x, float32, zero past
-//   M), so a nonzero (k, v) of row n is one broadcast and kTile / lanes contiguous FMAs.
+// - tiles: x transposed once per call into tiles xT [K][tile] (tile rows of x, float32, zero past
+//   M), so a nonzero (k, v) of row n is one broadcast and tile / lanes contiguous FMAs.
 #pragma once
 #include <algorithm>
 #include <cstdint>
@@ -70,16 +70,18 @@ struct SparseMmArgs {
 // range (the layouts are validated at pack and load time: quant.sparse.validate_*).
 void spmm(const SparseMmArgs& args, int num_threads, CpuIsa isa);
 
-// Rows of x per tile of the tile path, and the largest M that takes the row path.
-constexpr int64_t kSparseTile = 16;
+// The largest M that takes the row path, and the rows of x per tile of the tile path: 16, 32 or 64,
+// the smallest that holds M (64 from M = 33): a nonzero's broadcast, value and index load are shared
+// by tile / lanes FMAs, so wider tiles cost less per multiply-add when M fills them.
 constexpr int64_t kSparseRowsMaxM = 1;
+inline int64_t sparse_tile(int64_t M) { return M <= 16 ? 16 : M <= 32 ? 32 : 64; }
 
 // ---- per-ISA kernels: rows [n0, n1) of W (block rows for BSR), every row of x -----------------------
-// xf: x in float32 (row stride ldxf); xt: the tiles (xT[t][k][kSparseTile], t = m / kSparseTile);
-// the path is chosen by which one is non-null. Callable from any thread.
+// xf: x in float32 (row stride ldxf); xt: the tiles (xT[t][k][tile], t = m / tile, tile =
+// sparse_tile(M)); the path is chosen by which one is non-null. Callable from any thread.
 void spmm_rows_scalar(const SparseMmArgs& g, const float* xf, int64_t ldxf, const float* xt, int64_t n0,
                       int64_t n1);
-// x rows [m0, m1) -> tiles (float32 x, row stride ldxf).
+// Tiles [t0, t1) of x (float32 x, row stride ldxf) -> xt.
 void spmm_transpose_scalar(const float* xf, int64_t ldxf, int64_t M, int64_t K, float* xt, int64_t t0, int64_t t1);
 #ifdef SLIM_X86
 void spmm_rows_avx2(const SparseMmArgs& g, const float* xf, int64_t ldxf, const float* xt, int64_t n0, int64_t n1);
@@ -135,7 +137,7 @@ inline uint64_t nm_code_bits(const uint8_t* pos, int64_t pbytes, int64_t j, int 
 // float32), value<VK>(const void* base, j) -> float, gather_rows(const float* p, stride, n) (p[r *
 // stride] for lanes r < n, zero past), and for N:M rows nm_dot<VK>(pos, pbytes, values, j0, half,
 // group, x) (a row's dot product with x) and nm_columns(pos, pbytes, half, group, cols) (its columns).
-template <class P>
+template <class P, int64_t kSparseTile>
 struct SparseKernels {
   using V = typename P::V;
   static constexpr int64_t kW = P::kW;
@@ -304,7 +306,7 @@ struct SparseKernels {
     else if constexpr (std::is_same<Idx, int32_t>::value) nm<VK>(g, xf, ldxf, xt, n0, n1, cols);
   }
 
-  // Entry point of an ISA: dispatch on the index and value kinds.
+  // Dispatch on the index and value kinds.
   static void rows(const SparseMmArgs& g, const float* xf, int64_t ldxf, const float* xt, int64_t n0, int64_t n1,
                    int32_t* cols) {
     if (g.format != SparseFormat::kNm && g.index_kind == SparseIndex::kInt16)
@@ -326,6 +328,25 @@ struct SparseKernels {
     }
   }
 };
+
+// Entry points of an ISA: dispatch on the tile width.
+template <class P>
+void sparse_rows_for(const SparseMmArgs& g, const float* xf, int64_t ldxf, const float* xt, int64_t n0, int64_t n1,
+                     int32_t* cols) {
+  switch (sparse_tile(g.M)) {
+    case 64: return SparseKernels<P, 64>::rows(g, xf, ldxf, xt, n0, n1, cols);
+    case 32: return SparseKernels<P, 32>::rows(g, xf, ldxf, xt, n0, n1, cols);
+    default: return SparseKernels<P, 16>::rows(g, xf, ldxf, xt, n0, n1, cols);
+  }
+}
+template <class P>
+void sparse_transpose_for(const float* xf, int64_t ldxf, int64_t M, int64_t K, float* xt, int64_t t0, int64_t t1) {
+  switch (sparse_tile(M)) {
+    case 64: return SparseKernels<P, 64>::transpose(xf, ldxf, M, K, xt, t0, t1);
+    case 32: return SparseKernels<P, 32>::transpose(xf, ldxf, M, K, xt, t0, t1);
+    default: return SparseKernels<P, 16>::transpose(xf, ldxf, M, K, xt, t0, t1);
+  }
+}
 }  // namespace
 
 }  // namespace slim
