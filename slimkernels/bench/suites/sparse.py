@@ -4,7 +4,7 @@ implementation usable on the device, against dense float32 and bfloat16 F.linear
 
 Sparsities: SLIMKERNELS_BENCH_SPARSITY (e.g. "0.8", or "0.9,0.5": unstructured and block, then N:M's
 own, which only 0.5 fits), default 0.9 for unstructured and block and 0.5 for 2:4 (the pattern's).
-The BSR block shape: SLIMKERNELS_BENCH_BLOCK ("16x1"), default BSR_BLOCK. The sparse weights are drawn
+The BSR block shape: SLIMKERNELS_BENCH_BLOCK ("4x16"), default BSR_BLOCK. The sparse weights are drawn
 from the stack's float weights with a seeded random mask (magnitude pruning of random weights is a
 random mask too, and costs a sort of every layer)."""
 from __future__ import annotations
@@ -22,7 +22,7 @@ from .int8_mm import int8_layers
 
 SPARSITY = 0.9  # unstructured and block
 NM_SPARSITY = 0.5  # 2:4
-BSR_BLOCK = (16, 1)  # a SIMD-width strip along N (bench/results/2026-11-30-sparse-cpu.md)
+BSR_BLOCK = (4, 16)  # the fastest block at 90% (bench/results/2026-11-30-sparse-cpu.md): SIMD over K
 _ENV_SPARSITY, _ENV_BLOCK = "SLIMKERNELS_BENCH_SPARSITY", "SLIMKERNELS_BENCH_BLOCK"
 
 
@@ -128,7 +128,7 @@ def _torch_csr(sparsity: float):
 
 
 @register("sparse", family="sparse", op="spmm (sparse layers)", description=(
-    "sparse layers: spmm_csr (float32 and int8 values), spmm_bsr (float32, 16x1 blocks) at 90% sparsity and "
+    "sparse layers: spmm_csr (float32 and int8 values), spmm_bsr (float32, 4x16 blocks) at 90% sparsity and "
     "spmm_24 (2:4, float32 and bfloat16 values; '2of4'), once per implementation usable on the device, against dense "
     "fp32 and bf16 F.linear, torch's CSR matmul and our W8A8 (SLIMKERNELS_BENCH_SPARSITY, SLIMKERNELS_BENCH_BLOCK "
     "change the sparsity and block)"))
