@@ -127,7 +127,7 @@ def _torch_csr(sparsity: float):
     return build
 
 
-@register("sparse", family="sparse", op="spmm (sparse layers)", description=(
+@register("sparse", family="sparse", op="spmm (sparse layers)", default=False, description=(
     "sparse layers: spmm_csr (float32 and int8 values), spmm_bsr (float32, 4x16 blocks) at 90% sparsity and "
     "spmm_24 (2:4, float32 and bfloat16 values; '2of4'), once per implementation usable on the device, against dense "
     "fp32 and bf16 F.linear, torch's CSR matmul and our W8A8 (SLIMKERNELS_BENCH_SPARSITY, SLIMKERNELS_BENCH_BLOCK "
