@@ -11,6 +11,7 @@
   X(int8_mm)                 \
   X(dequant_int8)            \
   X(lowbit)                  \
+  X(sparse)                  \
   X(sparse_conv)
 
 namespace slim {

@@ -9,7 +9,7 @@ import torch
 from .. import _native
 from ..quant import sparse as layout
 from . import register, row_stride
-from ._common import KIND, cuda_stream, f32, ptr
+from ._common import KIND, cpu_isa, cuda_stream, f32, ptr, threads
 from .quantize import ALL_DEVICES
 
 
@@ -56,7 +56,45 @@ def spmm_csr_torch(x, row_ptr, col_idx, values, scales, bias):
 
 
 # ---- native CPU ------------------------------------------------------------------------------------
-# (csrc/cpu/sparse*.cpp through _C; registered below by the CPU kernels)
+# csrc/cpu/sparse*.cpp through _C: one row of x at a time as a gather dot product (M = 1), else x
+# transposed into 16-row tiles; every block shape runs (SIMD over K inside a block row).
+_VALUE_KIND = {**KIND, torch.int8: "int8"}
+_INDEX_KIND = {torch.int16: "int16", torch.int32: "int32"}
+
+
+def _sparse_cpu(fn, x, n, weight: tuple, values, extra: tuple, scales, bias):
+    """y [M, n] in x.dtype from the binding fn(x, ldx, x kind, *weight, values, value kind, *extra,
+    scales, bias, y, ldy, M, N, K, threads, isa)."""
+    m, k = x.shape
+    bias = f32(bias)
+    y = torch.empty((m, n), dtype=x.dtype)
+    fn(x.data_ptr(), row_stride(x), KIND[x.dtype], *weight, values.data_ptr(), _VALUE_KIND[values.dtype], *extra,
+       ptr(scales), ptr(bias), y.data_ptr(), n, m, n, k, threads(), cpu_isa())
+    return y
+
+
+def _compressed_rows(row_ptr, col_idx) -> tuple:
+    return row_ptr.data_ptr(), col_idx.data_ptr(), _INDEX_KIND[col_idx.dtype], col_idx.numel()
+
+
+@register("spmm_csr", "native", ("cpu",), strided_rows=True)
+def spmm_csr_cpu(x, row_ptr, col_idx, values, scales, bias):
+    return _sparse_cpu(_native.require_cpu().spmm_csr, x, row_ptr.numel() - 1, _compressed_rows(row_ptr, col_idx),
+                       values, (), scales, bias)
+
+
+@register("spmm_bsr", "native", ("cpu",), strided_rows=True)
+def spmm_bsr_cpu(x, row_ptr, col_idx, values, scales, bias):
+    bn, bk = values.shape[1], values.shape[2]
+    return _sparse_cpu(_native.require_cpu().spmm_bsr, x, (row_ptr.numel() - 1) * bn,
+                       _compressed_rows(row_ptr, col_idx), values, (bn, bk), scales, bias)
+
+
+@register("spmm_24", "native", ("cpu",), strided_rows=True)
+def spmm_24_cpu(x, values, indices, scales, group, bias):
+    return _sparse_cpu(_native.require_cpu().spmm_nm, x, values.shape[0], (), values, (indices.data_ptr(), group),
+                       scales, bias)
+
 
 # ---- native CUDA -----------------------------------------------------------------------------------
 # csrc/cuda/sparse.cu through _C_cuda: 2:4 on the sparse tensor cores (mma.sp), reading the canonical layout.
