@@ -31,12 +31,15 @@ MODES = {
     "int4 g64 QAT, 2 epochs": "qat",
     "4-bit k-means codebook": CodebookConfig(bits=4, codebook="kmeans"),
     "2-bit k-means codebook": CodebookConfig(bits=2, codebook="kmeans"),
-    # One-shot pruning (no fine-tuning): SparseLinear layers hold only the kept weights.
+}
+# One-shot pruning (no fine-tuning): SparseLinear layers hold only the kept weights.
+PRUNING_MODES = {
     "50% Wanda (CSR)": SparsityConfig(0.5, method="wanda"),
     "2:4 SparseGPT": SparsityConfig(pattern="2:4", method="sparsegpt"),
     "80% magnitude (CSR)": SparsityConfig(0.8, method="magnitude"),
     "80% magnitude, int8 values": SparsityConfig(0.8, method="magnitude", values="int8"),
 }
+MODES.update(PRUNING_MODES)
 QAT_EPOCHS = 2
 
 

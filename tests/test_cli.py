@@ -56,7 +56,9 @@ def test_demo_small(capsys, tmp_path):
     assert "int8 dynamic (W8A8)" in text and "identical outputs: True" in text
     rows = json.loads(out.read_text())
     assert [r["mode"] for r in rows] == list(demo.MODES)
-    assert all(r["accuracy"] > 0.5 for r in rows)  # 5 short epochs on digits are already far above chance (10%)
+    # 5 short epochs on digits are already far above chance (10%); one-shot pruning of this narrow a net
+    # (64 wide) to 80% without fine-tuning loses a lot, but stays above chance.
+    assert all(r["accuracy"] > (0.2 if r["mode"] in demo.PRUNING_MODES else 0.5) for r in rows)
     assert rows[1]["smaller"] > 2
 
 
