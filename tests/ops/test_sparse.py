@@ -59,11 +59,6 @@ def ms_for(case: Case):
     return MS_SMALL if case.small else MS
 
 
-def skip_unsupported(case: Case, x_dtype) -> None:
-    if case.impl == "torch" and case.device == "cpu" and x_dtype != torch.float32:
-        pytest.skip("torch's CPU CSR matmul (MKL) has no float16 / bfloat16 kernel")
-
-
 # ---- weights ------------------------------------------------------------------------------------------
 def sparse_weight(n: int, k: int, density: float, seed: int, *, scale: float = 1.0) -> torch.Tensor:
     """Random normal W [n, k] with about `density` of its entries kept (at least one per row when
@@ -128,7 +123,6 @@ def run_nm(case, x, nm, group, bias=None, what=""):
 @pytest.mark.parametrize("value_dtype", VALUE_DTYPES, ids=dtype_id)
 @pytest.mark.parametrize("case", CSR_SWEEP)
 def test_csr_matches_reference(case, value_dtype, x_dtype):
-    skip_unsupported(case, x_dtype)
     dev = case.device
     # odd N and K, one output row, a K longer than two 16-lane steps per row
     shapes = [(37, 45), (1, 77)] if case.small else [(37, 77), (1, 5), (45, 301)]
@@ -268,7 +262,6 @@ def test_large_magnitudes(case, value_dtype):
 def test_strided_and_batched_x(case, x_dtype):
     # Row-strided x is read in place (strided_rows implementations), anything else is copied once by
     # dispatch; batched x is flattened by the op.
-    skip_unsupported(case, x_dtype)
     dev = case.device
     m, n, k = 6, 37, 160
     csr = layout.Csr(*to(dev, *layout.pack_csr(sparse_weight(n, k, 0.2, seed=3))))
