@@ -206,19 +206,6 @@ SPARSITY_METHODS = ("magnitude", "wanda", "sparsegpt")
 SPARSITY_FORMATS = {"unstructured": "csr", "block": "bsr", "2:4": "2:4", "4:8": "4:8"}  # pattern -> SparseLinear format
 
 
-def sparse_conv_class():
-    """slimkernels' SparseConv2d, or None where this version has none (sparsify_ then skips convs)."""
-    import importlib
-
-    from ..nn.base import layer_types as registered
-
-    try:
-        importlib.import_module("slimkernels.nn.sparse_conv")
-    except ImportError:
-        pass
-    return registered().get("SparseConv2d")
-
-
 @dataclass(frozen=True)
 class SparsityConfig(CompressionConfig):
     """One-shot pruning (sparsify_): the pruned layers become SparseLinear / SparseConv2d holding only
@@ -342,8 +329,6 @@ class SparsityConfig(CompressionConfig):
 
         k, n = layer_features(module)
         if isinstance(module, nn.Conv2d):
-            if sparse_conv_class() is None:
-                return "SparseConv2d not available"
             if module.padding_mode != "zeros":
                 return f"padding_mode={module.padding_mode!r} (only zero padding)"
             if isinstance(module.padding, str) and self.needs_calibration:

@@ -5,7 +5,7 @@ One handler (registered for SparsityConfig in passes.HANDLERS) prunes a layer's 
 quant/pruning.py (magnitude, Wanda, SparseGPT; unstructured, N:M or block) and packs it:
   unstructured -> SparseLinear.from_dense(format="csr"), block -> "bsr" with block=, 2:4 / 4:8 -> "2:4" / "4:8";
   a conv's weight [Cout, Cin/g, kh, kw] is pruned as g matrices [Cout/g, Cin/g * kh * kw] against its
-  unfolded inputs, then SparseConv2d.from_dense (skipped with the reason while no SparseConv2d exists).
+  unfolded inputs, then SparseConv2d.from_dense.
 sparsify_layer(module, config, **stats) converts one layer; sparsify_ runs it over a model through
 passes.run_pass (calibration block by block for wanda's input norms and sparsegpt's Hessians).
 
@@ -33,7 +33,7 @@ from ..quant import pruning
 from ..quant.hessian import CALIBRATION_TOKENS_PER_INPUT
 from ..quant.sparse import row_scales_int8
 from .calibration import CalibrationWarning, InputNormCollector, conv_aware, run_calibration
-from .config import SparsityConfig, check_config_object, sparse_conv_class
+from .config import SparsityConfig, check_config_object
 from .passes import describe_layer, handler_for, note_layer, register_handler, run_pass
 from .quantize import _gptq_damp, _keep_better_than_rtn
 from .report import CompressionReport
@@ -117,7 +117,7 @@ def _sparsegpt(w, config: SparsityConfig, sparsity: float, per: str, hessian, in
 @register_handler(SparsityConfig)
 def _sparsify(module: nn.Module, config: SparsityConfig, input_norm=None, hessian=None, input_rows=None) -> nn.Module:
     """Prune `module` (nn.Linear or nn.Conv2d) with `config` and pack it as SparseLinear / SparseConv2d."""
-    from ..nn.sparse_linear import SparseLinear
+    from ..nn import SparseConv2d, SparseLinear
 
     sparsity = layer_sparsity(module, config)
     per = "layer" if config.scope == "global" else config.per
@@ -132,8 +132,7 @@ def _sparsify(module: nn.Module, config: SparsityConfig, input_norm=None, hessia
     weight = torch.stack(pruned).reshape(module.weight.shape).to(module.weight.dtype)
     bias = None if module.bias is None else module.bias.detach()
     if isinstance(module, nn.Conv2d):
-        conv_cls = sparse_conv_class()
-        new = conv_cls.from_dense(weight, bias, stride=module.stride, padding=module.padding, dilation=module.dilation,
+        new = SparseConv2d.from_dense(weight, bias, stride=module.stride, padding=module.padding, dilation=module.dilation,
                                   groups=module.groups, values=config.values)
     else:
         block = config.block if config.pattern == "block" else None
