@@ -2,6 +2,7 @@
 
     import slimkernels
     report = slimkernels.quantize_(model, slimkernels.Int8DynamicConfig())
+    # or: slimkernels.sparsify_(model, slimkernels.SparsityConfig(0.5, method="wanda"), calibration=batches)
     slimkernels.save(model, "model.safetensors")
 """
 from . import _native, ops
@@ -16,6 +17,7 @@ from .compress import (
     Int8DynamicConfig,
     Int8WeightOnlyConfig,
     SparsityConfig,
+    calibration_text,
     convert_,
     load,
     prepare_qat_,
@@ -23,7 +25,7 @@ from .compress import (
     save,
     sparsify_,
 )
-from .nn import FakeQuantLinear, QuantLinear, SparseLinear
+from .nn import FakeQuantLinear, QuantLinear, SparseConv2d, SparseLinear
 
 __version__ = "0.1.0"
 info = _native.info
@@ -35,8 +37,8 @@ from . import integrations  # noqa: E402  (after __version__: the transformers i
 integrations.install()
 
 __all__ = [
-    "ops", "QuantLinear", "FakeQuantLinear", "SparseLinear", "quantize_", "sparsify_", "SparsityConfig", "prepare_qat_", "convert_", "Int8DynamicConfig",
-    "Int8WeightOnlyConfig", "Int4WeightOnlyConfig", "CodebookConfig", "CompressionReport",
+    "ops", "QuantLinear", "FakeQuantLinear", "SparseLinear", "SparseConv2d", "quantize_", "sparsify_", "SparsityConfig",
+    "calibration_text", "prepare_qat_", "convert_", "Int8DynamicConfig", "Int8WeightOnlyConfig", "Int4WeightOnlyConfig", "CodebookConfig", "CompressionReport",
     "save", "load", "set_backend", "use_backend", "get_backend", "set_cpu_isa", "use_cpu_isa", "get_cpu_isa",
     "set_cpu_amx", "use_cpu_amx", "get_cpu_amx", "info", "__version__",
 ]

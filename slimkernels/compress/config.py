@@ -200,7 +200,7 @@ class CodebookConfig(_GPTQKnobs, QuantizationConfig):
         return f"codebook {self.bits}-bit {self.codebook} per {self.per}" + (" gptq" if self.method == "gptq" else "")
 
 
-SPARSE_BLOCK = (16, 1)  # the default bn x bk tile of pattern="block" (rows x columns; the CPU kernels' measurement picks it)
+SPARSE_BLOCK = (4, 16)  # pattern="block"'s default bn x bk tile: the fastest CPU block at 90% (bench/results/2026-11-30-sparse-cpu.md)
 SPARSITY_PATTERNS = ("unstructured", "2:4", "4:8", "block")
 SPARSITY_METHODS = ("magnitude", "wanda", "sparsegpt")
 SPARSITY_FORMATS = {"unstructured": "csr", "block": "bsr", "2:4": "2:4", "4:8": "4:8"}  # pattern -> SparseLinear format

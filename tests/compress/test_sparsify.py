@@ -97,8 +97,8 @@ def test_skips_are_recorded_with_the_reason():
     assert {r.name: r.detail for r in report.skipped} == {
         "0": "in_features=6 is not a multiple of 4 (2:4)", "3": "weight holds NaN or Inf"}
     assert [r.name for r in report.converted] == ["2"] and isinstance(model[2], SparseLinear)
-    with pytest.warns(UserWarning, match="block 16x1 does not divide the weight \\[4, 16\\]"):
-        slimkernels.sparsify_(nn.Sequential(nn.Linear(16, 4)), SparsityConfig(pattern="block"), progress=False)
+    with pytest.warns(UserWarning, match="block 4x16 does not divide the weight \\[4, 12\\]"):
+        slimkernels.sparsify_(nn.Sequential(nn.Linear(12, 4)), SparsityConfig(pattern="block"), progress=False)
 
 
 @pytest.mark.parametrize("kwargs,match", [
