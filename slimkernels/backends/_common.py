@@ -38,3 +38,12 @@ def cpu_amx() -> str:
 
 def cuda_stream(device) -> int:
     return torch.cuda.current_stream(device).cuda_stream
+
+
+def linear_f32(x: torch.Tensor, w: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+    """x @ w.T + bias in float32, returned in x.dtype: the arithmetic of the weight-format references
+    (w is the format's dequantized float32 weight)."""
+    y = x.float() @ w.T
+    if bias is not None:
+        y = y + bias.float()
+    return y.to(x.dtype)

@@ -7,28 +7,21 @@ import torch.nn.functional as F
 from .. import _native
 from ..quant import lowbit
 from . import register, row_stride
-from ._common import KIND, cpu_amx, cpu_isa, cuda_stream, f32, ptr, threads
+from ._common import KIND, cpu_amx, cpu_isa, cuda_stream, f32, linear_f32, ptr, threads
 from .quantize import ALL_DEVICES
 
 
 # ---- reference: the spec ---------------------------------------------------------------------------
-def _linear_f32(x, w, bias):
-    y = x.float() @ w.T
-    if bias is not None:
-        y = y + bias.float()
-    return y.to(x.dtype)
-
-
 @register("dequant_mm_int4", "reference", ALL_DEVICES)
 def dequant_mm_int4_reference(x, qweight, scales, zeros, group_size, bias):
     """x @ dequantize_int4(...).T + bias: weights dequantized in float32, the GEMM in float32."""
-    return _linear_f32(x, lowbit.dequantize_int4(qweight, scales, zeros, group_size, x.shape[1]), bias)
+    return linear_f32(x, lowbit.dequantize_int4(qweight, scales, zeros, group_size, x.shape[1]), bias)
 
 
 @register("lut_mm", "reference", ALL_DEVICES)
 def lut_mm_reference(x, indices, codebook, bias):
     """x @ codebook[row, indices].T + bias, in float32, returned in x.dtype."""
-    return _linear_f32(x, lowbit.dequantize_codebook(indices, codebook, x.shape[1]), bias)
+    return linear_f32(x, lowbit.dequantize_codebook(indices, codebook, x.shape[1]), bias)
 
 
 # ---- native CPU ------------------------------------------------------------------------------------

@@ -9,32 +9,25 @@ import torch
 from .. import _native
 from ..quant import sparse as layout
 from . import register, row_stride
-from ._common import KIND, cpu_isa, cuda_stream, f32, ptr, threads
+from ._common import KIND, cpu_isa, cuda_stream, f32, linear_f32, ptr, threads
 from .quantize import ALL_DEVICES
 
 
 # ---- reference: the spec ---------------------------------------------------------------------------
-def _linear_f32(x, w, bias):
-    y = x.float() @ w.T
-    if bias is not None:
-        y = y + bias.float()
-    return y.to(x.dtype)
-
-
 @register("spmm_csr", "reference", ALL_DEVICES)
 def spmm_csr_reference(x, row_ptr, col_idx, values, scales, bias):
     """x @ unpack_csr(...).T + bias in float32, returned in x.dtype."""
-    return _linear_f32(x, layout.unpack_csr(row_ptr, col_idx, values, scales, x.shape[1]), bias)
+    return linear_f32(x, layout.unpack_csr(row_ptr, col_idx, values, scales, x.shape[1]), bias)
 
 
 @register("spmm_bsr", "reference", ALL_DEVICES)
 def spmm_bsr_reference(x, row_ptr, col_idx, values, scales, bias):
-    return _linear_f32(x, layout.unpack_bsr(row_ptr, col_idx, values, scales, x.shape[1]), bias)
+    return linear_f32(x, layout.unpack_bsr(row_ptr, col_idx, values, scales, x.shape[1]), bias)
 
 
 @register("spmm_24", "reference", ALL_DEVICES)
 def spmm_24_reference(x, values, indices, scales, group, bias):
-    return _linear_f32(x, layout.unpack_nm(values, indices, scales, group, x.shape[1]), bias)
+    return linear_f32(x, layout.unpack_nm(values, indices, scales, group, x.shape[1]), bias)
 
 
 # ---- torch: torch.sparse's CSR matmul (MKL on CPU, cuSPARSE on CUDA) -----------------------------------
