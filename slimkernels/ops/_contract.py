@@ -97,12 +97,19 @@ FROZEN_WEIGHT_HINT = (
 )
 
 
-def frozen_weight_error(op_name: str, names) -> RuntimeError:
-    """The error an op's backward raises when a gradient is asked for its quantized weight."""
-    return RuntimeError(f"slimkernels.{op_name}: no gradient for {', '.join(names)}: {FROZEN_WEIGHT_HINT}")
+SPARSE_WEIGHT_HINT = (
+    "the sparse weight is frozen: its stored values and indices get no gradient. Gradients flow to the input "
+    "and the bias only. To train a pruned model, fine-tune the float model with its pruning mask applied "
+    "before sparsify_, or train float layers (an adapter, LoRA) beside the frozen sparse ones"
+)
 
 
-def weight_only_autograd(opdef, dequantize: Callable, n_weight_args: int) -> None:
+def frozen_weight_error(op_name: str, names, hint: str = FROZEN_WEIGHT_HINT) -> RuntimeError:
+    """The error an op's backward raises when a gradient is asked for its frozen (quantized or sparse) weight."""
+    return RuntimeError(f"slimkernels.{op_name}: no gradient for {', '.join(names)}: {hint}")
+
+
+def weight_only_autograd(opdef, dequantize: Callable, n_weight_args: int, hint: str = FROZEN_WEIGHT_HINT) -> None:
     """Autograd of a linear-like op(x, *weights, bias) over a quantized weight: the weights are frozen
     integers or codes (and the float tensors that dequantize them), so only x and bias get gradients
     (distillation, adapters and fine-tuning around quantized layers): grad_x = grad @ W with
@@ -122,7 +129,7 @@ def weight_only_autograd(opdef, dequantize: Callable, n_weight_args: int) -> Non
     def backward(ctx, grad):
         asked = [name for name, needs in zip(weight_names, ctx.needs_input_grad[1:1 + n_weight_args]) if needs]
         if asked:
-            raise frozen_weight_error(op_name, asked)
+            raise frozen_weight_error(op_name, asked, hint)
         grad_x = grad_bias = None
         if ctx.needs_input_grad[0]:
             w = dequantize(*ctx.weight_args, ctx.k)

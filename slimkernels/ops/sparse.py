@@ -15,7 +15,7 @@ from torch import Tensor
 
 from ..quant import sparse as layout
 from . import _checks as check
-from ._contract import linear_fake, linear_rows, op, weight_only_autograd
+from ._contract import SPARSE_WEIGHT_HINT, linear_fake, linear_rows, op, weight_only_autograd
 
 
 def _check_values(op_name, values, scales, n, leading):
@@ -116,9 +116,8 @@ def spmm_24(x: Tensor, values: Tensor, indices: Tensor, scales: Optional[Tensor]
     return linear_rows("spmm_24", x, values.shape[0], values, indices, scales, group, bias)
 
 
-weight_only_autograd(spmm_csr.opdef, layout.unpack_csr, 4)
-weight_only_autograd(spmm_bsr.opdef, layout.unpack_bsr, 4)
-weight_only_autograd(spmm_24.opdef, lambda values, indices, scales, group, k: layout.unpack_nm(values, indices, scales,
-                                                                                              group, k), 4)
+weight_only_autograd(spmm_csr.opdef, layout.unpack_csr, 4, SPARSE_WEIGHT_HINT)
+weight_only_autograd(spmm_bsr.opdef, layout.unpack_bsr, 4, SPARSE_WEIGHT_HINT)
+weight_only_autograd(spmm_24.opdef, layout.unpack_nm, 4, SPARSE_WEIGHT_HINT)
 
 __all__ = ["spmm_csr", "spmm_bsr", "spmm_24"]

@@ -21,7 +21,7 @@ from torch import Tensor
 from ..backends import dispatch
 from ..quant import sparse as layout
 from . import _checks as check
-from ._contract import frozen_weight_error, op
+from ._contract import SPARSE_WEIGHT_HINT, frozen_weight_error, op
 from .sparse import _check_compressed_rows, _check_values
 
 OP = "sparse_conv2d"
@@ -121,7 +121,7 @@ def _setup(ctx, inputs, output):
 def _backward(ctx, grad):
     asked = [name for name, needs in zip(_WEIGHT_ARGS, ctx.needs_input_grad[1:5]) if needs]
     if asked:
-        raise frozen_weight_error(OP, asked)
+        raise frozen_weight_error(OP, asked, SPARSE_WEIGHT_HINT)
     kernel_size, stride, padding, dilation, groups = ctx.conv
     grad_x = grad_bias = None
     if ctx.needs_input_grad[0]:

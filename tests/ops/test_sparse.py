@@ -351,6 +351,14 @@ def test_autograd(case):
         torch.testing.assert_close(bias.grad.cpu(), grad.cpu().sum((0, 1)), rtol=1e-5, atol=1e-5, msg=name)
 
 
+def test_frozen_values_say_so():
+    """Asking for a gradient of the stored values is an error that says the sparse weight is frozen."""
+    c = layout.pack_csr(sparse_weight(8, 32, 0.5, seed=3))
+    values = c.values.clone().requires_grad_()
+    with pytest.raises(RuntimeError, match="spmm_csr: no gradient for values: the sparse weight is frozen"):
+        ops.spmm_csr(torch.randn(2, 32), c.row_ptr, c.col_idx, values, None).sum().backward()
+
+
 def test_ops_reject_bad_arguments():
     x = torch.randn(3, 64)
     w = sparse_weight(8, 64, 0.3, seed=1)
