@@ -59,7 +59,7 @@ def nm_bits(m: int) -> int:
     """Bits of an in-group position for groups of m (2 for 2:4, 3 for 4:8)."""
     if m not in NM_GROUPS:
         raise ValueError(f"N:M groups must have m in {NM_GROUPS} columns (2:4 or 4:8), got m={m!r}")
-    return m.bit_length() - 1
+    return {4: 2, 8: 3}[m]  # not m.bit_length() - 1: torch 2.4's compiler cannot trace int.bit_length
 
 
 class SparseValues(NamedTuple):
