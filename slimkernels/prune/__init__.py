@@ -1,0 +1,1 @@
+"""Structured pruning: coupled-channel groups, importance criteria, physical removal, schedules."""
