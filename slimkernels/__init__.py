@@ -26,6 +26,7 @@ from .compress import (
     sparsify_,
 )
 from .nn import FakeQuantLinear, QuantLinear, SparseConv2d, SparseLinear
+from .prune import StructuredPruningConfig, prune_
 
 __version__ = "0.1.0"
 info = _native.info
@@ -40,5 +41,5 @@ __all__ = [
     "ops", "QuantLinear", "FakeQuantLinear", "SparseLinear", "SparseConv2d", "quantize_", "sparsify_", "SparsityConfig",
     "calibration_text", "prepare_qat_", "convert_", "Int8DynamicConfig", "Int8WeightOnlyConfig", "Int4WeightOnlyConfig", "CodebookConfig", "CompressionReport",
     "save", "load", "set_backend", "use_backend", "get_backend", "set_cpu_isa", "use_cpu_isa", "get_cpu_isa",
-    "set_cpu_amx", "use_cpu_amx", "get_cpu_amx", "info", "__version__",
+    "set_cpu_amx", "use_cpu_amx", "get_cpu_amx", "info", "__version__", "prune_", "StructuredPruningConfig",
 ]

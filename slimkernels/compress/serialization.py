@@ -7,6 +7,17 @@ registry of layer types, asks that class whether the float module there is one i
 (`matches_float`), swaps in `from_layer_config(cfg)` (an empty module: nothing is re-quantized),
 then fills every tensor after checking its name, shape and dtype. Nothing here knows a layer type:
 a new CompressedModule subclass saves and loads once it is registered.
+
+Structurally pruned models (slimkernels.prune) have smaller plain layers than their architecture builds.
+`save` also records, per module, the shapes of its own tensors (for a compressed layer: of the float
+weight and bias it replaces) and its integer size attributes (out_features, groups, num_features,
+normalized_shape, the head counts of an attention block, ...). When the plain modules of a checkpoint
+are narrower than the model's, `load` takes it for a pruned one: it narrows the model's modules to the
+recorded shapes first (prune.shrink.keep_entries keeping the leading entries; the values come from the
+file right after) and sets the recorded size attributes, so a pruned (and then perhaps quantized)
+checkpoint loads into a fresh float model of the original architecture. Checkpoints without this
+record, or with no narrower plain module, load as before (and a wider or reshaped tensor is the same
+error as before).
 """
 from __future__ import annotations
 
@@ -36,8 +47,104 @@ def save(model: nn.Module, path: str | os.PathLike) -> None:
             continue
         first_by_ptr[key] = name
         tensors[name] = t.detach().contiguous().cpu()
-    metadata = {"format": FORMAT, "version": str(VERSION), "layers": json.dumps(layers), "aliases": json.dumps(aliases)}
+    metadata = {"format": FORMAT, "version": str(VERSION), "layers": json.dumps(layers), "aliases": json.dumps(aliases),
+                "modules": json.dumps(_module_shapes(model))}
     save_file(tensors, os.fspath(path), metadata=metadata)
+
+
+def _is_size(value) -> bool:
+    """An int, or a tuple/list of ints: what a module's size attributes are (bools are not sizes)."""
+    def is_int(v):
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    return is_int(value) or (isinstance(value, (tuple, list)) and all(is_int(v) for v in value))
+
+
+def _module_shapes(model: nn.Module) -> dict:
+    """{module name: {"tensors": {name: shape}, "attrs": {name: int or [ints]}}} of every module (the
+    modules inside a compressed layer are its own business)."""
+    record, inside = {}, ()
+    for name, m in model.named_modules():
+        if inside and name.startswith(inside):
+            continue
+        if isinstance(m, CompressedModule):
+            inside = tuple(f"{n}." for n in (*inside, name))
+            try:
+                shape = list(m.weight_shape)
+            except NotImplementedError:
+                continue
+            tensors = {"weight": shape}
+            if isinstance(getattr(m, "bias", None), torch.Tensor):
+                tensors["bias"] = shape[:1]
+            record[name] = {"tensors": tensors, "attrs": {}, "compressed": True}
+            continue
+        own = {**m._parameters, **m._buffers}
+        tensors = {n: list(t.shape) for n, t in own.items() if t is not None}
+        attrs = {n: list(v) if isinstance(v, tuple) else v for n, v in vars(m).items()
+                 if not n.startswith("_") and n != "training" and _is_size(v)}
+        if tensors or attrs:
+            record[name] = {"tensors": tensors, "attrs": attrs}
+    return record
+
+
+def _check_module_record(path: str, record) -> dict:
+    """The module shape record, or ValueError if it is not {name: {"tensors": {...}, "attrs": {...}}}."""
+    def shape_like(v):
+        return isinstance(v, list) and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in v)
+
+    if not isinstance(record, dict):
+        raise ValueError(f"{path}: corrupt module shape record (expected a mapping of module names, got "
+                         f"{type(record).__name__})")
+    for name, entry in record.items():
+        ok = isinstance(entry, dict) and set(entry) <= {"tensors", "attrs", "compressed"}
+        ok = ok and isinstance(entry.get("compressed", False), bool)
+        tensors, attrs = (entry.get("tensors", {}), entry.get("attrs", {})) if ok else (None, None)
+        ok = ok and isinstance(tensors, dict) and all(shape_like(v) for v in tensors.values())
+        ok = ok and isinstance(attrs, dict) and all(_is_size(v) for v in attrs.values())
+        if not ok:
+            raise ValueError(f"{path}: corrupt module shape record for {name!r}: {entry!r} (expected "
+                             "{'tensors': {name: [sizes]}, 'attrs': {name: int or [ints]}, 'compressed': bool})")
+    return record
+
+
+def _narrowable(module: nn.Module, tname: str, shape: list) -> bool:
+    """Whether the module's tensor is larger than the recorded shape in some dim and nowhere smaller."""
+    t = getattr(module, tname, None)
+    return (isinstance(t, torch.Tensor) and t.dim() == len(shape) and list(t.shape) != shape
+            and all(want <= have for want, have in zip(shape, t.shape)))
+
+
+def _narrow_to_record(model: nn.Module, record: dict) -> None:
+    """Narrow the modules of `model` whose tensors are larger than the checkpoint records, then set the
+    recorded size attributes. Only for a pruned checkpoint: one whose plain (not compressed) modules are
+    narrower than the model's somewhere; then the float layers that compressed ones replace are narrowed
+    too. Anything else is left for load's checks to report (a wider or reshaped tensor, a checkpoint of
+    another layer there)."""
+    modules = dict(model.named_modules())
+    narrower = []  # (module, tensor name, recorded shape, recorded from a compressed layer)
+    for name, entry in record.items():
+        module = modules.get(name)
+        if module is None or isinstance(module, CompressedModule):
+            continue  # a missing module shows as missing tensors; a compressed one is _convert_layer's
+        narrower += [(module, tname, shape, entry.get("compressed", False))
+                     for tname, shape in entry.get("tensors", {}).items() if _narrowable(module, tname, shape)]
+    if all(compressed for *_, compressed in narrower):
+        return  # no plain module is narrower: not a pruned checkpoint
+    from ..prune.shrink import keep_entries
+
+    with torch.no_grad():
+        for module, tname, shape, _ in narrower:
+            for dim, want in enumerate(shape):
+                if getattr(module, tname).shape[dim] > want:
+                    keep_entries(module, tname, dim, torch.arange(want))
+    for name, entry in record.items():
+        module = modules.get(name)
+        if module is None or isinstance(module, CompressedModule):
+            continue
+        for attr, value in entry.get("attrs", {}).items():
+            current = vars(module).get(attr)
+            if _is_size(current) and isinstance(current, (tuple, list)) == isinstance(value, list):
+                setattr(module, attr, type(current)(value) if isinstance(current, (tuple, list)) else value)
 
 
 def _read_metadata(path: str) -> dict:
@@ -53,9 +160,12 @@ def _read_metadata(path: str) -> dict:
     if meta.get("version") != str(VERSION):
         raise ValueError(f"{path}: slimkernels checkpoint version {meta.get('version')!r}, this version reads {VERSION}")
     try:
-        return {"layers": json.loads(meta["layers"]), "aliases": json.loads(meta.get("aliases", "{}"))}
+        parsed = {"layers": json.loads(meta["layers"]), "aliases": json.loads(meta.get("aliases", "{}")),
+                  "modules": json.loads(meta.get("modules", "{}"))}
     except (KeyError, json.JSONDecodeError) as exc:
         raise ValueError(f"{path}: corrupt slimkernels metadata ({exc})") from exc
+    parsed["modules"] = _check_module_record(path, parsed["modules"])
+    return parsed
 
 
 def _placement(module: nn.Module):
@@ -145,6 +255,7 @@ def load(path: str | os.PathLike, model: nn.Module) -> nn.Module:
     by `save`. Returns the model, converted in place."""
     path = os.fspath(path)
     meta = _read_metadata(path)
+    _narrow_to_record(model, meta["modules"])  # a pruned checkpoint: its smaller layers first
     for name, cfg in meta["layers"].items():
         _convert_layer(model, name, cfg)
     try:
