@@ -360,3 +360,26 @@ def assert_close_linear(got: torch.Tensor, ref: torch.Tensor, x: torch.Tensor, w
         where = tuple(int(i) for i in (~ok).nonzero()[0])
         raise AssertionError(f"{what}: {int((~ok).sum())} elements outside the bound, worst ratio {worst:.3g}, "
                              f"first at {where}: got {got[where].item()!r}, expected {ref[where].item()!r}")
+
+
+# ==== optional model zoos ==========================================================================
+def import_torchvision():
+    """torchvision, importable on a CPU-only torch: its CUDA-built PyPI wheel registers kernels for two
+    ops (torchvision::nms, qnms) whose schemas then have to exist already, so define them once if
+    they are absent. Raises ImportError when torchvision is not installed (tests skip on it)."""
+    import importlib.util
+
+    if importlib.util.find_spec("torchvision") is None:
+        raise ImportError("torchvision is not installed")
+    global _TORCHVISION_LIB
+    if _TORCHVISION_LIB is None and not hasattr(torch.ops.torchvision, "nms"):
+        lib = torch.library.Library("torchvision", "DEF")
+        lib.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+        lib.define("qnms(Tensor qdets, Tensor scores, float iou_threshold) -> Tensor")
+        _TORCHVISION_LIB = lib  # kept alive: the definitions last as long as the library object
+    import torchvision
+
+    return torchvision
+
+
+_TORCHVISION_LIB = None

@@ -37,6 +37,9 @@ class Member:
     dim: int
     index: torch.Tensor  # LongTensor [group.size, per_unit]
     role: str  # "out" | "in"
+    # The length of `dim` when the group was built (0: unknown). shrink.remove checks it, so a group made
+    # stale by another group's removal (a shared consumer) is refused instead of cutting wrong entries.
+    extent: int = 0
 
     def entries(self, units: torch.Tensor) -> torch.Tensor:
         """Sorted indices along `dim` covered by the given units."""
