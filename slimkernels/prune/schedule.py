@@ -103,7 +103,98 @@ def _check_int(fn: str, name: str, value, low: int) -> int:
     return value
 
 
-class PruningSchedule:
+class _StepSchedule:
+    """What every schedule shares: its kind, steps and updates, step() counting the training steps, the
+    amount pruned at each update (a sparsity, or a structured ratio) and the error past the end.
+    Subclasses define _update(amount) and may check things before each step (_before_step)."""
+
+    def __init__(self, final: float, kind: str, start: int, end: Optional[int], frequency: int, initial: float):
+        fn = type(self).__name__
+        if kind not in KINDS:
+            raise ValueError(f"{fn}: kind must be one of {KINDS}, got {kind!r}")
+        start = _check_int(fn, "start", start, 0)
+        frequency = _check_int(fn, "frequency", frequency, 1)
+        if kind == "one_shot":
+            if end is not None and end != start:
+                raise ValueError(f"{fn}: a one_shot schedule prunes once, at start={start}; leave end=None, got "
+                                 f"end={end!r}")
+            end = start
+        else:
+            if end is None:
+                raise ValueError(f"{fn}: a {kind} schedule needs end (the step of its last update)")
+            end = _check_int(fn, "end", end, 0)
+            if start >= end:
+                raise ValueError(f"{fn}: start must be < end for a {kind} schedule, got start={start}, end={end}")
+        if not isinstance(initial, (int, float)) or isinstance(initial, bool) or not 0 <= initial <= final:
+            raise ValueError(f"{fn}: the initial amount (initial_sparsity) must be a number in [0, final {final:g}], "
+                             f"got {initial!r}")
+        if initial and kind != "gradual":
+            raise ValueError(f"{fn}: initial_sparsity is the gradual ramp's s_i; a {kind} schedule starts from 0")
+        self.kind, self.start, self.end, self.frequency = kind, start, end, frequency
+        self._initial, self._final = float(initial), float(final)
+        self._updates = [start] if kind == "one_shot" else update_steps(start, end, frequency)
+        self.step_count = 0
+        self._amount = 0.0  # of the last update
+
+    @property
+    def done(self) -> bool:
+        """Whether every update has been made (step() past `end` is an error)."""
+        return self.step_count > self.end
+
+    def _target(self, step: int) -> float:
+        """The amount (sparsity or ratio) an update made at `step` prunes to."""
+        if self.kind == "one_shot":
+            return self._final
+        if self.kind == "gradual":
+            return gradual_sparsity(step, self.start, self.end, self._initial, self._final)
+        made = sum(1 for t in self._updates if t <= step)
+        return iterative_sparsity(made, len(self._updates), self._final)
+
+    def step(self) -> bool:
+        """One training step: at an update step, prune to the schedule's amount at this step. Returns
+        whether the model was pruned. RuntimeError once the schedule is done."""
+        fn = f"{type(self).__name__}.step"
+        self._check_open("step")
+        if self.done:
+            raise RuntimeError(f"{fn}: the schedule ended at step {self.end} (schedule.done); stop calling step(), or "
+                               f"build the schedule with a later end. {self._after_end}")
+        self._before_step()
+        pruned = self.step_count in self._updates
+        if pruned:
+            self._update(self._target(self.step_count))
+        self._after_step()
+        self.step_count += 1
+        return pruned
+
+    _after_end = ""
+
+    def _check_open(self, fn: str) -> None:
+        """Raise when the schedule can no longer be used (converted)."""
+
+    def _before_step(self) -> None:
+        pass
+
+    def _after_step(self) -> None:
+        pass
+
+    def _update(self, amount: float) -> None:
+        raise NotImplementedError
+
+    def _settings(self) -> dict:
+        return {"kind": self.kind, "start": self.start, "end": self.end, "frequency": self.frequency,
+                "initial": self._initial, "final": self._final}
+
+    def _check_settings(self, state, fn: str, needed: tuple = ()) -> None:
+        if not isinstance(state, dict) or any(key not in state for key in ("step_count", *needed)):
+            raise ValueError(f"{fn}: expected a dict from {type(self).__name__}.state_dict(), got "
+                             f"{type(state).__name__}")
+        for key, value in self._settings().items():
+            if state.get(key) != value:
+                raise ValueError(f"{fn}: the saved schedule has {key}={state.get(key)!r}, this one {value!r}; build the "
+                                 "schedule with the settings it was saved with")
+
+
+class PruningSchedule(_StepSchedule):
     """Masks that grow with the training steps (see the module docstring for the kinds, the masks'
     upkeep and QAT).
 
@@ -133,37 +224,11 @@ class PruningSchedule:
         if config.allocation != "uniform":
             raise ValueError(f"{fn}: allocation={config.allocation!r} needs calibration data; schedules take "
                              "allocation='uniform' (scope='global' gives one magnitude threshold over the layers)")
-        if kind not in KINDS:
-            raise ValueError(f"{fn}: kind must be one of {KINDS}, got {kind!r}")
-        start = _check_int(fn, "start", start, 0)
-        frequency = _check_int(fn, "frequency", frequency, 1)
-        if kind == "one_shot":
-            if end is not None and end != start:
-                raise ValueError(f"{fn}: a one_shot schedule prunes once, at start={start}; leave end=None, got "
-                                 f"end={end!r}")
-            end = start
-        else:
-            if end is None:
-                raise ValueError(f"{fn}: a {kind} schedule needs end (the step of its last update)")
-            end = _check_int(fn, "end", end, 0)
-            if start >= end:
-                raise ValueError(f"{fn}: start must be < end for a {kind} schedule, got start={start}, end={end}")
-        final = config.sparsity
-        if (not isinstance(initial_sparsity, (int, float)) or isinstance(initial_sparsity, bool)
-                or not 0 <= initial_sparsity <= final):
-            raise ValueError(f"{fn}: initial_sparsity must be a number in [0, final sparsity {final:g}], got "
-                             f"{initial_sparsity!r}")
-        if initial_sparsity and kind != "gradual":
-            raise ValueError(f"{fn}: initial_sparsity is the gradual ramp's s_i; a {kind} schedule starts from 0")
+        super().__init__(config.sparsity, kind, start, end, frequency, initial_sparsity)
         if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(f"{fn}: optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
 
-        self.model, self.config, self.kind = model, config, kind
-        self.start, self.end, self.frequency = start, end, frequency
-        self.initial_sparsity = float(initial_sparsity)
-        self.step_count = 0
-        self._sparsity = 0.0
-        self._updates = [start] if kind == "one_shot" else update_steps(start, end, frequency)
+        self.model, self.config = model, config
         self._converted = False
         self._layers, self._skipped = self._find_layers(model, config, filter_fn)
         for layer in self._layers:
@@ -228,16 +293,11 @@ class PruningSchedule:
     @property
     def sparsity(self) -> float:
         """The target sparsity of the last update (0 before the first)."""
-        return self._sparsity
+        return self._amount
 
     @property
     def final_sparsity(self) -> float:
-        return self.config.sparsity
-
-    @property
-    def done(self) -> bool:
-        """Whether every update has been made (step() past `end` is an error)."""
-        return self.step_count > self.end
+        return self._final
 
     @property
     def masks(self) -> dict[str, torch.Tensor]:
@@ -250,37 +310,27 @@ class PruningSchedule:
 
     def target_sparsity(self, step: int) -> float:
         """The sparsity the schedule prunes to at an update made at `step`."""
-        if self.kind == "one_shot":
-            return self.final_sparsity
-        if self.kind == "gradual":
-            return gradual_sparsity(step, self.start, self.end, self.initial_sparsity, self.final_sparsity)
-        done = sum(1 for t in self._updates if t <= step)
-        return iterative_sparsity(done, len(self._updates), self.final_sparsity)
+        return self._target(step)
 
     # ---- the loop ----------------------------------------------------------------------------------------
-    def step(self) -> None:
-        """One training step: at an update step, grow the masks to target_sparsity(step); then zero the
-        pruned weights. RuntimeError once the schedule is done."""
-        self._check_open("step")
-        if self.done:
-            raise RuntimeError(f"PruningSchedule.step: the schedule ended at step {self.end} (schedule.done); its "
-                               "masks stay in force until convert(); stop calling step() (without optimizer=, call "
-                               "apply_masks() after each optimizer step while you keep fine-tuning), or build the "
-                               "schedule with a later end")
+    _after_end = ("The masks stay in force until convert(); without optimizer=, call apply_masks() after each "
+                  "optimizer step while you keep fine-tuning.")
+
+    def _before_step(self) -> None:
         self._check_layers("step")
-        if self.step_count in self._updates:
-            self._grow(self.target_sparsity(self.step_count))
+
+    def _after_step(self) -> None:
         self.apply_masks()
-        self.step_count += 1
 
     @torch.no_grad()
-    def _grow(self, sparsity: float) -> None:
+    def _update(self, sparsity: float) -> None:
+        """Grow the masks to `sparsity`."""
         c = self.config
         keeps = grow_masks([layer.weight for layer in self._layers], [layer.keep for layer in self._layers], sparsity,
                            c.pattern, c.per, c.scope, c.block)
         for layer, keep in zip(self._layers, keeps):
             layer.keep = keep
-        self._sparsity = sparsity
+        self._amount = sparsity
         self._clear_optimizer_state()
 
     @torch.no_grad()
@@ -303,26 +353,19 @@ class PruningSchedule:
 
     # ---- resume ------------------------------------------------------------------------------------------
     def _settings(self) -> dict:
-        return {"kind": self.kind, "start": self.start, "end": self.end, "frequency": self.frequency,
-                "initial_sparsity": self.initial_sparsity, "final_sparsity": self.final_sparsity,
-                "pattern": self.config.pattern}
+        return {**super()._settings(), "pattern": self.config.pattern}
 
     def state_dict(self) -> dict:
         """What resuming needs: the settings (checked on load), the step count, the sparsity and the masks."""
         masks = {layer.name: None if layer.keep is None else layer.keep.clone() for layer in self._layers}
-        return {**self._settings(), "step_count": self.step_count, "sparsity": self._sparsity, "masks": masks}
+        return {**self._settings(), "step_count": self.step_count, "sparsity": self._amount, "masks": masks}
 
     def load_state_dict(self, state: dict) -> None:
         """Resume from state_dict() on a schedule built with the same settings over the same layers (the
         model's weights come from its own state_dict); the pruned weights are zeroed again."""
         fn = "PruningSchedule.load_state_dict"
         self._check_open("load_state_dict")
-        if not isinstance(state, dict) or "masks" not in state:
-            raise ValueError(f"{fn}: expected a dict from PruningSchedule.state_dict(), got {type(state).__name__}")
-        for key, value in self._settings().items():
-            if state.get(key) != value:
-                raise ValueError(f"{fn}: the saved schedule has {key}={state.get(key)!r}, this one {value!r}; build the "
-                                 "schedule with the settings it was saved with")
+        self._check_settings(state, fn, ("masks", "sparsity"))
         names = [layer.name for layer in self._layers]
         if sorted(state["masks"]) != sorted(names):
             raise ValueError(f"{fn}: the saved masks are for layers {sorted(state['masks'])}, this schedule prunes "
@@ -336,7 +379,7 @@ class PruningSchedule:
             keep = state["masks"][layer.name]
             layer.keep = None if keep is None else keep.to(layer.weight.device)
         self.step_count = int(state["step_count"])
-        self._sparsity = float(state["sparsity"])
+        self._amount = float(state["sparsity"])
         self.apply_masks()
         self._clear_optimizer_state()
 
@@ -362,7 +405,7 @@ class PruningSchedule:
         self._check_open("convert")
         if not self.done:
             warnings.warn(f"PruningSchedule.convert: the schedule is at step {self.step_count} of {self.end}, sparsity "
-                          f"{self._sparsity:.3f} of {self.final_sparsity:g}", stacklevel=user_stacklevel())
+                          f"{self._amount:.3f} of {self.final_sparsity:g}", stacklevel=user_stacklevel())
         self.apply_masks()
         self.remove_hooks()
         self._converted = True

@@ -284,7 +284,7 @@ def test_state_dict_resume_matches_an_uninterrupted_run():
         torch.testing.assert_close(a, b)
 
     other = PruningSchedule(mlp(), SparsityConfig(sparsity=0.5), "gradual", start=2, end=22, frequency=5)
-    with pytest.raises(ValueError, match="final_sparsity"):
+    with pytest.raises(ValueError, match="final=0.75"):
         other.load_state_dict(saved[2])
     bad = copy.deepcopy(saved[2])
     bad["masks"]["0"] = bad["masks"]["0"][:, :3]
