@@ -45,7 +45,7 @@ too (convert() then only drops the hooks, and checks the zeros of the QuantLinea
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Optional
 
 import torch
@@ -61,11 +61,12 @@ from ..nn.base import CompressedModule
 from ..nn.fake_quant_linear import FakeQuantLinear
 from ..quant.pruning import NM_PATTERNS
 from ..quant.sparse import is_nm
+from .api import StructuredPruningConfig, prune_
 from .masks import grow_masks, weight_matrix
 
 KINDS = ("one_shot", "iterative", "gradual")
 
-__all__ = ["PruningSchedule", "KINDS", "gradual_sparsity", "iterative_sparsity", "update_steps"]
+__all__ = ["PruningSchedule", "StructuredPruningSchedule", "KINDS", "gradual_sparsity", "iterative_sparsity", "update_steps"]
 
 
 def gradual_sparsity(step: int, start: int, end: int, initial: float, final: float) -> float:
@@ -463,3 +464,74 @@ class PruningSchedule(_StepSchedule):
             fmt = "csr"
         return SparseLinear.from_dense(weight, bias, format=fmt, values=c.values,
                                        block=c.block if fmt == "bsr" else None)
+
+
+class StructuredPruningSchedule(_StepSchedule):
+    """prune_ driven by step(): the model physically shrinks at each update while it fine-tunes.
+
+    config: a StructuredPruningConfig; its ratio is the final fraction of each group's original units
+      removed (scope="layer"; with scope="global", of all selected units). At an update to ratio r_t, prune_
+      removes the fraction 1 - (1 - r_t) / (1 - r_prev) of the units left, so the ratios compound to r_t
+      (up to a unit of rounding per update and group).
+    example_inputs: what prune_ traces the model with (re-traced at each update). calibration, loss_fn,
+      filter_fn(group): passed to prune_ (data-driven criteria are scored on the current model).
+    on_prune(model): called after each update. Pruning replaces the pruned layers' Parameters, so an
+      optimizer (and an LR scheduler) holding the old ones must be rebuilt there, e.g.
+      `on_prune=lambda m: opt_box.__setitem__(0, torch.optim.SGD(m.parameters(), lr))`; without on_prune,
+      the first update warns. step() also returns True when it pruned.
+    kind, start, end, frequency: as PruningSchedule's (the ratio ramps as its sparsity does).
+    """
+
+    def __init__(self, model: nn.Module, config, example_inputs, kind: str = "gradual", start: int = 0,
+                 end: Optional[int] = None, frequency: int = 1, *, calibration=None, loss_fn=None, filter_fn=None,
+                 on_prune: Optional[Callable[[nn.Module], None]] = None, progress: bool = False):
+        fn = "StructuredPruningSchedule"
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"{fn}: model must be an nn.Module, got {type(model).__name__}")
+        if not isinstance(config, StructuredPruningConfig):
+            raise TypeError(f"{fn}: config must be a StructuredPruningConfig (masks: PruningSchedule with a "
+                            f"SparsityConfig), got {type(config).__name__}")
+        if on_prune is not None and not callable(on_prune):
+            raise TypeError(f"{fn}: on_prune must be a callable fn(model), got {type(on_prune).__name__}")
+        super().__init__(config.ratio, kind, start, end, frequency, 0.0)
+        self.model, self.config, self.example_inputs = model, config, example_inputs
+        self.calibration, self.loss_fn, self.filter_fn = calibration, loss_fn, filter_fn
+        self.on_prune, self.progress = on_prune, progress
+        self.reports: list[CompressionReport] = []
+
+    @property
+    def ratio(self) -> float:
+        """The ratio of the last update (0 before the first)."""
+        return self._amount
+
+    @property
+    def final_ratio(self) -> float:
+        return self._final
+
+    def target_ratio(self, step: int) -> float:
+        return self._target(step)
+
+    def _update(self, ratio: float) -> None:
+        step_ratio = 1.0 - (1.0 - ratio) / (1.0 - self._amount)
+        if step_ratio > 0:
+            report = prune_(self.model, replace(self.config, ratio=step_ratio), self.example_inputs,
+                            calibration=self.calibration, loss_fn=self.loss_fn, filter_fn=self.filter_fn,
+                            progress=self.progress)
+            self.reports.append(report)
+        self._amount = ratio
+        if self.on_prune is not None:
+            self.on_prune(self.model)
+        elif step_ratio > 0 and len(self.reports) == 1:
+            warnings.warn("StructuredPruningSchedule: the pruned layers have new, smaller Parameters; an optimizer "
+                          "built on the old ones no longer trains them: rebuild it after each update (pass "
+                          "on_prune=fn(model), or check step()'s return value)", stacklevel=user_stacklevel())
+
+    def state_dict(self) -> dict:
+        """The settings, the step count and the ratio reached; the pruned model itself is saved with
+        slimkernels.save (which records its new shapes) and loaded with slimkernels.load."""
+        return {**self._settings(), "step_count": self.step_count, "ratio": self._amount}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Resume on a schedule built with the same settings over the model loaded as it was saved."""
+        self._check_settings(state, "StructuredPruningSchedule.load_state_dict", ("ratio",))
+        self.step_count, self._amount = int(state["step_count"]), float(state["ratio"])

@@ -10,7 +10,10 @@ from slimkernels.compress.config import Int4WeightOnlyConfig, Int8WeightOnlyConf
 from slimkernels.compress.qat import convert_, prepare_qat_
 from slimkernels.nn import QuantLinear, SparseConv2d, SparseLinear
 from slimkernels.nn.fake_quant_linear import FakeQuantLinear
-from slimkernels.prune.schedule import PruningSchedule, gradual_sparsity, iterative_sparsity, update_steps
+from slimkernels.prune import StructuredPruningConfig, count_params
+from slimkernels.prune.schedule import (
+    PruningSchedule, StructuredPruningSchedule, gradual_sparsity, iterative_sparsity, update_steps,
+)
 from slimkernels.quant.sparse import is_nm
 
 
@@ -378,3 +381,63 @@ def test_errors():
     model[2] = nn.Linear(64, 64)  # a layer replaced under the schedule
     with pytest.raises(RuntimeError, match="layer 2 no longer holds"):
         schedule.step()
+
+
+# ---- structured -----------------------------------------------------------------------------------------
+def small_convnet():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.Conv2d(16, 24, 3, padding=1),
+                         nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(24, 40), nn.ReLU(), nn.Linear(40, 10))
+
+
+def test_structured_schedule_shrinks_the_model_gradually_while_it_trains():
+    model = small_convnet()
+    box = [torch.optim.SGD(model.parameters(), lr=1e-2, momentum=0.9)]
+    rebuilt = []
+
+    def rebuild(m):
+        box[0] = torch.optim.SGD(m.parameters(), lr=1e-2, momentum=0.9)
+        rebuilt.append(count_params(m))
+
+    schedule = StructuredPruningSchedule(model, StructuredPruningConfig(0.75), torch.randn(1, 3, 8, 8), "gradual",
+                                         start=1, end=13, frequency=4, on_prune=rebuild)
+    widths = []
+    for t in range(14):
+        x = torch.randn(4, 3, 8, 8)
+        F.cross_entropy(model(x), torch.randint(0, 10, (4,))).backward()
+        box[0].step()
+        box[0].zero_grad()
+        if schedule.step():
+            widths.append((model[0].out_channels, model[3].out_channels, model[7].out_features))
+            assert schedule.ratio == pytest.approx(schedule.target_ratio(t))
+    assert schedule.done and schedule.ratio == pytest.approx(0.75) and len(rebuilt) == 4
+    assert widths[0] == (16, 24, 40)  # the ramp starts at 0
+    for before, after in zip(widths, widths[1:]):
+        assert all(a <= b for a, b in zip(after, before)) and after != before
+    for width, original in zip(widths[-1], widths[0]):  # a quarter of each group's units (ratios compound)
+        assert abs(width - original / 4) <= 1
+    assert type(model[0]) is nn.Conv2d and model(torch.randn(2, 3, 8, 8)).shape == (2, 10)
+    assert {p for g in box[0].param_groups for p in g["params"]} == set(model.parameters())
+    with pytest.raises(RuntimeError, match="ended at step 13"):
+        schedule.step()
+    state = schedule.state_dict()
+    again = StructuredPruningSchedule(model, StructuredPruningConfig(0.75), torch.randn(1, 3, 8, 8), "gradual",
+                                      start=1, end=13, frequency=4)
+    again.load_state_dict(state)
+    assert again.done and again.ratio == pytest.approx(0.75)
+
+
+def test_structured_schedule_warns_about_the_optimizer_and_checks_its_input():
+    model = small_convnet()
+    schedule = StructuredPruningSchedule(model, StructuredPruningConfig(0.5), torch.randn(1, 3, 8, 8), "one_shot")
+    with pytest.warns(UserWarning, match="rebuild it"):
+        assert schedule.step()
+    assert model[0].out_channels == 8
+    with pytest.raises(TypeError, match="StructuredPruningConfig"):
+        StructuredPruningSchedule(model, SparsityConfig(), torch.randn(1, 3, 8, 8), "one_shot")
+    with pytest.raises(ValueError, match="ratio"):
+        StructuredPruningSchedule(model, StructuredPruningConfig(1.0), torch.randn(1, 3, 8, 8), "one_shot")
+    with pytest.raises(ValueError, match="start must be < end"):
+        StructuredPruningSchedule(model, StructuredPruningConfig(0.5), torch.randn(1, 3, 8, 8), "iterative", 4, 2)
+    with pytest.raises(TypeError, match="on_prune"):
+        StructuredPruningSchedule(model, StructuredPruningConfig(0.5), torch.randn(1, 3, 8, 8), "one_shot", on_prune=3)
