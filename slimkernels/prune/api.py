@@ -1,5 +1,6 @@
 """prune_: structured pruning in one call. Find the coupled groups (graph.build_groups), score their units
-(importance), choose the units to remove per group or across groups, remove them (shrink.remove).
+(importance), choose the units to remove per group or across groups, remove them all at once
+(shrink.remove_many: groups may share a consumer).
 
     report = slimkernels.prune_(model, StructuredPruningConfig(0.5, importance="l2"), example_inputs=x)
 
@@ -206,7 +207,7 @@ def prune_(
     filter_fn(group) -> bool: prune only the groups it accepts (e.g. lambda g: fnmatch(g.root, "*intermediate.dense")).
     A model the tracer cannot follow raises the tracer's error; nothing is changed then."""
     from .graph import build_groups
-    from .shrink import remove
+    from .shrink import remove_many
 
     fn = "prune_"
     if not isinstance(model, nn.Module):
@@ -248,11 +249,15 @@ def prune_(
     else:
         drops = _global_selection(selected, scores, config)
 
-    for group, units in tqdm(list(zip(selected, drops)), desc=fn, unit="group", disable=not progress):
-        before = _group_bytes(model, group)
-        if units.numel():
-            remove(model, group, units)
-        detail = f"{group.size - units.numel()}/{group.size} {group.unit}s kept ({criterion.name})"
-        report.layers.append(LayerRecord(group.root, group.unit, "converted", detail, before, _group_bytes(model, group)))
+    # All groups at once: groups may share a member (a consumer of two concatenated producers), and
+    # removing one group at a time would make the others stale.
+    before = [_group_bytes(model, g) for g in selected]
+    kept = [g.size - units.numel() for g, units in zip(selected, drops)]
+    remove_many(model, [(g, units) for g, units in zip(selected, drops) if units.numel()])
+    for group, size, units, bytes_before in zip(selected, kept, drops, before):
+        total = size + units.numel()
+        detail = f"{size}/{total} {group.unit}s kept ({criterion.name})"
+        report.layers.append(LayerRecord(group.root, group.unit, "converted", detail, bytes_before,
+                                         _group_bytes(model, group)))
     report.model_bytes_after = module_bytes(model)
     return report
