@@ -66,7 +66,8 @@ from .masks import grow_masks, weight_matrix
 
 KINDS = ("one_shot", "iterative", "gradual")
 
-__all__ = ["PruningSchedule", "StructuredPruningSchedule", "KINDS", "gradual_sparsity", "iterative_sparsity", "update_steps"]
+__all__ = ["PruningSchedule", "StructuredPruningSchedule", "KINDS", "gradual_sparsity", "iterative_sparsity",
+           "update_steps"]
 
 
 def gradual_sparsity(step: int, start: int, end: int, initial: float, final: float) -> float:
@@ -191,8 +192,8 @@ class _StepSchedule:
                              f"{type(state).__name__}")
         for key, value in self._settings().items():
             if state.get(key) != value:
-                raise ValueError(f"{fn}: the saved schedule has {key}={state.get(key)!r}, this one {value!r}; build the "
-                                 "schedule with the settings it was saved with")
+                raise ValueError(f"{fn}: the saved schedule has {key}={state.get(key)!r}, this one {value!r}; "
+                                 "build the schedule with the settings it was saved with")
 
 
 class PruningSchedule(_StepSchedule):
@@ -257,6 +258,10 @@ class PruningSchedule(_StepSchedule):
             if why is not None:
                 skipped[name] = why
                 warn_skipped("PruningSchedule", name, why, stacklevel=user_stacklevel())
+                continue
+            owner = next((layer.name for layer in layers if layer.weight is module.weight), None)
+            if owner is not None:  # tied weights: one mask, kept through the first layer holding them
+                skipped[name] = f"shares its weight with {owner} (masked there; stays dense at convert)"
                 continue
             layers.append(_MaskedLayer(name, module.weight))
         if misfit:
@@ -418,11 +423,12 @@ class PruningSchedule(_StepSchedule):
             before = module_bytes(module)
             zeros = f"{100 * float((weight_matrix(layer.weight) == 0).float().mean()):.1f}% zeros"
             if isinstance(module, (FakeQuantLinear, CompressedModule)):
-                quantized = module.quantized_weight() if isinstance(module, FakeQuantLinear) else module.dequantized_weight()
+                fake = isinstance(module, FakeQuantLinear)
+                quantized = module.quantized_weight() if fake else module.dequantized_weight()
                 keep = weight_matrix(layer.keep) if layer.keep is not None else None
                 if keep is not None and bool((weight_matrix(quantized)[~keep] != 0).any()):
                     moved.append(layer.name)
-                what = ("FakeQuantLinear kept, convert_(model) next" if isinstance(module, FakeQuantLinear)
+                what = ("FakeQuantLinear kept, convert_(model) next" if fake
                         else f"already a {type(module).__name__} (convert_ ran first)")
                 detail = f"{zeros}, {what}"
                 new = module

@@ -342,6 +342,16 @@ def test_convert_after_convert_qat_checks_the_quantized_zeros():
         assert (~keep).any() and (model.get_submodule(name).dequantized_weight()[~keep] == 0).all()
 
 
+def test_tied_weights_get_one_mask():
+    model = mlp(k=64, hidden=64, out=64)
+    model[4].weight = model[2].weight
+    schedule = PruningSchedule(model, SparsityConfig(sparsity=0.5, scope="global"), "one_shot")
+    schedule.step()
+    assert set(schedule.masks) == {"0", "2"} and (model[4].weight == 0).float().mean() > 0.3
+    report = schedule.convert(progress=False)
+    assert [r.name for r in report.skipped] == ["4"] and "shares its weight with 2" in report.skipped[0].detail
+
+
 # ---- bad input ------------------------------------------------------------------------------------------
 def test_errors():
     model = mlp()
@@ -386,8 +396,9 @@ def test_errors():
 # ---- structured -----------------------------------------------------------------------------------------
 def small_convnet():
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.Conv2d(16, 24, 3, padding=1),
-                         nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(24, 40), nn.ReLU(), nn.Linear(40, 10))
+    return nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                         nn.Conv2d(16, 24, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(24, 40), nn.ReLU(), nn.Linear(40, 10))
 
 
 def test_structured_schedule_shrinks_the_model_gradually_while_it_trains():
