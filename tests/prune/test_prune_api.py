@@ -285,3 +285,55 @@ def test_a_model_the_tracer_rejects_gets_the_tracers_error():
     with pytest.raises(UnsupportedOperation, match="cannot trace 'fft_fft'"):
         prune_(model, StructuredPruningConfig(0.5), torch.randn(3, 4), progress=False)
     assert model.fc1.out_features == 8
+
+
+# ---- real architectures (skipped when the packages are absent) --------------------------------------
+def test_resnet18_prunes_by_a_third_of_its_macs(torchvision, plain):
+    torch.manual_seed(0)
+    model, x = torchvision.models.resnet18(num_classes=10).eval(), torch.randn(1, 3, 32, 32)
+    macs = count_macs(model, x)
+    report = prune_(model, StructuredPruningConfig(0.3, importance="l1"), x, progress=False)
+    plain(model)
+    assert len(report.converted) == 12 and report.converted[0].detail == "45/64 channels kept (l1)"
+    assert count_macs(model, x) < 0.6 * macs and model(torch.randn(2, 3, 40, 24)).shape == (2, 10)
+
+
+def tiny_bert(transformers, seed: int = 0):
+    torch.manual_seed(seed)
+    config = transformers.BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                     intermediate_size=48, attn_implementation="eager")
+    return transformers.BertModel(config).eval()
+
+
+def bert_batches(n: int = 3, seed: int = 1):
+    gen = torch.Generator().manual_seed(seed)
+    return [{"input_ids": torch.randint(0, 100, (2, 5 + i), generator=gen)} for i in range(n)]
+
+
+def test_bert_mlp_neurons_by_mean_activation(transformers, plain):
+    model = tiny_bert(transformers)
+    dead = [3, 8, 20, 41]  # neurons whose GELU output is ~0 on every token: lowest mean activation
+    for layer in model.encoder.layer:
+        with torch.no_grad():
+            layer.intermediate.dense.weight[dead] = 0
+            layer.intermediate.dense.bias[dead] = -12.0
+    batches = bert_batches()
+    expected = model(**batches[0]).last_hidden_state
+    report = prune_(model, StructuredPruningConfig(4 / 48, importance="mean_activation"), batches[0],
+                    calibration=batches, filter_fn=lambda g: fnmatch.fnmatch(g.root, "*intermediate.dense"),
+                    progress=False)
+    plain(model)
+    assert [r.detail for r in report.converted] == ["44/48 channels kept (mean_activation)"] * 2
+    assert all(layer.output.dense.in_features == 44 for layer in model.encoder.layer)
+    torch.testing.assert_close(model(**batches[0]).last_hidden_state, expected)
+
+
+def test_bert_heads(transformers, plain):
+    model = tiny_bert(transformers)
+    batch = bert_batches(1)[0]
+    report = prune_(model, StructuredPruningConfig(0.5, unit="head"), batch, progress=False)
+    plain(model)
+    assert [r.detail for r in report.converted] == ["2/4 heads kept (l2)"] * 2
+    attention = model.encoder.layer[0].attention.self
+    assert attention.num_attention_heads == 2 and attention.all_head_size == 16 and attention.query.out_features == 16
+    assert model(input_ids=torch.randint(0, 100, (1, 9))).last_hidden_state.shape == (1, 9, 32)

@@ -83,3 +83,68 @@ def test_checkpoints_without_a_shape_record_still_load(tmp_path):
     save_file(load_file(str(path)), str(old), metadata=meta)
     x = torch.randn(1, 3, 5, 5)
     torch.testing.assert_close(slimkernels.load(old, small_cnn(seed=3))(x), model(x), rtol=0, atol=0)
+
+
+# ---- pruned checkpoints into fresh models of the original architecture ------------------------------
+def roundtrip(tmp_path, pruned: nn.Module, fresh: nn.Module, inputs: dict | tuple) -> nn.Module:
+    path = tmp_path / "pruned.safetensors"
+    slimkernels.save(pruned, path)
+    loaded = slimkernels.load(path, fresh).eval()
+    args, kwargs = (inputs, {}) if isinstance(inputs, tuple) else ((), inputs)
+    with torch.no_grad():
+        expected, got = pruned(*args, **kwargs), loaded(*args, **kwargs)
+    expected = expected if isinstance(expected, torch.Tensor) else expected[0]
+    got = got if isinstance(got, torch.Tensor) else got[0]
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    return loaded
+
+
+def test_pruned_cnn_loads_into_a_fresh_model(tmp_path, plain):
+    model, x = small_cnn(), torch.randn(2, 3, 7, 9)
+    slimkernels.prune_(model, slimkernels.StructuredPruningConfig(0.5), x, progress=False)
+    assert model[0].out_channels == 4 and model[8].out_features == 12  # the LayerNorm keeps fc's width
+    loaded = roundtrip(tmp_path, model, small_cnn(seed=7), (x,))
+    plain(loaded)
+    assert (loaded[3].in_channels, loaded[3].out_channels, loaded[3].groups) == (4, 4, 4)
+    assert loaded[4].num_features == 4 and loaded[8].in_features == 4
+
+
+def test_pruned_then_quantized_loads_into_the_float_model(tmp_path):
+    model, x = small_cnn(), torch.randn(2, 3, 7, 9)
+    slimkernels.prune_(model, slimkernels.StructuredPruningConfig(0.5), x, progress=False)
+    slimkernels.quantize_(model, slimkernels.Int8DynamicConfig(), progress=False)
+    loaded = roundtrip(tmp_path, model, small_cnn(seed=3), (x,))
+    assert isinstance(loaded[8], slimkernels.QuantLinear) and loaded[8].in_features == 4
+
+
+def test_pruned_checkpoint_into_another_model_is_a_clear_error(tmp_path):
+    model, x = small_cnn(), torch.randn(1, 3, 5, 5)
+    slimkernels.prune_(model, slimkernels.StructuredPruningConfig(0.5), x, progress=False)
+    path = tmp_path / "pruned.safetensors"
+    slimkernels.save(model, path)
+    other = nn.Sequential(nn.Conv2d(3, 8, 1), nn.BatchNorm2d(8))
+    with pytest.raises(ValueError, match=r"tensor '0.weight' is torch.float32 \(4, 3, 3, 3\) in the checkpoint but the model expects"):
+        slimkernels.load(path, other)
+
+
+def test_pruned_resnet18_loads_into_a_fresh_one(tmp_path, torchvision, plain):
+    torch.manual_seed(0)
+    model, x = torchvision.models.resnet18(num_classes=10).eval(), torch.randn(1, 3, 32, 32)
+    slimkernels.prune_(model, slimkernels.StructuredPruningConfig(0.4, scope="global"), x, progress=False)
+    plain(roundtrip(tmp_path, model, torchvision.models.resnet18(num_classes=10), (x,)))
+
+
+def test_pruned_bert_heads_and_neurons_load_into_a_fresh_one(tmp_path, transformers, plain):
+    def bert():
+        config = transformers.BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                         intermediate_size=48, attn_implementation="eager")
+        return transformers.BertModel(config).eval()
+
+    torch.manual_seed(0)
+    model, batch = bert(), {"input_ids": torch.randint(0, 100, (2, 6))}
+    slimkernels.prune_(model, slimkernels.StructuredPruningConfig(0.5), batch, progress=False)
+    loaded = roundtrip(tmp_path, model, bert(), batch)
+    plain(loaded)
+    attention = loaded.encoder.layer[1].attention.self
+    assert (attention.num_attention_heads, attention.all_head_size) == (2, 16)
+    assert loaded.encoder.layer[1].intermediate.dense.out_features == 24
