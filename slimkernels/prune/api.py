@@ -48,6 +48,9 @@ class StructuredPruningConfig:
       pruned anyway (the graph does not return them).
     min_keep: the fewest units any group keeps (a group may ask for more: Group.min_keep).
     seed: of the "random" criterion.
+    approximate: also prune the groups whose units pass through a normalization or reduction over them
+      (a transformer's hidden size through its LayerNorms): the outputs then change beyond the removed
+      units' own contribution (graph.build_groups(approximate=True); their report lines say so).
     """
 
     ratio: float
@@ -57,6 +60,7 @@ class StructuredPruningConfig:
     protect: tuple = ()
     min_keep: int = 1
     seed: int = 0
+    approximate: bool = False
 
     def __post_init__(self):
         name = "StructuredPruningConfig"
@@ -77,6 +81,8 @@ class StructuredPruningConfig:
             raise ValueError(f"{name}.min_keep must be an integer >= 1, got {self.min_keep!r}")
         if not isinstance(self.seed, Integral) or isinstance(self.seed, bool):
             raise ValueError(f"{name}.seed must be an integer, got {self.seed!r}")
+        if not isinstance(self.approximate, bool):
+            raise ValueError(f"{name}.approximate must be True or False, got {self.approximate!r}")
 
     @property
     def criterion_name(self) -> str:
@@ -223,7 +229,7 @@ def prune_(
 
     report = CompressionReport(method=f"StructuredPruningConfig ({config.describe()})", model_bytes_before=module_bytes(model))
     selected: list[Group] = []
-    for group in build_groups(model, example_inputs):
+    for group in build_groups(model, example_inputs, approximate=config.approximate):
         if config.unit is not None and group.unit != config.unit:
             continue
         if filter_fn is not None and not filter_fn(group):
@@ -256,7 +262,7 @@ def prune_(
     remove_many(model, [(g, units) for g, units in zip(selected, drops) if units.numel()])
     for group, size, units, bytes_before in zip(selected, kept, drops, before):
         total = size + units.numel()
-        detail = f"{size}/{total} {group.unit}s kept ({criterion.name})"
+        detail = f"{size}/{total} {group.unit}s kept ({criterion.name})" + (", approximate" if group.note else "")
         report.layers.append(LayerRecord(group.root, group.unit, "converted", detail, bytes_before,
                                          _group_bytes(model, group)))
     report.model_bytes_after = module_bytes(model)

@@ -337,3 +337,16 @@ def test_bert_heads(transformers, plain):
     attention = model.encoder.layer[0].attention.self
     assert attention.num_attention_heads == 2 and attention.all_head_size == 16 and attention.query.out_features == 16
     assert model(input_ids=torch.randint(0, 100, (1, 9))).last_hidden_state.shape == (1, 9, 32)
+
+
+def test_approximate_prunes_widths_read_by_a_layernorm():
+    torch.manual_seed(0)
+    model, x = nn.Sequential(nn.Linear(8, 16), nn.LayerNorm(16), nn.ReLU(), nn.Linear(16, 4)), torch.randn(3, 8)
+    with pytest.warns(UserWarning, match="nothing pruned"):
+        prune_(model, StructuredPruningConfig(0.25), x, progress=False)  # exact groups only: none here
+    report = prune_(model, StructuredPruningConfig(0.25, approximate=True), x, progress=False)
+    assert model[1].normalized_shape == (12,) and model[3].in_features == 12
+    assert report.converted[0].detail == "12/16 channels kept (l2), approximate"
+    assert model(x).shape == (3, 4)
+    with pytest.raises(ValueError, match="approximate must be True or False"):
+        StructuredPruningConfig(0.5, approximate="yes")
