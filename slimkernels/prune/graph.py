@@ -291,6 +291,8 @@ class _Tracer(TorchFunctionMode):
         inputs = _tensors(list(args) + list(kwargs.values()))
         if any(self.involved(t) for t in inputs):
             outs = _tensors(out)
+            if name == "__setitem__" and self.tracked(args[0]):
+                self.unsupported(name, "writing into a tensor that carries prunable units is not modelled")
             if outs:
                 self.record(func, name, args, kwargs, out, outs)
         return out
@@ -351,8 +353,6 @@ class _Tracer(TorchFunctionMode):
         elif base in _FRESH or name in ("data", "shape", "dtype", "device", "__setstate__"):
             if name == "data":
                 self.set_maps(outs[0], self.maps_of(first))
-        elif name == "__setitem__":
-            self.unsupported(name, "writing into a tensor that carries prunable units is not modelled")
         else:
             self.unsupported(name, "this operation is not modelled by the dependency tracer")
 
@@ -758,20 +758,20 @@ def build_groups(model: nn.Module, example_inputs, *, ignore: Iterable[str] = ()
 
 def _groups(model, trace: _Trace, tracer: _Tracer, out, ignore) -> list[Group]:
     n = len(trace.parent)
-    roots = [trace.find(a) for a in range(n)]
+    roots = torch.tensor([trace.find(a) for a in range(n)], dtype=torch.long)
     blocked = set()
     for t in _tensors(out):  # units that reach an output
         entry = trace.maps.get(id(t))
         for m in (entry[1] if entry and entry[0] is t else []):
             if m is not None:
-                blocked.update(roots[a] for a in m.tolist() if a >= 0)
+                blocked.update(roots[m[m >= 0]].tolist())
     ignored = lambda name: any(name == p or name.startswith(p + ".") for p in ignore)  # noqa: E731
     for pd in trace.pdims:
         if any(ignored(o[0]) for o in pd.owners):
-            blocked.update(roots[a] for a in range(pd.start, pd.start + pd.size))
+            blocked.update(roots[pd.start:pd.start + pd.size].tolist())
 
     components: dict[int, list[int]] = {}
-    for a, r in enumerate(roots):
+    for a, r in enumerate(roots.tolist()):
         components.setdefault(r, []).append(a)
     by_key: dict[tuple, list[int]] = {}
     pd_of_atom = [i for i, pd in enumerate(trace.pdims) for _ in range(pd.size)]
@@ -783,11 +783,15 @@ def _groups(model, trace: _Trace, tracer: _Tracer, out, ignore) -> list[Group]:
             by_key.setdefault(tuple(pds), []).append(r)
 
     groups = []
-    for key, comp_roots in by_key.items():
+    unit_of_root = torch.full((n,), -1, dtype=torch.long)  # each root is one unit of at most one group
+    group_of_root = torch.full((n,), -1, dtype=torch.long)
+    for gid, (key, comp_roots) in enumerate(by_key.items()):
         if len(comp_roots) < 2:  # one unit: removing it would leave nothing
             continue
         comp_roots.sort(key=lambda r: components[r][0])
-        group = _make_group(model, trace, key, comp_roots, components, roots)
+        unit_of_root[torch.tensor(comp_roots)] = torch.arange(len(comp_roots))
+        group_of_root[torch.tensor(comp_roots)] = gid
+        group = _make_group(model, trace, key, comp_roots, components, roots, unit_of_root, group_of_root == gid)
         if group is not None:
             groups.append(group)
     groups.sort(key=lambda g: min(trace.pdims[i].start for i in g._key))
@@ -796,24 +800,23 @@ def _groups(model, trace: _Trace, tracer: _Tracer, out, ignore) -> list[Group]:
     return groups
 
 
-def _make_group(model, trace, key, comp_roots, components, roots) -> Optional[Group]:
+def _make_group(model, trace, key, comp_roots, components, roots, unit_of_root, in_group) -> Optional[Group]:
     members = []
-    unit_of = {r: u for u, r in enumerate(comp_roots)}
     for i in key:
         pd = trace.pdims[i]
-        rows: list[list[int]] = [[] for _ in comp_roots]
-        for pos in range(pd.size):
-            u = unit_of.get(roots[pd.start + pos])
-            if u is not None:
-                rows[u].append(pos)
-        if len({len(r) for r in rows}) != 1:  # not a rectangle: units of different widths
+        here = roots[pd.start:pd.start + pd.size]
+        units = torch.where(in_group[here], unit_of_root[here], -1)
+        positions = torch.nonzero(units >= 0).flatten()
+        counts = torch.bincount(units[positions], minlength=len(comp_roots))
+        if counts.min() != counts.max():  # not a rectangle: units of different widths
             return None
-        index = torch.tensor(rows, dtype=torch.long)
+        order = torch.argsort(units[positions] * pd.size + positions)
+        index = positions[order].reshape(len(comp_roots), -1)
         for mname, module, attr in pd.owners:
             members.append(Member(mname, module, attr, pd.dim, index, pd.role, extent=pd.size))
     producer = next(trace.pdims[i] for i in key if trace.pdims[i].producer)
-    heads = any(a in trace.heads for r in comp_roots[:1] for a in components[r])
-    approx = any(a in trace.approx for r in comp_roots for a in components[r])
+    heads = not trace.heads.isdisjoint(components[comp_roots[0]])
+    approx = any(not trace.approx.isdisjoint(components[r]) for r in comp_roots)
     group = Group(members=members, size=len(comp_roots), unit="head" if heads else "channel",
                   root=producer.owners[0][0])
     if approx:
