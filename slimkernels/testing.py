@@ -364,19 +364,31 @@ def assert_close_linear(got: torch.Tensor, ref: torch.Tensor, x: torch.Tensor, w
 
 # ==== optional model zoos ==========================================================================
 def import_torchvision():
-    """torchvision, importable on a CPU-only torch: its CUDA-built PyPI wheel registers kernels for two
-    ops (torchvision::nms, qnms) whose schemas then have to exist already, so define them once if
-    they are absent. Raises ImportError when torchvision is not installed (tests skip on it)."""
+    """torchvision, importable on a CPU-only torch: a CUDA-built torchvision wheel cannot load its native
+    library there, and its import then fails registering fake kernels for two ops (torchvision::nms,
+    qnms) whose schemas that library would have defined; so, when the library does not load, define the
+    two schemas first (once). Raises ImportError when torchvision is not installed (tests skip on it)."""
+    import ctypes
+    import glob
     import importlib.util
+    import os
 
-    if importlib.util.find_spec("torchvision") is None:
+    spec = importlib.util.find_spec("torchvision")
+    if spec is None:
         raise ImportError("torchvision is not installed")
     global _TORCHVISION_LIB
     if _TORCHVISION_LIB is None and not hasattr(torch.ops.torchvision, "nms"):
-        lib = torch.library.Library("torchvision", "DEF")
-        lib.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-        lib.define("qnms(Tensor qdets, Tensor scores, float iou_threshold) -> Tensor")
-        _TORCHVISION_LIB = lib  # kept alive: the definitions last as long as the library object
+        native = glob.glob(os.path.join(spec.submodule_search_locations[0], "_C*.so"))
+        try:  # what torchvision does itself; a library that loads defines the schemas
+            for path in native:
+                ctypes.CDLL(path)
+        except OSError:
+            pass
+        if not hasattr(torch.ops.torchvision, "nms"):
+            lib = torch.library.Library("torchvision", "DEF")
+            lib.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+            lib.define("qnms(Tensor qdets, Tensor scores, float iou_threshold) -> Tensor")
+            _TORCHVISION_LIB = lib  # kept alive: the definitions last as long as the library object
     import torchvision
 
     return torchvision

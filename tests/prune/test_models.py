@@ -127,8 +127,15 @@ def test_hugging_face_heads_and_mlp(transformers, exact, plain, arch, impl):
 
 
 def test_hugging_face_hidden_size_needs_approximate(transformers):
-    model, inputs, _, _ = hf_models(transformers, "eager")["bert"]
-    groups = build_groups(model.eval(), inputs, approximate=True)
-    hidden = [g for g in groups if g.note]
-    assert len(hidden) == 0 or all("approximate" in g.note for g in hidden)
-    assert len(groups) >= 4
+    """The residual stream of Llama passes RMSNorm: its group exists only with approximate=True (with a
+    note), and removing from it leaves a model that still runs (its outputs change)."""
+    model, inputs, _, _ = hf_models(transformers, "eager")["llama"]
+    model.eval()
+    assert all(g.note is None for g in build_groups(model, inputs))
+    hidden = [g for g in build_groups(model, inputs, approximate=True) if g.note]
+    assert len(hidden) == 1 and hidden[0].root == "model.embed_tokens" and hidden[0].size == 64
+    assert "approximate" in hidden[0].note and {"model.norm", "lm_head"} <= set(hidden[0].modules())
+    remove_many(model, [(hidden[0], list(range(0, 64, 4)))])
+    assert model.model.norm.weight.shape == (48,) and model.model.embed_tokens.embedding_dim == 48
+    with torch.no_grad():
+        assert model(**inputs).logits.shape == (2, 7, 100)
