@@ -450,7 +450,8 @@ class _Tracer(TorchFunctionMode):
             self.set_maps(o, maps[:dim % x.dim()] + [None] + maps[dim % x.dim() + 1:])
 
     def cat(self, base, args, kwargs, out) -> None:
-        tensors = [t for t in (args[0] if args else kwargs["tensors"]) if not (t.dim() == 1 and t.numel() == 0 and out.dim() > 1)]
+        tensors = args[0] if args else kwargs["tensors"]
+        tensors = [t for t in tensors if not (t.dim() == 1 and t.numel() == 0 and out.dim() > 1)]  # legacy empty
         dim = args[1] if len(args) > 1 else kwargs.get("dim", 0)
         if base in ("hstack", "vstack"):
             self.unsupported(base, "use torch.cat with an explicit dim")

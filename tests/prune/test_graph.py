@@ -58,7 +58,8 @@ def test_linear_chain_and_multiple_inputs_outputs(exact):
     groups = by_root(build_groups(model, inputs))
     assert set(groups) == {"a1", "b1"}  # a2, b2 produce the outputs
     assert groups["a1"].size == 12 and groups["b1"].size == 10
-    assert set(members(groups["b1"])) == {("b1", "weight", 0, "out"), ("b1", "bias", 0, "out"), ("b2", "weight", 1, "in")}
+    assert set(members(groups["b1"])) == {("b1", "weight", 0, "out"), ("b1", "bias", 0, "out"),
+                                          ("b2", "weight", 1, "in")}
     exact(model, inputs, list(groups.values()))
     assert model.a1.out_features == model.a2.in_features == 9
 
@@ -89,8 +90,8 @@ def test_residual_add_with_downsample_shares_units(exact, norms):
     stream = groups["conv2"]  # both branches of the add, and every reader of the stream
     assert stream.modules() == ["bn2", "conv2", "conv3", "down", "down_bn", "head"]
     roles = {(m.module_name, m.dim): m.role for m in stream.members if m.param == "weight"}
-    assert roles == {("conv2", 0): "out", ("down", 0): "out", ("conv3", 0): "out", ("conv3", 1): "in", ("head", 1): "in",
-                     ("bn2", 0): "out", ("down_bn", 0): "out"}
+    assert roles == {("conv2", 0): "out", ("down", 0): "out", ("conv3", 0): "out", ("conv3", 1): "in",
+                     ("head", 1): "in", ("bn2", 0): "out", ("down_bn", 0): "out"}
     assert set(groups["stem"].modules()) == {"stem", "stem_bn", "conv1", "down"}
     exact(model, x, list(groups.values()), fraction=0.4)
     assert model.conv2.out_channels == model.down.out_channels == model.conv3.out_channels == 6
@@ -105,7 +106,8 @@ def test_concat_of_two_producers_maps_offsets(exact, norms):
             self.c = nn.Conv2d(10, 5, 3)
 
         def forward(self, x):
-            return self.c(F.relu(self.bn(torch.cat([self.a(x), torch.sigmoid(self.b(x)) * x.mean(1, keepdim=True)], 1))))
+            gated = torch.sigmoid(self.b(x)) * x.mean(1, keepdim=True)
+            return self.c(F.relu(self.bn(torch.cat([self.a(x), gated], 1))))
 
     model = norms(Concat()).eval()
     x = torch.randn(1, 3, 6, 6)

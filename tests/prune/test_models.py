@@ -93,7 +93,8 @@ def hf_models(transformers, impl):
         "llama": (transformers.LlamaForCausalLM(transformers.LlamaConfig(
             vocab_size=100, num_key_value_heads=2, attn_implementation=impl, **cfg)), text,
             "model.layers.{}.self_attn.q_proj", 2),
-        "vit": (transformers.ViTModel(transformers.ViTConfig(image_size=32, patch_size=8, attn_implementation=impl, **cfg)),
+        "vit": (transformers.ViTModel(transformers.ViTConfig(image_size=32, patch_size=8, attn_implementation=impl,
+                                                            **cfg)),
                 {"pixel_values": torch.randn(2, 3, 32, 32)}, "layers.{}.attention.q_proj", 4),
     }
 
