@@ -11,11 +11,11 @@ sentence's embedding with the float model's (min and mean over the 32). The stud
 importance measured on, and distilled on, sentences of slimkernels.calibration_text (docstrings of the
 standard library: unlabeled English that ships with Python, never the evaluation sentences).
 
-Pruning (--criterion): "mean_activation" scores an MLP neuron by the mean |GELU output| over the
-calibration tokens (network trimming) and a head by the mean norm of what it adds to the attention
-output; "magnitude" by the L2 norm of the weights coupled to it (the neuron's intermediate.dense row
-and output.dense column; a head's query/key/value rows and output columns). Pruned layers are plain,
-smaller nn.Linear layers.
+Pruning: slimkernels.prune_ (StructuredPruningConfig, --criterion one of its criteria) on the MLP
+neuron group of every layer (intermediate.dense rows + output.dense columns) or on the attention heads
+(query/key/value rows + attention.output.dense columns, head counts updated). "mean_activation" scores
+a neuron by the mean |GELU output| over the calibration tokens (network trimming), "l2" by the norm of
+the weights coupled to it. The pruned layers are plain, smaller nn.Linear layers.
 
 Distillation (slimkernels.distill.Distiller): the cosine of the mean-pooled sentence embeddings plus
 --layer-weight x the MSE of each encoder layer's hidden states (padding left out), AdamW on the

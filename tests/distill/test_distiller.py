@@ -113,6 +113,16 @@ def test_pruned_student_gets_linear_projections_and_learns(gen):
     assert all(not m._forward_hooks for model in (teacher, student) for m in model.modules())
 
 
+def test_nested_module_names(gen):
+    teacher, student = nn.Sequential(mlp(hidden=12)), nn.Sequential(narrowed(mlp(hidden=12), 5))
+    x = torch.randn(3, 10, generator=gen)
+    distiller = Distiller(teacher, student, kd={}, features={"0.2": "0.2"}, example_inputs=(x,))
+    assert [n for n, _ in distiller.named_parameters() if n.startswith("projections")] == \
+        ["projections.0/2.weight", "projections.0/2.bias"]
+    distiller(x).backward()
+    assert distiller.projections["0/2"].weight.grad is not None
+
+
 def test_lazy_projection_warns(gen):
     teacher = mlp(hidden=24)
     distiller = Distiller(teacher, narrowed(teacher, 9), features={"0": "0"})
