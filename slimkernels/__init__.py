@@ -3,7 +3,11 @@
     import slimkernels
     report = slimkernels.quantize_(model, slimkernels.Int8DynamicConfig())
     # or: slimkernels.sparsify_(model, slimkernels.SparsityConfig(0.5, method="wanda"), calibration=batches)
+    # or: slimkernels.prune_(model, slimkernels.StructuredPruningConfig(0.5), example_inputs)  (smaller dense layers)
     slimkernels.save(model, "model.safetensors")
+
+Training-time compression: slimkernels.PruningSchedule (masks ramped while you fine-tune),
+slimkernels.StructuredPruningSchedule, and slimkernels.Distiller (a teacher's outputs as the loss).
 """
 from . import _native, ops
 from .backends import (
@@ -26,7 +30,8 @@ from .compress import (
     sparsify_,
 )
 from .nn import FakeQuantLinear, QuantLinear, SparseConv2d, SparseLinear
-from .prune import StructuredPruningConfig, prune_
+from .distill import Distiller
+from .prune import PruningSchedule, StructuredPruningConfig, StructuredPruningSchedule, prune_
 
 __version__ = "0.1.0"
 info = _native.info
@@ -42,4 +47,5 @@ __all__ = [
     "calibration_text", "prepare_qat_", "convert_", "Int8DynamicConfig", "Int8WeightOnlyConfig", "Int4WeightOnlyConfig", "CodebookConfig", "CompressionReport",
     "save", "load", "set_backend", "use_backend", "get_backend", "set_cpu_isa", "use_cpu_isa", "get_cpu_isa",
     "set_cpu_amx", "use_cpu_amx", "get_cpu_amx", "info", "__version__", "prune_", "StructuredPruningConfig",
+    "PruningSchedule", "StructuredPruningSchedule", "Distiller",
 ]

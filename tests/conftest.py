@@ -13,6 +13,16 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+# transformers imports torchvision when it is installed, and the CUDA-built torchvision wheel of the
+# package index cannot import on a CPU-only torch unless two op schemas exist first (.ci/run installs it
+# for the structured-pruning tests); import it the way that works, once, before any test module.
+try:
+    from slimkernels.testing import import_torchvision
+
+    import_torchvision()
+except ImportError:
+    pass
+
 
 def pytest_report_header(config):
     import slimkernels

@@ -51,15 +51,22 @@ def test_info(capsys):
 def test_demo_small(capsys, tmp_path):
     pytest.importorskip("sklearn")
     out = tmp_path / "demo.json"
-    assert cli.main(["demo", "--epochs", "5", "--hidden", "64", "--no-progress", "--json", str(out)]) == 0
+    assert cli.main(["demo", "--epochs", "5", "--hidden", "64", "--cnn-width", "8", "--cnn-epochs", "3",
+                     "--finetune-epochs", "1", "--no-progress", "--json", str(out)]) == 0
     text = capsys.readouterr().out
-    assert "int8 dynamic (W8A8)" in text and "identical outputs: True" in text
-    rows = json.loads(out.read_text())
+    assert "int8 dynamic (W8A8)" in text and "W8A8 model gives identical outputs: True" in text
+    assert "pruned CNN into a fresh full-width CNN gives identical outputs: True" in text
+    result = json.loads(out.read_text())
+    rows, cnn_rows = result["mlp"], result["cnn"]
     assert [r["mode"] for r in rows] == list(demo.MODES)
     # 5 short epochs on digits are already far above chance (10%); one-shot pruning of this narrow a net
     # (64 wide) to 80% without fine-tuning loses a lot, but stays above chance.
     assert all(r["accuracy"] > (0.2 if r["mode"] in demo.PRUNING_MODES else 0.5) for r in rows)
     assert rows[1]["smaller"] > 2
+    # Structured pruning: the stages in order, each pruned one 3x+ fewer MACs and fewer params.
+    assert [r["stage"].split()[0] for r in cnn_rows] == ["float", "pruned", "+", "+"]
+    assert all(r["fewer_macs"] > 3 and r["params"] < cnn_rows[0]["params"] / 2 for r in cnn_rows[1:])
+    assert cnn_rows[0]["accuracy"] > 0.5 and cnn_rows[-1]["accuracy"] > 0.5
 
 
 def test_unknown_command():

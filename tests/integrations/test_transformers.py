@@ -377,6 +377,8 @@ def test_fresh_process_import_slimkernels_registers(tmp_path):
     code = (
         "import sys, slimkernels\n"
         "assert 'transformers' not in sys.modules, 'import slimkernels imported transformers'\n"
+        "from slimkernels.testing import import_torchvision\n"  # as tests/conftest.py does: see there
+        "try:\n    import_torchvision()\nexcept ImportError:\n    pass\n"
         "from transformers import AutoModel\n"
         f"m = AutoModel.from_pretrained({str(tmp_path)!r})\n"
         "from slimkernels.nn import QuantLinear\n"
