@@ -22,7 +22,7 @@ from .prune import StructuredPruningConfig, count_macs, count_params, prune_
 
 RATIO = 0.45  # of every conv's channels; MACs fall to about (1 - RATIO)^2, a bit over 3x fewer
 KD = dict(temperature=4.0, alpha=0.5)
-FINETUNE_LR = 1e-3
+FINETUNE_LR = 3e-3
 
 
 def build_cnn(width: int) -> nn.Module:
