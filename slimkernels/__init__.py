@@ -30,6 +30,8 @@ from .compress import (
     sparsify_,
 )
 from .nn import FakeQuantLinear, QuantLinear, SparseConv2d, SparseLinear
+from .nn import LowRankConv2d, LowRankLinear
+from .compress import LowRankConfig, low_rank_
 from .distill import Distiller
 from .prune import PruningSchedule, StructuredPruningConfig, StructuredPruningSchedule, prune_
 
@@ -49,3 +51,4 @@ __all__ = [
     "set_cpu_amx", "use_cpu_amx", "get_cpu_amx", "info", "__version__", "prune_", "StructuredPruningConfig",
     "PruningSchedule", "StructuredPruningSchedule", "Distiller",
 ]
+__all__ += ["LowRankLinear", "LowRankConv2d", "LowRankConfig", "low_rank_"]

@@ -13,6 +13,7 @@ from .quantize import quantize_, quantize_layer
 from .report import CompressionReport, LayerRecord, module_bytes
 from .serialization import load, save
 from .sparsify import allocate_sparsity, sparsify_, sparsify_layer
+from .low_rank import LowRankConfig, low_rank_, low_rank_layer
 from .text import calibration_text
 from .skip import SkipLayer, candidate_layers, check_layer, skip_reason
 
@@ -26,3 +27,4 @@ __all__ = [
     "module_bytes", "save", "load", "SparsityConfig", "sparsify_", "sparsify_layer", "allocate_sparsity",
     "calibration_text", "UnfoldedConvCollector", "conv_aware",
 ]
+__all__ += ["LowRankConfig", "low_rank_", "low_rank_layer"]

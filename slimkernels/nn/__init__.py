@@ -5,6 +5,7 @@ weight format from the registry in formats.py; FakeQuantLinear is the QAT stand-
 (sparse_conv.py) a pruned convolution (CSR over output channels)."""
 from .base import CompressedModule, layer_type, layer_types
 from .fake_quant_linear import FakeQuantLinear
+from .low_rank import LowRankConv2d, LowRankLinear
 from .formats import WeightFormat, register_format, weight_format, weight_formats
 from .quant_linear import QuantLinear
 from .sparse_conv import SparseConv2d
@@ -12,3 +13,4 @@ from .sparse_linear import SparseLinear
 
 __all__ = ["CompressedModule", "layer_type", "layer_types", "QuantLinear", "FakeQuantLinear", "SparseLinear",
            "SparseConv2d", "WeightFormat", "register_format", "weight_format", "weight_formats"]
+__all__ += ["LowRankLinear", "LowRankConv2d"]
