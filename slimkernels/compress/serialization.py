@@ -18,6 +18,11 @@ file right after) and sets the recorded size attributes, so a pruned (and then p
 checkpoint loads into a fresh float model of the original architecture. Checkpoints without this
 record, or with no narrower plain module, load as before (and a wider or reshaped tensor is the same
 error as before).
+
+`save(..., entropy_coding="huffman")` stores the integer tensors of the compressed layers Huffman-coded
+(compress/entropy.py): one uint8 tensor holds their streams, the metadata entry "entropy" describes them.
+`load` sees that entry, checks every coded tensor's dtype and shape against the model's before decoding
+it (so the declared counts are bounded by the model) and reports corrupt streams as ValueError.
 """
 from __future__ import annotations
 
@@ -30,14 +35,24 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..integrations import on_model_compressed
+from . import entropy
 from ..nn.base import CompressedModule, layer_type
 
 FORMAT = "slimkernels"
 VERSION = 1
 
 
-def save(model: nn.Module, path: str | os.PathLike) -> None:
-    """Write every parameter and buffer of `model` plus the config of its compressed layers."""
+ENTROPY_CODINGS = (None, "huffman")
+
+
+def save(model: nn.Module, path: str | os.PathLike, entropy_coding: str | None = None) -> None:
+    """Write every parameter and buffer of `model` plus the config of its compressed layers.
+
+    entropy_coding: None (default: every tensor as it is in memory) or "huffman": the integer tensors of
+    the compressed layers (codes, indices, int8 values) Huffman-coded (compress/entropy.py), for the
+    smallest file; load decodes them, losslessly."""
+    if entropy_coding not in ENTROPY_CODINGS:
+        raise ValueError(f"save: entropy_coding must be one of {ENTROPY_CODINGS}, got {entropy_coding!r}")
     layers = {name: m.layer_config() for name, m in model.named_modules() if isinstance(m, CompressedModule)}
     tensors, aliases, first_by_ptr = {}, {}, {}
     for name, t in model.state_dict().items():
@@ -47,9 +62,67 @@ def save(model: nn.Module, path: str | os.PathLike) -> None:
             continue
         first_by_ptr[key] = name
         tensors[name] = t.detach().contiguous().cpu()
-    metadata = {"format": FORMAT, "version": str(VERSION), "layers": json.dumps(layers), "aliases": json.dumps(aliases),
-                "modules": json.dumps(_module_shapes(model))}
+    metadata = {"format": FORMAT, "version": str(VERSION), "layers": _json(layers), "aliases": _json(aliases),
+                "modules": _json(_module_shapes(model))}
+    if entropy_coding == "huffman":
+        metadata["entropy"] = _json(_entropy_code(model, tensors))
     save_file(tensors, os.fspath(path), metadata=metadata)
+
+
+def _json(value) -> str:
+    return json.dumps(value, separators=(",", ":"))  # no spaces: the header is part of the file's size
+
+
+def _entropy_code(model: nn.Module, tensors: dict) -> dict:
+    """Move the integer tensors of the compressed layers out of `tensors` into one Huffman-coded byte
+    tensor (entropy.BLOB_NAME); returns their descriptions, in the blob's order."""
+    entries, parts = {}, []
+    for prefix, module in model.named_modules():
+        if not isinstance(module, CompressedModule):
+            continue
+        layouts = entropy.packed_code_layouts(module)
+        for local, _ in module._own_state():
+            name = f"{prefix}.{local}" if prefix else local
+            t = tensors.get(name)
+            if t is None or t.dtype not in entropy.INT_DTYPES.values():
+                continue  # a float tensor, or tied to one stored elsewhere
+            entries[name], data = entropy.encode_tensor(t, *layouts.get(local, (None, None)))
+            parts.append(data)
+            del tensors[name]
+    blob = b"".join(parts)
+    tensors[entropy.BLOB_NAME] = torch.frombuffer(bytearray(blob), dtype=torch.uint8) if blob else \
+        torch.zeros(0, dtype=torch.uint8)
+    return {"coding": "huffman", "tensors": entries}
+
+
+def _entropy_decode(path: str, coded: dict, tensors: dict, expected: dict) -> None:
+    """Decode the Huffman-coded tensors back into `tensors`, after checking each against the model's
+    tensor of that name (so every count is bounded by what the model holds)."""
+    blob = tensors.pop(entropy.BLOB_NAME, None)
+    if blob is None:
+        raise ValueError(f"{path}: the metadata lists Huffman-coded tensors but the file has no "
+                         f"{entropy.BLOB_NAME!r} tensor")
+    entries = coded.get("tensors") if isinstance(coded, dict) else None
+    if not isinstance(entries, dict) or coded.get("coding") != "huffman":
+        raise ValueError(f"{path}: corrupt entropy-coding record (expected {{'coding': 'huffman', 'tensors': {{...}}}})")
+    data, offset = blob.numpy(), 0
+    for name, entry in entries.items():
+        if name not in expected:
+            raise ValueError(f"{path}: checkpoint has tensors the model does not: [{name!r}]")
+        want = expected[name]
+        if not isinstance(entry, dict):
+            raise ValueError(f"{path}: corrupt Huffman-coded tensor {name!r}: {entry!r}")
+        dtype = entropy.INT_DTYPES.get(entry.get("dtype"))
+        if dtype != want.dtype or entry.get("shape") != list(want.shape):
+            raise ValueError(
+                f"{path}: tensor {name!r} is {entry.get('dtype')} {entry.get('shape')} in the checkpoint but the "
+                f"model expects {want.dtype} {tuple(want.shape)}")
+        try:
+            tensors[name], offset = entropy.decode_tensor(entry, data, offset, dtype, tuple(want.shape))
+        except ValueError as exc:
+            raise ValueError(f"{path}: corrupt Huffman-coded tensor {name!r}: {exc}") from None
+    if offset != len(data):
+        raise ValueError(f"{path}: the Huffman-coded tensors use {offset} of the {len(data)} bytes stored for them")
 
 
 def _is_size(value) -> bool:
@@ -161,7 +234,8 @@ def _read_metadata(path: str) -> dict:
         raise ValueError(f"{path}: slimkernels checkpoint version {meta.get('version')!r}, this version reads {VERSION}")
     try:
         parsed = {"layers": json.loads(meta["layers"]), "aliases": json.loads(meta.get("aliases", "{}")),
-                  "modules": json.loads(meta.get("modules", "{}"))}
+                  "modules": json.loads(meta.get("modules", "{}")),
+                  "entropy": json.loads(meta["entropy"]) if "entropy" in meta else None}
     except (KeyError, json.JSONDecodeError) as exc:
         raise ValueError(f"{path}: corrupt slimkernels metadata ({exc})") from exc
     parsed["modules"] = _check_module_record(path, parsed["modules"])
@@ -262,11 +336,13 @@ def load(path: str | os.PathLike, model: nn.Module) -> nn.Module:
         tensors = load_file(path)
     except Exception as exc:
         raise ValueError(f"{path}: cannot read tensors ({exc})") from exc
+    expected = model.state_dict()
+    if meta["entropy"] is not None:
+        _entropy_decode(path, meta["entropy"], tensors, expected)
     for alias, original in meta["aliases"].items():
         if original not in tensors:
             raise ValueError(f"{path}: tensor {alias!r} is recorded as tied to {original!r}, which the file lacks")
         tensors[alias] = tensors[original]
-    expected = model.state_dict()
     for name, t in expected.items():
         if name not in tensors:
             raise ValueError(f"{path}: checkpoint is missing tensor {name!r}")
