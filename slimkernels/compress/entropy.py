@@ -194,6 +194,8 @@ def decode_stream(desc, blob: np.ndarray, offset: int, max_symbols: int) -> tupl
     if end > len(blob):
         raise ValueError(f"truncated stream: needs {end - offset} bytes, {len(blob) - offset} left")
     table = blob[offset:offset + _table_bytes(alphabet)]
+    if n == 0:
+        return np.zeros(0, dtype=np.int32), end
     lengths = np.stack([table & 15, table >> 4], 1).reshape(-1)[:alphabet]
     _check_lengths(lengths)
     if n > 8 * nbytes:  # every code word has at least one bit
@@ -206,8 +208,6 @@ def decode_stream(desc, blob: np.ndarray, offset: int, max_symbols: int) -> tupl
     else:
         lane_bytes = np.array([nbytes], dtype=np.int64)
     data = blob[end - nbytes:end]
-    if n == 0:
-        return np.zeros(0, dtype=np.int32), end
     window, table_symbol, table_len = _decode_table(lengths)
     table = (table_symbol << 4) | table_len.astype(np.int32)  # one gather per step: symbol and code length
     padded = np.concatenate([data, np.zeros(4, dtype=np.uint8)]).astype(np.int64)
@@ -267,7 +267,8 @@ def _candidates(values: np.ndarray) -> list[tuple[int, str, dict, list]]:
         if alphabet > MAX_ALPHABET:
             continue
         freqs = np.bincount(s, minlength=alphabet)
-        found.append((_stream_bytes(freqs, huffman_lengths(freqs), len(s)), transform, {"lo": lo}, [(s, alphabet)]))
+        offset = {"lo": lo} if lo else {}  # 0 by default: the header counts in the file size
+        found.append((_stream_bytes(freqs, huffman_lengths(freqs), len(s)), transform, offset, [(s, alphabet)]))
         if transform == "plain":
             value = int(freqs.argmax())
             runs, literals = _runs(s, value)
@@ -276,7 +277,7 @@ def _candidates(values: np.ndarray) -> list[tuple[int, str, dict, list]]:
             lit_freqs = np.bincount(literals, minlength=alphabet)
             size = (_stream_bytes(run_freqs[:run_alphabet], huffman_lengths(run_freqs[:run_alphabet]), len(runs))
                     + _stream_bytes(lit_freqs, huffman_lengths(lit_freqs), len(literals)))
-            found.append((size, "runs", {"lo": lo, "run": value}, [(runs, run_alphabet), (literals, alphabet)]))
+            found.append((size, "runs", {**offset, "run": value}, [(runs, run_alphabet), (literals, alphabet)]))
     return found
 
 

@@ -62,8 +62,10 @@ def save(model: nn.Module, path: str | os.PathLike, entropy_coding: str | None =
             continue
         first_by_ptr[key] = name
         tensors[name] = t.detach().contiguous().cpu()
-    metadata = {"format": FORMAT, "version": str(VERSION), "layers": _json(layers), "aliases": _json(aliases),
-                "modules": _json(_module_shapes(model))}
+    metadata = {"format": FORMAT, "version": str(VERSION), "layers": _json(layers), "aliases": _json(aliases)}
+    shapes = _module_shapes(model)
+    if not all(entry.get("compressed") for entry in shapes.values()):  # load narrows plain modules only
+        metadata["modules"] = _json(shapes)
     if entropy_coding == "huffman":
         metadata["entropy"] = _json(_entropy_code(model, tensors))
     save_file(tensors, os.fspath(path), metadata=metadata)

@@ -176,7 +176,8 @@ def _kmeans_rows(xs: torch.Tensor, entries: int, iters: int, gen: torch.Generato
     return best
 
 
-def kmeans_codebook(w: torch.Tensor, bits: int, per: str = "row", iters: int = 25, seed: int = 0):
+def kmeans_codebook(w: torch.Tensor, bits: int, per: str = "row", iters: int = 25, seed: int = 0,
+                    keep_zero: bool = False):
     """k-means codebook: w [N, K] -> (codes uint8 [N, K], codebook float32 [R, 2^bits], ascending).
 
     Lloyd iterations (at most `iters`, stopped early when the centroids stop moving) from several
@@ -184,7 +185,11 @@ def kmeans_codebook(w: torch.Tensor, bits: int, per: str = "row", iters: int = 2
     worst-fitted weights. Rows are batched (in chunks of KMEANS_CHUNK weights). A per="layer" fit on
     more than KMEANS_MAX_SAMPLES weights uses that many weights drawn with `seed`. `seed` drives the
     k-means++ draws: same input, seed and device, same output. A row with fewer distinct values than
-    entries gets repeated entries (all finite)."""
+    entries gets repeated entries (all finite).
+
+    keep_zero: one entry is exactly 0 and the other 2^bits - 1 are fitted to the nonzero weights only, so
+    pruned weights stay exactly 0 (Deep Compression's sharing after pruning). One fit per row (per="row")
+    or one for the layer."""
     _check_common("kmeans_codebook", w, bits, per)
     if not isinstance(iters, int) or isinstance(iters, bool) or iters < 0:
         raise ValueError(f"kmeans_codebook: iters must be an int >= 0, got {iters!r}")
@@ -194,6 +199,9 @@ def kmeans_codebook(w: torch.Tensor, bits: int, per: str = "row", iters: int = 2
         return (torch.zeros(n, k, dtype=torch.uint8, device=w.device),
                 torch.zeros(n if per == "row" else 1, entries, device=w.device))
     gen = torch.Generator().manual_seed(seed)
+    if keep_zero:
+        codebook = _kmeans_with_zero(_rows(w, per), entries, iters, gen)
+        return assign_codes(w, codebook), codebook
     data = _rows(w, per)
     if data.shape[1] > KMEANS_MAX_SAMPLES:
         pick = torch.randint(data.shape[1], (KMEANS_MAX_SAMPLES,), generator=gen).to(data.device)
@@ -202,6 +210,20 @@ def kmeans_codebook(w: torch.Tensor, bits: int, per: str = "row", iters: int = 2
     codebook = torch.cat([_kmeans_rows(torch.sort(part, dim=1).values, entries, iters, gen)
                           for part in data.split(chunk_rows)])
     return assign_codes(w, codebook), codebook
+
+
+def _kmeans_with_zero(data: torch.Tensor, entries: int, iters: int, gen: torch.Generator) -> torch.Tensor:
+    """Codebooks [R, entries] of the rows of data [R, M]: 0 and entries - 1 k-means centroids of the row's
+    nonzero values (all 0 for a row without any), ascending."""
+    books = []
+    for row in data:
+        nonzero = torch.sort(row[row != 0]).values
+        if data.shape[1] > KMEANS_MAX_SAMPLES and len(nonzero) > KMEANS_MAX_SAMPLES:
+            pick = torch.randint(len(nonzero), (KMEANS_MAX_SAMPLES,), generator=gen).to(row.device)
+            nonzero = torch.sort(nonzero[pick]).values
+        cent = _kmeans_rows(nonzero[None], entries - 1, iters, gen)[0] if len(nonzero) else row.new_zeros(entries - 1)
+        books.append(torch.sort(torch.cat([row.new_zeros(1), cent])).values)
+    return torch.stack(books)
 
 
 def _nf4_levels() -> torch.Tensor:
@@ -252,10 +274,12 @@ def pow2_codebook(w: torch.Tensor, bits: int, per: str = "row"):
     return assign_codes(w, codebook), codebook
 
 
-def fit_codebook(w: torch.Tensor, bits: int, kind: str, per: str = "row", seed: int = 0):
-    """Fit a codebook of `kind` in ("kmeans", "nf4", "pow2") -> (codes uint8 [N, K], codebook f32 [R, 2^bits])."""
+def fit_codebook(w: torch.Tensor, bits: int, kind: str, per: str = "row", seed: int = 0, keep_zero: bool = False):
+    """Fit a codebook of `kind` in ("kmeans", "nf4", "pow2") -> (codes uint8 [N, K], codebook f32 [R, 2^bits]).
+    keep_zero: the codebook holds an exact 0 that zero weights map to (k-means: see kmeans_codebook; nf4 and
+    pow2 levels hold 0 already)."""
     if kind == "kmeans":
-        return kmeans_codebook(w, bits, per=per, seed=seed)
+        return kmeans_codebook(w, bits, per=per, seed=seed, keep_zero=keep_zero)
     if kind == "nf4":
         if bits != 4:
             raise ValueError(f"fit_codebook: the nf4 codebook has 16 levels and needs bits=4, got bits={bits!r}")

@@ -1,0 +1,204 @@
+"""Deep Compression (Han, Mao & Dally, ICLR 2016) on a LeNet-300-100-style MLP: prune, share, code.
+
+    rows = run_deep_compression(x_train, y_train, x_test, y_test, epochs=30, seed=0, progress=True)
+    print(format_deep_compression(rows))
+
+The stages, each measured by the size of its slimkernels.save file (header and metadata included) and
+its test accuracy:
+  float32   the MLP (inputs -> 300 -> 100 -> 10) trained with Adam
+  pruned    iterative magnitude pruning with fine-tuning (slimkernels.PruningSchedule, kind="iterative",
+            one global threshold), stored as SparseLinear CSR layers (float32 values, int16 indices)
+  shared    k-means weight sharing per layer (a codebook with an exact 0 for the pruned weights and
+            2^bits - 1 centroids fitted to the kept ones), then centroid fine-tuning: the gradients of the
+            weights that share a centroid summed into it, the index map fixed (SharedWeightLinear); stored
+            as codebook QuantLinear layers (packed codes + codebook), which run on slimkernels' lut_mm
+  huffman   the same model saved with entropy_coding="huffman": its codes Huffman-coded (the pruned
+            zeros as run lengths, the others as code words); reloaded into a fresh float MLP to measure
+            its accuracy (lossless: the same as "shared")
+"""
+from __future__ import annotations
+
+import copy
+import os
+import tempfile
+from typing import Optional
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .compress.config import SparsityConfig
+from .compress.serialization import load, save
+from .nn import QuantLinear, SparseLinear
+from .prune import PruningSchedule
+from .quant.codebook import kmeans_codebook
+
+HIDDEN = (300, 100)  # LeNet-300-100
+STAGES = ("float32", "pruned", "shared", "huffman")
+
+
+def build_lenet(inputs: int = 64, hidden: tuple = HIDDEN, classes: int = 10) -> nn.Sequential:
+    """LeNet-300-100 style MLP: inputs -> 300 -> 100 -> classes with ReLUs."""
+    sizes = (inputs, *hidden)
+    layers = []
+    for n_in, n_out in zip(sizes, sizes[1:]):
+        layers += [nn.Linear(n_in, n_out), nn.ReLU()]
+    return nn.Sequential(*layers, nn.Linear(sizes[-1], classes))
+
+
+class SharedWeightLinear(nn.Module):
+    """A linear layer whose weight is codebook[codes]: the codes (the index map) are fixed, the codebook
+    entries are trained. Autograd of the lookup sums the gradients of all the weights that share an entry
+    into it (Deep Compression's centroid fine-tuning). The entry `zero_entry` (the pruned weights) stays
+    exactly 0. `to_quant_linear()` gives the codebook QuantLinear that stores and runs it."""
+
+    def __init__(self, codes: torch.Tensor, codebook: torch.Tensor, bias: Optional[torch.Tensor],
+                 zero_entry: Optional[int] = None):
+        super().__init__()
+        if codes.dim() != 2 or codebook.dim() != 1 or int(codes.max()) >= len(codebook):
+            raise ValueError(f"SharedWeightLinear: codes [N, K] must index the codebook [E], got codes "
+                             f"{tuple(codes.shape)} up to {int(codes.max())} and codebook {tuple(codebook.shape)}")
+        self.register_buffer("codes", codes.to(torch.long))
+        self.codebook = nn.Parameter(codebook.detach().float().clone())
+        self.bias = None if bias is None else nn.Parameter(bias.detach().float().clone())
+        self.zero_entry = zero_entry
+        if zero_entry is not None:
+            if float(codebook[zero_entry]) != 0:
+                raise ValueError(f"SharedWeightLinear: zero_entry {zero_entry} holds {float(codebook[zero_entry])}, not 0")
+            keep = torch.ones_like(self.codebook)
+            keep[zero_entry] = 0
+            self.codebook.register_hook(lambda grad: grad * keep)  # no gradient: Adam never moves it
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, bits: int = 4, seed: int = 0) -> "SharedWeightLinear":
+        """k-means weight sharing of a (pruned) nn.Linear: one codebook for the layer with an exact 0 entry
+        that its zero weights map to (quant.codebook.kmeans_codebook(keep_zero=True))."""
+        codes, codebook = kmeans_codebook(linear.weight.detach(), bits, per="layer", seed=seed, keep_zero=True)
+        zero = int((codebook[0] == 0).nonzero()[0])
+        return cls(codes, codebook[0], linear.bias, zero_entry=zero)
+
+    def weight(self) -> torch.Tensor:
+        return self.codebook[self.codes]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.linear(x, self.weight(), self.bias)
+
+    def to_quant_linear(self) -> QuantLinear:
+        bias = None if self.bias is None else self.bias.detach()
+        return QuantLinear.from_codebook(self.codes.to(torch.uint8), self.codebook.detach()[None], bias)
+
+
+def _train(model: nn.Module, x, y, epochs: int, lr: float, progress: bool, desc: str, after_step=None,
+           optimizer=None) -> nn.Module:
+    """Adam over shuffled minibatches of 128 (as demo.train), calling after_step() after each step."""
+    opt = optimizer or torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
+    model.train()
+    for _ in tqdm(range(epochs), desc=desc, unit="epoch", disable=not progress):
+        for idx in torch.randperm(len(x)).split(128):
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
+            opt.step()
+            if after_step is not None:
+                after_step()
+    return model.eval()
+
+
+@torch.inference_mode()
+def _accuracy(model, x, y) -> float:
+    return (model(x).argmax(-1) == y).float().mean().item()
+
+
+def _file_bytes(model: nn.Module, directory: str, name: str, entropy_coding=None) -> tuple[int, str]:
+    path = os.path.join(directory, name)
+    save(model, path, entropy_coding=entropy_coding)
+    return os.path.getsize(path), path
+
+
+def _zeros(model: nn.Module) -> float:
+    """Fraction of zero weights over the model's linear layers."""
+    weights = [m.weight.detach() for m in model.modules() if isinstance(m, nn.Linear)]
+    return float(sum((w == 0).sum() for w in weights) / sum(w.numel() for w in weights))
+
+
+def run_deep_compression(x_train, y_train, x_test, y_test, *, epochs: int = 30, seed: int = 0, progress: bool = True,
+                         sparsity: float = 0.95, bits: int = 4, prune_rounds: int = 5, prune_epochs: Optional[int] = None,
+                         share_epochs: Optional[int] = None) -> list[dict]:
+    """The pipeline on (x_train, y_train) -> one row per stage (STAGES): {"stage", "accuracy",
+    "file_bytes", "smaller" (than the float32 file), "zeros" (fraction of zero weights), "detail"}.
+
+    epochs: float training; prune_epochs (default epochs): fine-tuning while `sparsity` is reached in
+    `prune_rounds` iterative magnitude steps (one global threshold), the last round followed by as much
+    fine-tuning as each round had; share_epochs (default epochs // 2): centroid fine-tuning of the
+    `bits`-bit codebooks."""
+    if not 0 < sparsity < 1:
+        raise ValueError(f"run_deep_compression: sparsity must be in (0, 1), got {sparsity!r}")
+    if bits not in (2, 3, 4):
+        raise ValueError(f"run_deep_compression: bits must be 2, 3 or 4 (codebook QuantLinear), got {bits!r}")
+    for name, value in (("epochs", epochs), ("prune_rounds", prune_rounds)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"run_deep_compression: {name} must be an int >= 1, got {value!r}")
+    prune_epochs = epochs if prune_epochs is None else prune_epochs
+    share_epochs = max(1, epochs // 2) if share_epochs is None else share_epochs
+    torch.manual_seed(seed)
+    model = build_lenet(x_train.shape[1], HIDDEN, int(y_train.max()) + 1)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        def record(stage, net, size, detail):
+            rows.append({"stage": stage, "accuracy": _accuracy(net, x_test, y_test), "file_bytes": size,
+                         "zeros": _zeros(net) if stage in ("float32", "pruned") else rows[-1]["zeros"],
+                         "detail": detail})
+
+        _train(model, x_train, y_train, epochs, 2e-3, progress, "float32 training")
+        record("float32", model, _file_bytes(model, tmp, "float.safetensors")[0], f"{epochs} epochs Adam")
+
+        # Iterative pruning: prune_rounds updates, fine-tuning in between and after the last.
+        steps_per_epoch = -(-len(x_train) // 128)
+        round_steps = max(1, prune_epochs * steps_per_epoch // (prune_rounds + 1))
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+        iterative = prune_rounds > 1
+        schedule = PruningSchedule(model, SparsityConfig(sparsity, scope="global"),
+                                   kind="iterative" if iterative else "one_shot", start=0,
+                                   end=(prune_rounds - 1) * round_steps if iterative else None,
+                                   frequency=round_steps, optimizer=opt)
+        schedule.step()  # the first update, at step 0
+
+        def advance():
+            if not schedule.done:
+                schedule.step()
+
+        _train(model, x_train, y_train, prune_epochs, 1e-3, progress, "pruning + fine-tuning", advance, opt)
+        schedule.convert(sparse_modules=False, progress=False)  # dense layers holding zeros, hooks dropped
+        sparse = copy.deepcopy(model)  # stored as SparseLinear CSR: only the kept weights
+        for i, module in enumerate(sparse):
+            if isinstance(module, nn.Linear):
+                sparse[i] = SparseLinear.from_dense(module.weight.detach(), module.bias.detach(), format="csr")
+        record("pruned", model, _file_bytes(sparse, tmp, "pruned.safetensors")[0],
+               f"{prune_rounds} rounds to {sparsity:.0%} (global magnitude), {prune_epochs} epochs fine-tuning, CSR")
+
+        # Weight sharing with centroid fine-tuning, then the codebook QuantLinear.
+        for i, module in enumerate(model):
+            if isinstance(module, nn.Linear):
+                model[i] = SharedWeightLinear.from_linear(module, bits, seed=seed)
+        _train(model, x_train, y_train, share_epochs, 1e-4, progress, "centroid fine-tuning")
+        for i, module in enumerate(model):
+            if isinstance(module, SharedWeightLinear):
+                model[i] = module.to_quant_linear()
+        record("shared", model, _file_bytes(model, tmp, "shared.safetensors")[0],
+               f"{bits}-bit k-means per layer with an exact 0, {share_epochs} epochs centroid fine-tuning")
+
+        size, path = _file_bytes(model, tmp, "huffman.safetensors", entropy_coding="huffman")
+        reloaded = load(path, build_lenet(x_train.shape[1], HIDDEN, int(y_train.max()) + 1))
+        record("huffman", reloaded, size, "entropy_coding='huffman', reloaded into a fresh float MLP")
+    for row in rows:
+        row["smaller"] = rows[0]["file_bytes"] / row["file_bytes"]
+    return rows
+
+
+def format_deep_compression(rows: list[dict]) -> str:
+    """The rows of run_deep_compression as a table."""
+    head = f"{'stage':<10}{'accuracy':>9}{'file':>12}{'smaller':>9}{'zeros':>8}  detail"
+    lines = [head, "-" * (len(head) + 40)]
+    for r in rows:
+        lines.append(f"{r['stage']:<10}{r['accuracy'] * 100:>8.2f}%{r['file_bytes']:>10,d} B{r['smaller']:>8.1f}x"
+                     f"{r['zeros'] * 100:>7.1f}%  {r['detail']}")
+    return "\n".join(lines)
