@@ -165,8 +165,9 @@ def _one(stat):
     return stat[0] if isinstance(stat, list) else stat
 
 
-def _rank(module: nn.Module, config: LowRankConfig, spectrum: torch.Tensor) -> Optional[int]:
-    """The layer's rank in the running pass (None: the pass allocated it dense)."""
+def _rank(module: nn.Module, config: LowRankConfig, spectrum: Callable[[], torch.Tensor]) -> Optional[int]:
+    """The layer's rank in the running pass (None: the pass allocated it dense); spectrum() computes the
+    singular values, which only energy= needs."""
     n, k = _matrix(module).shape
     allocated = _RANKS.get()
     if allocated is not None and module in allocated:
@@ -174,7 +175,7 @@ def _rank(module: nn.Module, config: LowRankConfig, spectrum: torch.Tensor) -> O
     if config.rank is not None:
         return config.rank if isinstance(config.rank, int) else max(1, round(config.rank * min(n, k)))
     if config.energy is not None:
-        return lr.rank_for_energy(spectrum, config.energy)
+        return lr.rank_for_energy(spectrum(), config.energy)
     return lr.rank_for_params(n, k, config.params)
 
 
@@ -186,8 +187,7 @@ def _low_rank(module: nn.Module, config: LowRankConfig, mean_abs=None, hessian=N
     w = _matrix(module)
     n, k = w.shape
     stats = dict(mean_abs=_one(mean_abs), gram=_one(hessian), alpha=config.alpha, damp=config.damp)
-    spectrum = lr.spectrum(w, config.method, **stats)
-    rank = _rank(module, config, spectrum)
+    rank = _rank(module, config, lambda: lr.spectrum(w, config.method, **stats))
     if rank is None or not lr.saves_parameters(rank, n, k):
         what = "the budget" if rank is None else f"rank {rank}"
         raise SkipLayer(f"stays dense: {what} would not save parameters (r (N + K) >= N K for [{n}, {k}] at r >= "
