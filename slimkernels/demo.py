@@ -66,11 +66,15 @@ def build_model(hidden: int) -> nn.Module:
 
 
 def train(model, x, y, epochs: int, seed: int, progress: bool, lr: float = 2e-3, desc: str = "training float model",
-          loss=None, params=None):
+          loss=None, params=None, decay: bool = False):
     """Adam over minibatches of 128 in train mode; `loss(xb, yb)` replaces cross-entropy of the model's
-    output (distillation) and `params` the model's parameters. Returns the model in eval mode."""
+    output (distillation) and `params` the model's parameters; `decay` lowers the learning rate linearly
+    to 0 over the run (a fine-tuning run then ends settled, not at a random point of its last epoch).
+    Returns the model in eval mode."""
     torch.manual_seed(seed)
     opt = torch.optim.Adam(model.parameters() if params is None else params, lr=lr)
+    steps = epochs * -(-len(x) // 128)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 1 - i / steps if decay else 1.0)
     loss = loss or (lambda xb, yb: nn.functional.cross_entropy(model(xb), yb))
     model.train()
     for _ in tqdm(range(epochs), desc=desc, unit="epoch", disable=not progress):
@@ -78,6 +82,7 @@ def train(model, x, y, epochs: int, seed: int, progress: bool, lr: float = 2e-3,
             opt.zero_grad()
             loss(x[idx], y[idx]).backward()
             opt.step()
+            sched.step()
     return model.eval()
 
 
