@@ -161,12 +161,17 @@ def test_save_load_round_trip(config, tmp_path):
     _check_same(model, slimkernels.load(tmp_path / "huff.safetensors", copy.deepcopy(model)))  # already converted
 
 
+def _keep_zero_codebook(linear: nn.Linear) -> slimkernels.QuantLinear:
+    """A 4-bit per-layer k-means codebook layer whose zero weights stay exactly 0."""
+    codes, codebook = kmeans_codebook(linear.weight.detach(), 4, per="layer", keep_zero=True)
+    return slimkernels.QuantLinear.from_codebook(codes, codebook, linear.bias.detach())
+
+
 def test_mixed_model_and_size(tmp_path):
     model = _trained_like(_mlp())
     slimkernels.sparsify_(model, slimkernels.SparsityConfig(0.8), filter_fn=lambda m, name: name == "0", progress=False)
     slimkernels.quantize_(model, slimkernels.Int8DynamicConfig(), filter_fn=lambda m, name: name == "2", progress=False)
-    slimkernels.quantize_(model, slimkernels.CodebookConfig(bits=4, per="layer", keep_zero=True),
-                          filter_fn=lambda m, name: name == "4", progress=False)
+    model[4] = _keep_zero_codebook(model[4])
     types = [type(m).__name__ for m in model]
     assert types[0] == "SparseLinear" and types[2] == types[4] == "QuantLinear" and types[5] == "Linear"
     slimkernels.save(model, tmp_path / "plain.safetensors")
@@ -179,8 +184,7 @@ def test_pruned_codebook_file_is_much_smaller(tmp_path):
     linear = _trained_like(nn.Linear(256, 128))
     with torch.no_grad():
         linear.weight[linear.weight.abs() < linear.weight.abs().quantile(0.9)] = 0
-    model = nn.Sequential(linear)
-    slimkernels.quantize_(model, slimkernels.CodebookConfig(bits=4, per="layer", keep_zero=True), progress=False)
+    model = nn.Sequential(_keep_zero_codebook(linear))
     assert torch.equal(model[0].dequantized_weight() == 0, linear.weight == 0)  # the zeros kept exactly
     slimkernels.save(model, tmp_path / "plain.safetensors")
     slimkernels.save(model, tmp_path / "huff.safetensors", entropy_coding="huffman")
