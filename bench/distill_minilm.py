@@ -48,7 +48,6 @@ import slimkernels  # noqa: E402
 from slimkernels.distill import Distiller  # noqa: E402
 
 
-
 MODES = {"mlp": 0.5, "heads": 1 / 3}  # --mode -> fraction of the units (neurons / heads) removed per layer
 CRITERIA = ("mean_activation", "apoz", "l2", "l1", "random")  # prune_'s, less "taylor" (needs a loss)
 
