@@ -13,6 +13,7 @@ import os
 import statistics
 import tempfile
 import time
+from typing import Callable
 
 import torch
 from torch import nn
@@ -153,17 +154,27 @@ def run(epochs: int = 8, hidden: int = 512, seed: int = 0, progress: bool = True
     return rows
 
 
+def format_rows(rows: list[dict], columns: list[tuple[str, int, Callable[[dict], str]]]) -> str:
+    """A text table: each column is (header, width, cell of a row); the first is left-aligned."""
+    def line(cells):
+        return "".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, (_, w, _)) in enumerate(zip(cells, columns)))
+
+    head = line([h for h, _, _ in columns])
+    return "\n".join([head, "-" * len(head)] + [line([cell(r) for _, _, cell in columns]) for r in rows])
+
+
 def format_table(rows: list[dict], n_test: int) -> str:
-    head = (f"{'mode':<28}{'accuracy':>9}{'size':>11}{'file':>10}{'smaller':>8}{'batch ' + str(n_test):>12}{'speed-up':>9}"
-            f"{'batch 1':>10}{'speed-up':>9}")
-    lines = [head, "-" * len(head)]
-    for r in rows:
-        lines.append(
-            f"{r['mode']:<28}{r['accuracy'] * 100:>8.1f}%{r['size_bytes'] / 1e6:>8.2f} MB{r['file_bytes'] / 1e6:>7.2f} MB"
-            f"{r['smaller']:>7.2f}x"
-            f"{r['latency_ms_batch']:>9.2f} ms{r['speedup_batch']:>8.2f}x{r['latency_ms_1']:>7.3f} ms{r['speedup_1']:>8.2f}x"
-        )
-    return "\n".join(lines)
+    return format_rows(rows, [
+        ("mode", 28, lambda r: r["mode"]),
+        ("accuracy", 9, lambda r: f"{r['accuracy'] * 100:.1f}%"),
+        ("size", 11, lambda r: f"{r['size_bytes'] / 1e6:.2f} MB"),
+        ("file", 10, lambda r: f"{r['file_bytes'] / 1e6:.2f} MB"),
+        ("smaller", 8, lambda r: f"{r['smaller']:.2f}x"),
+        (f"batch {n_test}", 12, lambda r: f"{r['latency_ms_batch']:.2f} ms"),
+        ("speed-up", 9, lambda r: f"{r['speedup_batch']:.2f}x"),
+        ("batch 1", 10, lambda r: f"{r['latency_ms_1']:.3f} ms"),
+        ("speed-up", 9, lambda r: f"{r['speedup_1']:.2f}x"),
+    ])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -86,12 +86,15 @@ def run_structured(x_train, y_train, x_test, y_test, *, width: int, epochs: int,
 
 
 def format_structured(rows: list[dict]) -> str:
-    head = (f"{'stage':<32}{'accuracy':>9}{'params':>10}{'MACs':>9}{'fewer':>7}{'file':>10}{'batch 1':>10}"
-            f"{'speed-up':>9}")
-    lines = [head, "-" * len(head)]
-    for r in rows:
-        lines.append(
-            f"{r['stage']:<32}{r['accuracy'] * 100:>8.1f}%{r['params'] / 1e3:>9.0f}k{r['macs'] / 1e6:>8.2f}M"
-            f"{r['fewer_macs']:>6.2f}x{r['file_bytes'] / 1e6:>7.2f} MB{r['latency_ms_1']:>7.3f} ms{r['speedup_1']:>8.2f}x"
-        )
-    return "\n".join(lines)
+    from .demo import format_rows
+
+    return format_rows(rows, [
+        ("stage", 32, lambda r: r["stage"]),
+        ("accuracy", 9, lambda r: f"{r['accuracy'] * 100:.1f}%"),
+        ("params", 10, lambda r: f"{r['params'] / 1e3:.0f}k"),
+        ("MACs", 9, lambda r: f"{r['macs'] / 1e6:.2f}M"),
+        ("fewer", 7, lambda r: f"{r['fewer_macs']:.2f}x"),
+        ("file", 10, lambda r: f"{r['file_bytes'] / 1e6:.2f} MB"),
+        ("batch 1", 10, lambda r: f"{r['latency_ms_1']:.3f} ms"),
+        ("speed-up", 9, lambda r: f"{r['speedup_1']:.2f}x"),
+    ])
