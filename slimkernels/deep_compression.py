@@ -64,7 +64,8 @@ class SharedWeightLinear(nn.Module):
         self.zero_entry = zero_entry
         if zero_entry is not None:
             if float(codebook[zero_entry]) != 0:
-                raise ValueError(f"SharedWeightLinear: zero_entry {zero_entry} holds {float(codebook[zero_entry])}, not 0")
+                raise ValueError(f"SharedWeightLinear: zero_entry {zero_entry} holds "
+                                 f"{float(codebook[zero_entry])}, not 0")
             keep = torch.ones_like(self.codebook)
             keep[zero_entry] = 0
             self.codebook.register_hook(lambda grad: grad * keep)  # no gradient: Adam never moves it
@@ -121,8 +122,8 @@ def _zeros(model: nn.Module) -> float:
 
 
 def run_deep_compression(x_train, y_train, x_test, y_test, *, epochs: int = 30, seed: int = 0, progress: bool = True,
-                         sparsity: float = 0.95, bits: int = 4, prune_rounds: int = 5, prune_epochs: Optional[int] = None,
-                         share_epochs: Optional[int] = None) -> list[dict]:
+                         sparsity: float = 0.95, bits: int = 4, prune_rounds: int = 5,
+                         prune_epochs: Optional[int] = None, share_epochs: Optional[int] = None) -> list[dict]:
     """The pipeline on (x_train, y_train) -> one row per stage (STAGES): {"stage", "accuracy",
     "file_bytes", "smaller" (than the float32 file), "zeros" (fraction of zero weights), "detail"}.
 

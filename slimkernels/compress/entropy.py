@@ -248,7 +248,8 @@ def _runs(symbols: np.ndarray, value: int) -> tuple[np.ndarray, np.ndarray]:
 def _unruns(runs: np.ndarray, literals: np.ndarray, value: int, n: int) -> np.ndarray:
     is_literal = runs != RUN_ESCAPE
     if int(is_literal.sum()) != len(literals):
-        raise ValueError(f"the run stream announces {int(is_literal.sum())} values, the value stream has {len(literals)}")
+        raise ValueError(f"the run stream announces {int(is_literal.sum())} values, the value stream has "
+                         f"{len(literals)}")
     advance = runs.astype(np.int64) + is_literal
     if int(advance.sum()) > n:
         raise ValueError(f"the runs cover {int(advance.sum())} symbols, the tensor has {n}")
@@ -285,7 +286,8 @@ def _as_values(t: torch.Tensor) -> np.ndarray:
     return t.detach().cpu().reshape(-1).to(torch.int64).numpy()
 
 
-def encode_tensor(t: torch.Tensor, packed_bits: int | None = None, codes_per_row: int | None = None) -> tuple[dict, bytes]:
+def encode_tensor(t: torch.Tensor, packed_bits: int | None = None,
+                  codes_per_row: int | None = None) -> tuple[dict, bytes]:
     """The description and bytes of integer tensor t, in its smallest representation. packed_bits /
     codes_per_row: t is uint8 [rows, bytes] of `packed_bits`-bit codes, `codes_per_row` a row (lowbit layout)."""
     if t.dtype not in INT_DTYPES.values():
@@ -317,7 +319,8 @@ def encode_tensor(t: torch.Tensor, packed_bits: int | None = None, codes_per_row
     return {**entry, **fields, "t": transform, "s": descs}, b"".join(parts)
 
 
-def decode_tensor(entry: dict, blob: np.ndarray, offset: int, dtype: torch.dtype, shape: tuple) -> tuple[torch.Tensor, int]:
+def decode_tensor(entry: dict, blob: np.ndarray, offset: int, dtype: torch.dtype,
+                  shape: tuple) -> tuple[torch.Tensor, int]:
     """The tensor described by `entry` (from encode_tensor) at blob[offset:] -> (tensor, next offset). The
     caller has checked that entry's dtype and shape are `dtype` and `shape` (the model's)."""
     numel = math.prod(shape)

@@ -106,7 +106,8 @@ def _entropy_decode(path: str, coded: dict, tensors: dict, expected: dict) -> No
                          f"{entropy.BLOB_NAME!r} tensor")
     entries = coded.get("tensors") if isinstance(coded, dict) else None
     if not isinstance(entries, dict) or coded.get("coding") != "huffman":
-        raise ValueError(f"{path}: corrupt entropy-coding record (expected {{'coding': 'huffman', 'tensors': {{...}}}})")
+        raise ValueError(f"{path}: corrupt entropy-coding record (expected "
+                         "{'coding': 'huffman', 'tensors': {...}})")
     data, offset = blob.numpy(), 0
     for name, entry in entries.items():
         if name not in expected:

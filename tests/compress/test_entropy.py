@@ -1,7 +1,6 @@
 """Huffman coding of integer tensors (compress/entropy.py) and save(..., entropy_coding="huffman")."""
 import copy
 import json
-import math
 
 import numpy as np
 import pytest
@@ -190,8 +189,8 @@ def test_pruned_codebook_file_is_much_smaller(tmp_path):
     slimkernels.save(model, tmp_path / "huff.safetensors", entropy_coding="huffman")
     plain, huff = (tmp_path / "plain.safetensors").stat().st_size, (tmp_path / "huff.safetensors").stat().st_size
     assert huff * 3 < plain  # 4 bits a weight -> about 1 bit (10% kept: run lengths + codes)
-    _check_same_1 = slimkernels.load(tmp_path / "huff.safetensors", nn.Sequential(nn.Linear(256, 128)))
-    assert torch.equal(_check_same_1[0].qweight, model[0].qweight)
+    reloaded = slimkernels.load(tmp_path / "huff.safetensors", nn.Sequential(nn.Linear(256, 128)))
+    assert torch.equal(reloaded[0].qweight, model[0].qweight)
 
 
 def test_bad_entropy_coding_argument(tmp_path):
