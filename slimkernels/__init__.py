@@ -49,3 +49,9 @@ __all__ = [
     "set_cpu_amx", "use_cpu_amx", "get_cpu_amx", "info", "__version__", "prune_", "StructuredPruningConfig",
     "PruningSchedule", "StructuredPruningSchedule", "Distiller",
 ]
+
+# Hashed weight sharing (HashedNets): the module and its pass.
+from .compress.hashing import HashingConfig, hash_  # noqa: E402
+from .nn.hashed_linear import HashedLinear  # noqa: E402
+
+__all__ += ["HashedLinear", "hash_", "HashingConfig"]

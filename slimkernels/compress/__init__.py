@@ -7,6 +7,7 @@ from .config import (
     CodebookConfig, CompressionConfig, Int4WeightOnlyConfig, Int8DynamicConfig, Int8WeightOnlyConfig, QuantizationConfig,
     SparsityConfig, config_for_mode, config_suggestion,
 )
+from .hashing import HashingConfig, hash_, hash_layer
 from .passes import HANDLERS, convert_layer, register_handler, run_pass
 from .qat import convert_, prepare_qat_
 from .quantize import quantize_, quantize_layer
@@ -24,5 +25,5 @@ __all__ = [
     "InputRowsCollector", "InputRows", "CalibrationWarning",
     "ActivationStatsCollector", "ActivationStats", "OutputCollector", "CompressionReport", "LayerRecord",
     "module_bytes", "save", "load", "SparsityConfig", "sparsify_", "sparsify_layer", "allocate_sparsity",
-    "calibration_text", "UnfoldedConvCollector", "conv_aware",
+    "calibration_text", "UnfoldedConvCollector", "conv_aware", "HashingConfig", "hash_", "hash_layer",
 ]
