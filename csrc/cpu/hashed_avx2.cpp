@@ -1,5 +1,5 @@
 // Hashed weight sharing, AVX2 + FMA policy: 8 hashes per step in ymm registers (vpmulld), the bucket
-// index from the high halves of two vpmuludq products, the bucket values by vgatherdps.
+// index from the high halves of two vpmuludq products (the values then by scalar loads: hashed_lookup).
 #include <immintrin.h>
 
 #include <cstdint>

@@ -1,5 +1,6 @@
 // Hashed weight sharing, AVX-512 policy (the avx512_vnni tier's flags; uses F): 16 hashes per step in
-// zmm registers, the bucket index from the high halves of two vpmuludq products, vgatherdps.
+// zmm registers, the bucket index from the high halves of two vpmuludq products (the values then by
+// scalar loads: hashed_lookup).
 #include <immintrin.h>
 
 #include <cstdint>

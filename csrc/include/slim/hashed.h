@@ -26,8 +26,8 @@
 //
 // Kernels:
 //   hashed_linear  y[m, n] = sum_k x[m, k] * W[n, k] + bias[n]: each thread decodes one row of W at a
-//                  time into a K-float buffer (in L1/L2: hashes in registers, gathers from the bucket
-//                  window, in cache), then dots it with every row of x. x float32 [M, K] (row stride
+//                  time into a K-float buffer (in L1/L2: hashes in registers, bucket values loaded
+//                  from the row's window, in cache), then dots it with every row of x. x float32 [M, K] (row stride
 //                  ldx), y float32 [M, N] (row stride ldy); float32 accumulation.
 //   hashed_weight  W itself, float32 [N, K] (for large M, where a BLAS GEMM on it wins, and backward).
 //   hashed_bucket_grad  grad_buckets[b] = sum over (n, k) with bucket(n, i) = b of sign(i) * dW[n, k]
