@@ -109,16 +109,18 @@ float hashed_dot_avx2(const float* a, const float* b, int64_t k);
 float hashed_dot_avx512_vnni(const float* a, const float* b, int64_t k);
 #endif
 float hashed_dot_scalar(const float* a, const float* b, int64_t k);
-// out[j] = buckets[idx[j]] for j < n: scalar loads, compiled without SIMD flags (hashed.cpp) on purpose:
-// vgatherdps is slower than scalar loads on CPUs with the Gather Data Sampling microcode fix.
+// out[j] = buckets[idx[j]] for j < n: scalar loads, compiled without SIMD flags (hashed.cpp) so the
+// compiler cannot turn them into vgatherdps, which the Gather Data Sampling microcode fix slows down
+// (not yet compared cleanly with a vgatherdps decoder: bench/results/2026-11-30-hashed.md).
 void hashed_lookup(const float* buckets, const uint32_t* idx, float* out, int64_t n);
 constexpr int64_t kHashChunk = 256;  // entries per chunk of the SIMD decoders (their buffers stay in L1)
 
 namespace {
 // ---- the SIMD kernels, over a policy P (internal linkage: each ISA file instantiates its own) ----------
 // P: everything hashed_mix needs, plus kW (lanes), V (float lanes), lane_index(uint32_t base) (base +
-// 0, 1, ..., kW - 1), mulhi(U, U) (high 32 bits of the 64-bit products), gather(const float*, U),
-// flip(V, U) (V's sign bit XOR U's), zero(), load(const float*), store(float*, V), fma(a, b, c), hsum(V).
+// 0, 1, ..., kW - 1), mulhi(U, U) (high 32 bits of the 64-bit products), add / sub / min (unsigned) of
+// U, store_u(uint32_t*, U), load_u(const uint32_t*), flip(V, U) (V's sign bit XOR U's), zero(),
+// load(const float*), store(float*, V), add(V, V), fma(a, b, c), hsum(V).
 template <class P>
 void hashed_rows_simd(const HashedArgs& w, int64_t n0, int64_t n1, int64_t k0, int64_t k1, float* out, int64_t ldo) {
   using U = typename P::U;
