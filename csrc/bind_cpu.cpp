@@ -12,7 +12,8 @@
   X(dequant_int8)            \
   X(lowbit)                  \
   X(sparse)                  \
-  X(sparse_conv)
+  X(sparse_conv)             \
+  X(hashed)
 
 namespace slim {
 namespace bind {

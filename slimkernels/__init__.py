@@ -29,9 +29,8 @@ from .compress import (
     save,
     sparsify_,
 )
-from .nn import FakeQuantLinear, QuantLinear, SparseConv2d, SparseLinear
-from .nn import LowRankConv2d, LowRankLinear
-from .compress import LowRankConfig, low_rank_
+from .compress import HashingConfig, LowRankConfig, hash_, low_rank_
+from .nn import FakeQuantLinear, HashedLinear, LowRankConv2d, LowRankLinear, QuantLinear, SparseConv2d, SparseLinear
 from .distill import Distiller
 from .prune import PruningSchedule, StructuredPruningConfig, StructuredPruningSchedule, prune_
 
@@ -49,6 +48,6 @@ __all__ = [
     "calibration_text", "prepare_qat_", "convert_", "Int8DynamicConfig", "Int8WeightOnlyConfig", "Int4WeightOnlyConfig", "CodebookConfig", "CompressionReport",
     "save", "load", "set_backend", "use_backend", "get_backend", "set_cpu_isa", "use_cpu_isa", "get_cpu_isa",
     "set_cpu_amx", "use_cpu_amx", "get_cpu_amx", "info", "__version__", "prune_", "StructuredPruningConfig",
-    "PruningSchedule", "StructuredPruningSchedule", "Distiller",
+    "PruningSchedule", "StructuredPruningSchedule", "Distiller", "LowRankLinear", "LowRankConv2d", "LowRankConfig",
+    "low_rank_", "HashedLinear", "hash_", "HashingConfig",
 ]
-__all__ += ["LowRankLinear", "LowRankConv2d", "LowRankConfig", "low_rank_"]

@@ -7,13 +7,14 @@ from .config import (
     CodebookConfig, CompressionConfig, Int4WeightOnlyConfig, Int8DynamicConfig, Int8WeightOnlyConfig, QuantizationConfig,
     SparsityConfig, config_for_mode, config_suggestion,
 )
+from .hashing import HashingConfig, hash_, hash_layer
 from .passes import HANDLERS, convert_layer, register_handler, run_pass
 from .qat import convert_, prepare_qat_
 from .quantize import quantize_, quantize_layer
 from .report import CompressionReport, LayerRecord, module_bytes
 from .serialization import load, save
-from .sparsify import allocate_sparsity, sparsify_, sparsify_layer
 from .low_rank import LowRankConfig, low_rank_, low_rank_layer
+from .sparsify import allocate_sparsity, sparsify_, sparsify_layer
 from .text import calibration_text
 from .skip import SkipLayer, candidate_layers, check_layer, skip_reason
 
@@ -25,6 +26,6 @@ __all__ = [
     "InputRowsCollector", "InputRows", "CalibrationWarning",
     "ActivationStatsCollector", "ActivationStats", "OutputCollector", "CompressionReport", "LayerRecord",
     "module_bytes", "save", "load", "SparsityConfig", "sparsify_", "sparsify_layer", "allocate_sparsity",
-    "calibration_text", "UnfoldedConvCollector", "conv_aware",
+    "calibration_text", "UnfoldedConvCollector", "conv_aware", "HashingConfig", "hash_", "hash_layer",
+    "LowRankConfig", "low_rank_", "low_rank_layer",
 ]
-__all__ += ["LowRankConfig", "low_rank_", "low_rank_layer"]
