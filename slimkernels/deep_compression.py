@@ -25,10 +25,10 @@ from typing import Optional
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from .compress.config import SparsityConfig
 from .compress.serialization import load, save
+from .demo import accuracy, train
 from .nn import QuantLinear, SparseLinear
 from .prune import PruningSchedule
 from .quant.codebook import kmeans_codebook
@@ -89,26 +89,6 @@ class SharedWeightLinear(nn.Module):
         return QuantLinear.from_codebook(self.codes.to(torch.uint8), self.codebook.detach()[None], bias)
 
 
-def _train(model: nn.Module, x, y, epochs: int, lr: float, progress: bool, desc: str, after_step=None,
-           optimizer=None) -> nn.Module:
-    """Adam over shuffled minibatches of 128 (as demo.train), calling after_step() after each step."""
-    opt = optimizer or torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
-    model.train()
-    for _ in tqdm(range(epochs), desc=desc, unit="epoch", disable=not progress):
-        for idx in torch.randperm(len(x)).split(128):
-            opt.zero_grad()
-            nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
-            opt.step()
-            if after_step is not None:
-                after_step()
-    return model.eval()
-
-
-@torch.inference_mode()
-def _accuracy(model, x, y) -> float:
-    return (model(x).argmax(-1) == y).float().mean().item()
-
-
 def _file_bytes(model: nn.Module, directory: str, name: str, entropy_coding=None) -> tuple[int, str]:
     path = os.path.join(directory, name)
     save(model, path, entropy_coding=entropy_coding)
@@ -145,11 +125,11 @@ def run_deep_compression(x_train, y_train, x_test, y_test, *, epochs: int = 30, 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         def record(stage, net, size, detail):
-            rows.append({"stage": stage, "accuracy": _accuracy(net, x_test, y_test), "file_bytes": size,
+            rows.append({"stage": stage, "accuracy": accuracy(net, x_test, y_test), "file_bytes": size,
                          "zeros": _zeros(net) if stage in ("float32", "pruned") else rows[-1]["zeros"],
                          "detail": detail})
 
-        _train(model, x_train, y_train, epochs, 2e-3, progress, "float32 training")
+        train(model, x_train, y_train, epochs, None, progress, lr=2e-3, desc="float32 training")
         record("float32", model, _file_bytes(model, tmp, "float.safetensors")[0], f"{epochs} epochs Adam")
 
         # Iterative pruning: prune_rounds updates, fine-tuning in between and after the last.
@@ -167,7 +147,8 @@ def run_deep_compression(x_train, y_train, x_test, y_test, *, epochs: int = 30, 
             if not schedule.done:
                 schedule.step()
 
-        _train(model, x_train, y_train, prune_epochs, 1e-3, progress, "pruning + fine-tuning", advance, opt)
+        train(model, x_train, y_train, prune_epochs, None, progress, desc="pruning + fine-tuning", optimizer=opt,
+              after_step=advance)
         schedule.convert(sparse_modules=False, progress=False)  # dense layers holding zeros, hooks dropped
         sparse = copy.deepcopy(model)  # stored as SparseLinear CSR: only the kept weights
         for i, module in enumerate(sparse):
@@ -180,7 +161,8 @@ def run_deep_compression(x_train, y_train, x_test, y_test, *, epochs: int = 30, 
         for i, module in enumerate(model):
             if isinstance(module, nn.Linear):
                 model[i] = SharedWeightLinear.from_linear(module, bits, seed=seed)
-        _train(model, x_train, y_train, share_epochs, 1e-4, progress, "centroid fine-tuning")
+        train(model, x_train, y_train, share_epochs, None, progress, lr=1e-4, desc="centroid fine-tuning",
+              params=[p for p in model.parameters() if p.requires_grad])
         for i, module in enumerate(model):
             if isinstance(module, SharedWeightLinear):
                 model[i] = module.to_quant_linear()
@@ -197,9 +179,13 @@ def run_deep_compression(x_train, y_train, x_test, y_test, *, epochs: int = 30, 
 
 def format_deep_compression(rows: list[dict]) -> str:
     """The rows of run_deep_compression as a table."""
-    head = f"{'stage':<10}{'accuracy':>9}{'file':>12}{'smaller':>9}{'zeros':>8}  detail"
-    lines = [head, "-" * (len(head) + 40)]
-    for r in rows:
-        lines.append(f"{r['stage']:<10}{r['accuracy'] * 100:>8.2f}%{r['file_bytes']:>10,d} B{r['smaller']:>8.1f}x"
-                     f"{r['zeros'] * 100:>7.1f}%  {r['detail']}")
-    return "\n".join(lines)
+    from .demo import format_rows
+
+    return format_rows(rows, [
+        ("stage", 10, lambda r: r["stage"]),
+        ("accuracy", 9, lambda r: f"{r['accuracy'] * 100:.2f}%"),
+        ("file", 12, lambda r: f"{r['file_bytes']:,d} B"),
+        ("smaller", 9, lambda r: f"{r['smaller']:.1f}x"),
+        ("zeros", 8, lambda r: f"{r['zeros'] * 100:.1f}%"),
+        ("  detail", 0, lambda r: "  " + r["detail"]),
+    ])

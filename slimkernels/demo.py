@@ -2,7 +2,8 @@
 (quantization and one-shot pruning), and print accuracy, size in memory and on disk, latency and
 speed-up against float for each mode. Then train a small CNN on the same images, remove channels
 (structured pruning), fine-tune it with and without distillation, and print each stage
-(demo_structured.py).
+(demo_structured.py); and run the Deep Compression pipeline, prune -> share -> Huffman-code, printing
+the file size after each stage (deep_compression.py).
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import os
 import statistics
 import tempfile
 import time
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 from torch import nn
@@ -66,14 +67,17 @@ def build_model(hidden: int) -> nn.Module:
     )
 
 
-def train(model, x, y, epochs: int, seed: int, progress: bool, lr: float = 2e-3, desc: str = "training float model",
-          loss=None, params=None, decay: bool = False):
-    """Adam over minibatches of 128 in train mode; `loss(xb, yb)` replaces cross-entropy of the model's
-    output (distillation) and `params` the model's parameters; `decay` lowers the learning rate linearly
-    to 0 over the run (a fine-tuning run then ends settled, not at a random point of its last epoch).
-    Returns the model in eval mode."""
-    torch.manual_seed(seed)
-    opt = torch.optim.Adam(model.parameters() if params is None else params, lr=lr)
+def train(model, x, y, epochs: int, seed: Optional[int], progress: bool, lr: float = 2e-3,
+          desc: str = "training float model", loss=None, params=None, decay: bool = False, optimizer=None,
+          after_step=None):
+    """Adam over minibatches of 128 in train mode (torch's generator reseeded unless seed is None);
+    `loss(xb, yb)` replaces cross-entropy of the model's output (distillation), `params` the model's
+    parameters and `optimizer` the Adam; `decay` lowers the learning rate linearly to 0 over the run (a
+    fine-tuning run then ends settled, not at a random point of its last epoch); `after_step()` runs
+    after every step (a pruning schedule). Returns the model in eval mode."""
+    if seed is not None:
+        torch.manual_seed(seed)
+    opt = optimizer or torch.optim.Adam(model.parameters() if params is None else params, lr=lr)
     steps = epochs * -(-len(x) // 128)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 1 - i / steps if decay else 1.0)
     loss = loss or (lambda xb, yb: nn.functional.cross_entropy(model(xb), yb))
@@ -84,6 +88,8 @@ def train(model, x, y, epochs: int, seed: int, progress: bool, lr: float = 2e-3,
             loss(x[idx], y[idx]).backward()
             opt.step()
             sched.step()
+            if after_step is not None:
+                after_step()
     return model.eval()
 
 
@@ -185,17 +191,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cnn-width", type=int, default=64, help="channels of the CNN's first conv (then 2x, 4x, 4x)")
     parser.add_argument("--cnn-epochs", type=int, default=6)
     parser.add_argument("--finetune-epochs", type=int, default=3, help="after structured pruning, with and without KD")
-    parser.add_argument("--json", metavar="PATH", help="also write the rows as JSON ({'mlp': [...], 'cnn': [...]})")
+    parser.add_argument("--dc-epochs", type=int, default=30, help="Deep Compression: epochs of each training stage")
+    parser.add_argument("--json", metavar="PATH",
+                        help="also write the rows as JSON ({'mlp': [...], 'cnn': [...], 'deep_compression': [...]})")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     from . import _native
 
+    from .deep_compression import format_deep_compression, run_deep_compression
     from .demo_structured import RATIO, format_structured, run_structured
 
     data = load_digits_split(args.seed)
     rows = run(args.epochs, args.hidden, args.seed, progress=not args.no_progress, data=data)
     cnn_rows = run_structured(*data, width=args.cnn_width, epochs=args.cnn_epochs,
                               finetune_epochs=args.finetune_epochs, seed=args.seed, progress=not args.no_progress)
+    dc_rows = run_deep_compression(*data, epochs=args.dc_epochs, seed=args.seed, progress=not args.no_progress)
     n_test = len(data[3])
     print(f"\nslimkernels demo: MLP 64-{args.hidden}-{args.hidden}-{args.hidden}-10 on scikit-learn digits "
           f"(test set {n_test} images), CPU, {torch.get_num_threads()} threads, ISA {_native.cpu_isa()}\n")
@@ -214,7 +224,11 @@ def main(argv: list[str] | None = None) -> int:
     print(format_structured(cnn_rows))
     print(f"\nsave -> load of the pruned CNN into a fresh full-width CNN gives identical outputs: "
           f"{cnn_rows[-1]['save_load_identical']}")
+    print("\nDeep Compression (Han et al.): an MLP 64-300-100-10 pruned iteratively while it fine-tunes, its kept "
+          "weights shared\nthrough k-means codebooks with an exact 0 (centroids fine-tuned), the file Huffman-coded "
+          "(save(..., entropy_coding=\"huffman\")).\n")
+    print(format_deep_compression(dc_rows))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"mlp": rows, "cnn": cnn_rows}, f, indent=1)
+            json.dump({"mlp": rows, "cnn": cnn_rows, "deep_compression": dc_rows}, f, indent=1)
     return 0

@@ -52,12 +52,12 @@ def test_demo_small(capsys, tmp_path):
     pytest.importorskip("sklearn")
     out = tmp_path / "demo.json"
     assert cli.main(["demo", "--epochs", "5", "--hidden", "64", "--cnn-width", "8", "--cnn-epochs", "3",
-                     "--finetune-epochs", "1", "--no-progress", "--json", str(out)]) == 0
+                     "--finetune-epochs", "1", "--dc-epochs", "2", "--no-progress", "--json", str(out)]) == 0
     text = capsys.readouterr().out
     assert "int8 dynamic (W8A8)" in text and "W8A8 model gives identical outputs: True" in text
     assert "pruned CNN into a fresh full-width CNN gives identical outputs: True" in text
     result = json.loads(out.read_text())
-    rows, cnn_rows = result["mlp"], result["cnn"]
+    rows, cnn_rows, dc_rows = result["mlp"], result["cnn"], result["deep_compression"]
     assert [r["mode"] for r in rows] == list(demo.MODES)
     # 5 short epochs on digits are already far above chance (10%); one-shot pruning of this narrow a net
     # (64 wide) to 80% without fine-tuning loses a lot, but stays above chance.
@@ -67,6 +67,9 @@ def test_demo_small(capsys, tmp_path):
     assert [r["stage"].split()[0] for r in cnn_rows] == ["float", "pruned", "+", "+"]
     assert all(r["fewer_macs"] > 3 and r["params"] < cnn_rows[0]["params"] / 2 for r in cnn_rows[1:])
     assert cnn_rows[0]["accuracy"] > 0.5 and cnn_rows[-1]["accuracy"] > 0.5
+    # Deep Compression: every stage's file smaller than the one before (the Huffman stage losslessly).
+    assert [r["stage"] for r in dc_rows] == ["float32", "pruned", "shared", "huffman"]
+    assert dc_rows[-1]["file_bytes"] < dc_rows[-2]["file_bytes"] and dc_rows[-1]["accuracy"] == dc_rows[-2]["accuracy"]
 
 
 def test_unknown_command():
