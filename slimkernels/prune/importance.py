@@ -220,8 +220,9 @@ class _InputChannelStats:
     """Per input channel of one module over the calibration batches: the fraction of zeros and mean |x|
     (channel dim 1 of a conv's input, the last dim of a linear's)."""
 
-    def __init__(self, module: nn.Module):
+    def __init__(self, module: nn.Module, batch_mask: list):
         self.channel_dim = 1 if isinstance(module, nn.modules.conv._ConvNd) else -1
+        self.batch_mask = batch_mask  # [the current batch's [B, T] token mask, or None], shared by all hooks
         self.zeros = self.abs_sum = None
         self.count = 0
 
@@ -229,6 +230,9 @@ class _InputChannelStats:
         x = next((a for a in list(args) + list(kwargs.values()) if isinstance(a, torch.Tensor)), None)
         if x is None or not x.is_floating_point():
             return
+        mask = self.batch_mask[0]
+        if mask is not None and self.channel_dim == -1 and x.dim() >= 3 and tuple(x.shape[:2]) == tuple(mask.shape):
+            x = x[mask.to(device=x.device, dtype=torch.bool)]  # padding positions are not the unit's activations
         rows = x.detach().movedim(self.channel_dim, -1).reshape(-1, x.shape[self.channel_dim]).double()
         if self.zeros is None:
             self.zeros, self.abs_sum = rows.new_zeros(rows.shape[1]), rows.new_zeros(rows.shape[1])
@@ -240,7 +244,8 @@ class _InputChannelStats:
 class ActivationImportance(Importance):
     """"apoz" (score 1 - the fraction of zeros) or "mean_activation" (mean |x|) of each unit's activation
     as the group's consumers (its "in" members: linear layers and ungrouped convs) read it, from a
-    calibration run: `collect(model, groups, calibration)` (prune_ calls it)."""
+    calibration run: `collect(model, groups, calibration)` (prune_ calls it). For keyword batches with
+    an "attention_mask" (Hugging Face), the [B, T, C] inputs of the consumers count only the real tokens."""
 
     KINDS = ("apoz", "mean_activation")
 
@@ -257,7 +262,9 @@ class ActivationImportance(Importance):
         """Run `model` on every calibration batch (model(*batch) for a tuple/list, model(**batch) for a
         mapping, model(batch) otherwise; in eval mode) with a forward pre-hook on each consumer of the
         groups, keeping the per-input-channel statistic. Hooks are removed when it returns."""
-        consumers = {m.module: _InputChannelStats(m.module) for g in groups for m in g.members if _reads_input_channels(m)}
+        batch_mask = [None]
+        consumers = {m.module: _InputChannelStats(m.module, batch_mask) for g in groups for m in g.members
+                     if _reads_input_channels(m)}
         if not consumers:
             return
         handles = [module.register_forward_pre_hook(stats, with_kwargs=True) for module, stats in consumers.items()]
@@ -267,6 +274,8 @@ class ActivationImportance(Importance):
         try:
             for batch in tqdm(calibration, desc=f"{self.name} statistics", unit="batch", disable=not progress):
                 args, kwargs = _as_call(batch)
+                mask = kwargs.get("attention_mask")
+                batch_mask[0] = mask if isinstance(mask, torch.Tensor) and mask.dim() == 2 else None
                 model(*args, **kwargs)
                 batches += 1
         finally:

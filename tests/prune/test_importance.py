@@ -171,6 +171,31 @@ def test_mean_activation_is_mean_abs_input_of_the_consumer():
     assert crit(group)[0] == 0
 
 
+class _TokenMLP(nn.Module):
+    """A model called as Hugging Face models are: keyword inputs with an attention_mask."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = mlp()
+
+    def forward(self, hidden, attention_mask):
+        return self.net(hidden)
+
+
+def test_activation_statistics_leave_padding_tokens_out():
+    model = _TokenMLP().eval()
+    group = mlp_group(model.net)
+    hidden = torch.randn(3, 6, 7)
+    mask = torch.ones(3, 6, dtype=torch.long)
+    mask[0, 4:] = 0
+    mask[2, 1:] = 0
+    hidden[mask == 0] = 100.0  # padding positions that would dominate the mean if counted
+    crit = make_importance("mean_activation")
+    crit.collect(model, [group], [{"hidden": hidden, "attention_mask": mask}])
+    act = torch.relu(model.net[0](hidden[mask.bool()])).abs().mean(0)
+    torch.testing.assert_close(crit(group), act / act.mean())
+
+
 def test_activation_statistics_of_conv_channels_and_no_hooks_left():
     model = cnn()
     with torch.no_grad():
