@@ -170,6 +170,9 @@ class CodebookConfig(_GPTQKnobs, QuantizationConfig):
       picks the codes, pushing each column's error onto the columns not yet assigned; needs
       `calibration` batches in quantize_). damp, block_size and act_order are GPTQ's knobs; the rank
       guard of Int4WeightOnlyConfig applies too.
+    keep_zero: the codebook holds an exact 0 that zero weights map to, so a pruned weight stays pruned
+      (k-means fits the other 2^bits - 1 entries to the nonzero weights; nf4 and pow2 hold 0 already).
+      Deep Compression's prune -> share order needs it.
     """
 
     bits: int = 4
@@ -181,6 +184,7 @@ class CodebookConfig(_GPTQKnobs, QuantizationConfig):
     damp: float = 0.01
     block_size: int = 128
     act_order: bool = False
+    keep_zero: bool = False
 
     mode = "codebook"
 
@@ -197,7 +201,8 @@ class CodebookConfig(_GPTQKnobs, QuantizationConfig):
         _check_gptq_knobs("CodebookConfig", self.method, self.damp, self.block_size)
 
     def describe(self) -> str:
-        return f"codebook {self.bits}-bit {self.codebook} per {self.per}" + (" gptq" if self.method == "gptq" else "")
+        return (f"codebook {self.bits}-bit {self.codebook} per {self.per}" + (" gptq" if self.method == "gptq" else "")
+                + (" with 0" if self.keep_zero else ""))
 
 
 SPARSE_BLOCK = (4, 16)  # pattern="block"'s default bn x bk tile: the fastest CPU block at 90% (bench/results/2026-11-30-sparse-cpu.md)

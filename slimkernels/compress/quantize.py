@@ -136,7 +136,8 @@ def _codebook(module: nn.Linear, config: CodebookConfig, hessian: Optional[torch
     if config.method == "gptq":
         _need_hessian(config, hessian)
     w, bias = _weight_and_bias(module)
-    codes, codebook = fit_codebook(w, config.bits, config.codebook, config.per, seed=config.seed)
+    codes, codebook = fit_codebook(w, config.bits, config.codebook, config.per, seed=config.seed,
+                                   keep_zero=config.keep_zero)
     if config.method == "gptq":
         from ..quant.gptq import gptq_quantize_codebook
 

@@ -315,7 +315,8 @@ class Codebook(WeightFormat):
         # fitted once (k-means / NF4 / pow2 on the weights as prepared); QAT keeps it fixed
         from ..quant.codebook import fit_codebook
 
-        _, codebook = fit_codebook(w, config.bits, config.codebook, config.per, seed=config.seed)
+        _, codebook = fit_codebook(w, config.bits, config.codebook, config.per, seed=config.seed,
+                                   keep_zero=config.keep_zero)
         return {"codebook": codebook}
 
     def round(self, w, state):

@@ -3,6 +3,7 @@ that quantize_ uses and the coming sparsify_ / prune_ / low_rank_ will: a new co
 handler and calibration statistics plugs in without touching the pass."""
 from __future__ import annotations
 
+import copy
 import dataclasses
 import warnings
 
@@ -27,7 +28,7 @@ def test_existing_configs_keep_fields_order_defaults_and_mode():
                                             ("act_order", False)]
     assert fields[CodebookConfig] == [("bits", 4), ("codebook", "kmeans"), ("per", "row"), ("min_features", 1),
                                       ("seed", 0), ("method", "rtn"), ("damp", 0.01), ("block_size", 128),
-                                      ("act_order", False)]
+                                      ("act_order", False), ("keep_zero", False)]
     assert Int4WeightOnlyConfig(64, True) == Int4WeightOnlyConfig(group_size=64, symmetric=True)
     assert [cls().mode for cls in CONFIGS] == ["w8a8", "w8a16", "w4a16", "codebook"]
     for cls in CONFIGS:
@@ -155,3 +156,22 @@ def test_non_config_inputs_are_rejected():
         warnings.simplefilter("error")
         with pytest.raises(TypeError, match="wrap a lone nn.Linear"):
             quantize_(nn.Linear(4, 4), Int8DynamicConfig())
+
+
+@pytest.mark.parametrize("per", ["row", "layer"])
+def test_codebook_keep_zero_keeps_pruned_weights_zero(per):
+    """keep_zero: through quantize_ and through QAT, a zero weight dequantizes to exactly 0 (Deep Compression
+    shares the weights of a pruned layer)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(48, 24))
+    with torch.no_grad():
+        model[0].weight[torch.rand(24, 48) < 0.7] = 0
+    pruned = model[0].weight == 0
+    config = CodebookConfig(bits=3, per=per, keep_zero=True)
+    assert config.describe().endswith("with 0")
+    quantized = copy.deepcopy(model)
+    quantize_(quantized, config, progress=False)
+    assert (quantized[0].dequantized_weight()[pruned] == 0).all()
+    qat = copy.deepcopy(model)
+    prepare_qat_(qat, config)
+    assert (qat[0].quantized_weight()[pruned] == 0).all()
