@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     from . import _native
 
     from .deep_compression import format_deep_compression, run_deep_compression
-    from .demo_structured import RATIO, format_structured, run_structured
+    from .demo_structured import KD, RATIO, format_structured, run_structured
 
     data = load_digits_split(args.seed)
     rows = run(args.epochs, args.hidden, args.seed, progress=not args.no_progress, data=data)
@@ -219,7 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     w = args.cnn_width
     print(f"\nStructured pruning: CNN conv{w}-conv{2 * w}-pool-conv{4 * w}-conv{4 * w}-linear on the same images; "
           f"{RATIO:.0%} of every conv's channels removed\n(prune_, L2 importance over each coupled group), then "
-          f"fine-tuned {args.finetune_epochs} epochs on the labels, or distilled from the float CNN (KD, T=4, alpha=0.5)."
+          f"fine-tuned {args.finetune_epochs} epochs on the labels, or distilled from the float CNN (KD, T={KD['temperature']:g}, "
+          f"alpha={KD['alpha']:g})."
           f"\nThe pruned CNN is plain torch with smaller layers: its speed-up needs no slimkernels kernel.\n")
     print(format_structured(cnn_rows))
     print(f"\nsave -> load of the pruned CNN into a fresh full-width CNN gives identical outputs: "

@@ -40,8 +40,7 @@ def run_structured(x_train, y_train, x_test, y_test, *, width: int, epochs: int,
                    progress: bool) -> list[dict]:
     from .demo import accuracy, file_bytes, latency_ms, train
 
-    images = lambda x: x.view(-1, 1, 8, 8)  # noqa: E731 (the digits are 8x8 images, flattened in the MLP demo)
-    x_train, x_test = images(x_train), images(x_test)
+    x_train, x_test = x_train.view(-1, 1, 8, 8), x_test.view(-1, 1, 8, 8)  # the digits are 8x8 images
     example = x_test[:1]
     torch.manual_seed(seed)
     teacher = train(build_cnn(width), x_train, y_train, epochs, seed, progress, desc="training float CNN")
