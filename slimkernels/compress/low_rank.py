@@ -21,7 +21,6 @@ dense; its report line says so.
 """
 from __future__ import annotations
 
-from contextvars import ContextVar
 from dataclasses import dataclass, replace
 from typing import Callable, Iterable, Optional
 
@@ -34,15 +33,13 @@ from ..nn.base import CompressedModule
 from ..quant import low_rank as lr
 from .calibration import HessianCollector, InputNormCollector, conv_aware, run_calibration
 from .config import CompressionConfig, QuantizationConfig, check_config_object
-from .passes import describe_layer, handler_for, register_handler, run_pass
+from .passes import describe_layer, handler_for, layer_allocation, register_handler, run_pass
 from .report import CompressionReport
 from .skip import SkipLayer, candidate_layers, check_layer, layer_features, layer_types, skip_reason
 
 __all__ = ["LowRankConfig", "low_rank_", "low_rank_layer", "allocate_ranks"]
 
 ALLOCATIONS = ("sensitivity", "uniform")
-# module -> its rank (None: dense) while low_rank_ runs with params= and allocation="sensitivity"
-_RANKS: ContextVar[Optional[dict]] = ContextVar("slimkernels_allocated_ranks", default=None)
 
 
 class MeanAbsCollector(InputNormCollector):
@@ -169,7 +166,7 @@ def _rank(module: nn.Module, config: LowRankConfig, spectrum: Callable[[], torch
     """The layer's rank in the running pass (None: the pass allocated it dense); spectrum() computes the
     singular values, which only energy= needs."""
     n, k = _matrix(module).shape
-    allocated = _RANKS.get()
+    allocated = layer_allocation()
     if allocated is not None and module in allocated:
         return allocated[module]
     if config.rank is not None:
@@ -202,7 +199,7 @@ def _low_rank(module: nn.Module, config: LowRankConfig, mean_abs=None, hessian=N
         dtype = module.weight.dtype
         new = LowRankLinear.from_factors(f.up.to(dtype), f.down.to(dtype), bias, dtype=dtype)
         left = new.quantize_factors(config.factors) if config.factors is not None else []
-    allocated = " allocated" if _RANKS.get() is not None else ""
+    allocated = " allocated" if layer_allocation() is not None else ""
     words = (f"rank {rank}{allocated} of {min(n, k)}, {100 * lr.kept_fraction(rank, n, k):.1f}% of the parameters, "
              f"{config.method} relative error {error:.4f}")
     describe_layer(words + "".join(f" ({why}: float)" for why in left))
@@ -292,11 +289,8 @@ def low_rank_(
         raise ValueError(f"{fn}: {reason} (layer {name!r}; {len(too_small)} layers in all): rank must be in "
                          "[1, min(N, K)] of every selected layer (filter_fn, or a fractional rank=)")
     by_name = allocate_ranks(model, config, filter_fn, calibration, device, progress)
-    token = _RANKS.set({model.get_submodule(name): r for name, r in by_name.items()} if by_name else None)
-    try:
-        report = run_pass(model, config, fn, filter_fn=filter_fn, progress=progress, calibration=calibration,
-                          device=device)
-    finally:
-        _RANKS.reset(token)
+    ranks = {model.get_submodule(name): r for name, r in by_name.items()} if by_name else None
+    report = run_pass(model, config, fn, filter_fn=filter_fn, progress=progress, calibration=calibration,
+                      device=device, allocation=ranks)
     on_model_compressed(model, config=None, report=report)
     return report

@@ -111,7 +111,16 @@ def warn_skipped(fn: str, name: str, why, stacklevel: int = 5) -> None:
     warnings.warn(f"{fn}: left {name} in float: {why}", stacklevel=stacklevel)
 
 
-@torch.no_grad()
+# Per-layer values a pass chose before converting (sparsify_'s allocated sparsities, low_rank_'s ranks),
+# {module: value}, visible to its handler through layer_allocation() while run_pass runs.
+_ALLOCATION: ContextVar[Optional[dict]] = ContextVar("slimkernels_layer_allocation", default=None)
+
+
+def layer_allocation() -> Optional[dict]:
+    """The {module: value} the running pass was given (run_pass(allocation=...)), or None."""
+    return _ALLOCATION.get()
+
+
 def run_pass(
     model: nn.Module,
     config,
@@ -120,10 +129,21 @@ def run_pass(
     progress: bool = True,
     calibration: Optional[Iterable] = None,
     device: torch.device | str | None = None,
+    allocation: Optional[dict] = None,
 ) -> CompressionReport:
     """Apply `config` in place to the candidate layers of `model` (skip.candidate_layers) through its
     handler, calibrating block by block (calibration.run_calibration) when the config asks for
-    statistics. `fn` names the pass in messages. Returns the CompressionReport."""
+    statistics. `fn` names the pass in messages; `allocation` ({module: value}) is what the handler reads
+    from layer_allocation(). Returns the CompressionReport."""
+    token = _ALLOCATION.set(allocation)
+    try:
+        return _run_pass(model, config, fn, filter_fn, progress, calibration, device)
+    finally:
+        _ALLOCATION.reset(token)
+
+
+@torch.no_grad()
+def _run_pass(model, config, fn, filter_fn, progress, calibration, device) -> CompressionReport:
     handler_for(config, fn)  # fail early on a config nobody handles
     if isinstance(model, nn.Linear):
         raise TypeError(f"{fn} works in place on a model's children; wrap a lone nn.Linear in nn.Sequential")

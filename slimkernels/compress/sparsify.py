@@ -22,7 +22,6 @@ output error on the damped Hessian is kept (the report line says which).
 """
 from __future__ import annotations
 
-from contextvars import ContextVar
 from typing import Callable, Iterable, Optional
 
 import torch
@@ -34,15 +33,13 @@ from ..quant.hessian import CALIBRATION_TOKENS_PER_INPUT
 from ..quant.sparse import row_scales_int8
 from .calibration import CalibrationWarning, InputNormCollector, conv_aware, run_calibration
 from .config import SparsityConfig, check_config_object
-from .passes import describe_layer, handler_for, note_layer, register_handler, run_pass
+from .passes import describe_layer, handler_for, layer_allocation, note_layer, register_handler, run_pass
 from .quantize import _gptq_damp, _keep_better_than_rtn
 from .report import CompressionReport
 from .skip import candidate_layers, check_layer, layer_types, skip_reason
 
 __all__ = ["sparsify_", "sparsify_layer", "SparsityConfig", "allocate_sparsity"]
 
-# module -> its sparsity, while sparsify_ runs with scope="global" or allocation="owl"
-_ALLOCATED: ContextVar[Optional[dict]] = ContextVar("slimkernels_allocated_sparsity", default=None)
 
 MAX_LAYER_SPARSITY = 0.99  # an allocation never prunes a whole layer away
 THIN_CALIBRATION = "calibration data too thin for SparseGPT"
@@ -56,7 +53,7 @@ THIN_CALIBRATION_ADVICE = (
 
 def layer_sparsity(module: nn.Module, config: SparsityConfig) -> float:
     """The sparsity of `module` in the running pass: its allocated one, else config.sparsity."""
-    allocated = _ALLOCATED.get()
+    allocated = layer_allocation()
     return config.sparsity if not allocated else allocated.get(module, config.sparsity)
 
 
@@ -239,12 +236,8 @@ def sparsify_(
         calibration = list(calibration)  # read twice when a pre-pass allocates the sparsities
     by_name = allocate_sparsity(model, config, filter_fn, calibration, device, progress)
     allocated = {model.get_submodule(name): s for name, s in by_name.items()}
-    token = _ALLOCATED.set(allocated)
-    try:
-        report = run_pass(model, config, fn, filter_fn=filter_fn, progress=progress, calibration=calibration,
-                          device=device)
-    finally:
-        _ALLOCATED.reset(token)
+    report = run_pass(model, config, fn, filter_fn=filter_fn, progress=progress, calibration=calibration,
+                      device=device, allocation=allocated)
     # The layers are recorded for save_pretrained; the config is not: integrations.config_to_dict takes
     # quantization configs only (a SparsityConfig there needs its config registry to know it).
     on_model_compressed(model, config=None, report=report)
