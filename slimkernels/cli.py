@@ -1,4 +1,4 @@
-"""The `slimkernels` command: demo, bench, info (each with its own --help), and --version."""
+"""The `slimkernels` command: demo, bench, compress, report, info (each with its own --help), and --version."""
 from __future__ import annotations
 
 import argparse
@@ -8,6 +8,8 @@ import sys
 COMMANDS = {
     "demo": "train a small model, compress it every way, print accuracy / size / speed",
     "bench": "our kernels and layers against anchors on real model shapes, timed in one run",
+    "compress": "compress a model by a recipe or to a size/latency budget, save it with its report",
+    "report": "per-layer format, bytes, accuracy and speed of a compressed file; --plot the trade-off",
     "info": "what is built and usable on this machine (JSON)",
 }
 
@@ -39,11 +41,11 @@ def main(argv: list[str] | None = None) -> int:
         prog="slimkernels",
         description="Make neural networks smaller and faster.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="commands:\n" + "\n".join(f"  {name:<6} {text}" for name, text in COMMANDS.items())
+        epilog="commands:\n" + "\n".join(f"  {name:<8} {text}" for name, text in COMMANDS.items())
                + "\n\nEach command has its own --help, e.g. `slimkernels bench --help`.",
     )
     parser.add_argument("--version", action="version", version=f"slimkernels {_version()}")
-    parser.add_argument("command", choices=list(COMMANDS), help="demo | bench | info")
+    parser.add_argument("command", choices=list(COMMANDS), help=" | ".join(COMMANDS))
     # Only the options before the command are ours; everything after it belongs to the command.
     split = next((i for i, a in enumerate(argv) if not a.startswith("-")), len(argv))
     args = parser.parse_args(argv[:split + 1])
@@ -52,6 +54,10 @@ def main(argv: list[str] | None = None) -> int:
         from .demo import main as run
     elif args.command == "bench":
         from .bench import main as run
+    elif args.command == "compress":
+        from .compress_cmd import main as run
+    elif args.command == "report":
+        from .report_cmd import main as run
     else:
         run = _info
     return run(rest)
