@@ -30,6 +30,7 @@ from .compress import (
     sparsify_,
 )
 from .compress import HashingConfig, LowRankConfig, hash_, low_rank_
+from .compress import Recipe, apply_recipe
 from .nn import FakeQuantLinear, HashedLinear, LowRankConv2d, LowRankLinear, QuantLinear, SparseConv2d, SparseLinear
 from .distill import Distiller
 from .prune import PruningSchedule, StructuredPruningConfig, StructuredPruningSchedule, prune_
@@ -49,5 +50,5 @@ __all__ = [
     "save", "load", "set_backend", "use_backend", "get_backend", "set_cpu_isa", "use_cpu_isa", "get_cpu_isa",
     "set_cpu_amx", "use_cpu_amx", "get_cpu_amx", "info", "__version__", "prune_", "StructuredPruningConfig",
     "PruningSchedule", "StructuredPruningSchedule", "Distiller", "LowRankLinear", "LowRankConv2d", "LowRankConfig",
-    "low_rank_", "HashedLinear", "hash_", "HashingConfig",
+    "low_rank_", "HashedLinear", "hash_", "HashingConfig", "Recipe", "apply_recipe",
 ]

@@ -14,6 +14,7 @@ from .quantize import quantize_, quantize_layer
 from .report import CompressionReport, LayerRecord, module_bytes
 from .serialization import load, save
 from .low_rank import LowRankConfig, low_rank_, low_rank_layer
+from .recipe import Recipe, Rule, Step, apply_recipe
 from .sparsify import allocate_sparsity, sparsify_, sparsify_layer
 from .text import calibration_text
 from .skip import SkipLayer, candidate_layers, check_layer, skip_reason
@@ -27,5 +28,5 @@ __all__ = [
     "ActivationStatsCollector", "ActivationStats", "OutputCollector", "CompressionReport", "LayerRecord",
     "module_bytes", "save", "load", "SparsityConfig", "sparsify_", "sparsify_layer", "allocate_sparsity",
     "calibration_text", "UnfoldedConvCollector", "conv_aware", "HashingConfig", "hash_", "hash_layer",
-    "LowRankConfig", "low_rank_", "low_rank_layer",
+    "LowRankConfig", "low_rank_", "low_rank_layer", "Recipe", "Rule", "Step", "apply_recipe",
 ]
