@@ -23,11 +23,17 @@ error as before).
 (compress/entropy.py): one uint8 tensor holds their streams, the metadata entry "entropy" describes them.
 `load` sees that entry, checks every coded tensor's dtype and shape against the model's before decoding
 it (so the declared counts are bounded by the model) and reports corrupt streams as ValueError.
+
+`save(..., info={...})` stores a JSON-able dict (what `slimkernels compress` measured: per-layer errors and
+latencies, the candidates it tried) as JSON under the metadata key "info"; `read_info` reads it back, `load`
+ignores it. `inspect` describes a checkpoint's layers from its header alone (no model, no tensor data).
 """
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 
 import torch
 from safetensors import safe_open
@@ -37,22 +43,33 @@ from torch import nn
 from ..integrations import on_model_compressed
 from . import entropy
 from ..nn.base import CompressedModule, layer_type
+from .calibration import set_submodule
 
 FORMAT = "slimkernels"
 VERSION = 1
 
 
 ENTROPY_CODINGS = (None, "huffman")
+INFO_KEY = "info"  # the metadata key of save(..., info=)
 
 
-def save(model: nn.Module, path: str | os.PathLike, entropy_coding: str | None = None) -> None:
+def save(model: nn.Module, path: str | os.PathLike, entropy_coding: str | None = None,
+         info: dict | None = None) -> None:
     """Write every parameter and buffer of `model` plus the config of its compressed layers.
 
     entropy_coding: None (default: every tensor as it is in memory) or "huffman": the integer tensors of
     the compressed layers (codes, indices, int8 values) Huffman-coded (compress/entropy.py), for the
-    smallest file; load decodes them, losslessly."""
+    smallest file; load decodes them, losslessly.
+    info: a JSON-able dict stored with the file (read back by `read_info`, ignored by `load`): what
+    `slimkernels compress` measured, for `slimkernels report`."""
     if entropy_coding not in ENTROPY_CODINGS:
         raise ValueError(f"save: entropy_coding must be one of {ENTROPY_CODINGS}, got {entropy_coding!r}")
+    if info is not None and not isinstance(info, dict):
+        raise TypeError(f"save: info must be a dict (JSON-able) or None, got {type(info).__name__}")
+    try:
+        info_json = None if info is None else _json(info)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"save: info must be JSON-able (dicts, lists, str, numbers, bool, None): {exc}") from None
     layers = {name: m.layer_config() for name, m in model.named_modules() if isinstance(m, CompressedModule)}
     tensors, aliases, first_by_ptr = {}, {}, {}
     for name, t in model.state_dict().items():
@@ -68,6 +85,8 @@ def save(model: nn.Module, path: str | os.PathLike, entropy_coding: str | None =
         metadata["modules"] = _json(shapes)
     if entropy_coding == "huffman":
         metadata["entropy"] = _json(_entropy_code(model, tensors))
+    if info_json is not None:
+        metadata[INFO_KEY] = info_json
     save_file(tensors, os.fspath(path), metadata=metadata)
 
 
@@ -238,11 +257,124 @@ def _read_metadata(path: str) -> dict:
     try:
         parsed = {"layers": json.loads(meta["layers"]), "aliases": json.loads(meta.get("aliases", "{}")),
                   "modules": json.loads(meta.get("modules", "{}")),
-                  "entropy": json.loads(meta["entropy"]) if "entropy" in meta else None}
+                  "entropy": json.loads(meta["entropy"]) if "entropy" in meta else None,
+                  "info": meta.get(INFO_KEY)}  # parsed by read_info only: load ignores it
     except (KeyError, json.JSONDecodeError) as exc:
         raise ValueError(f"{path}: corrupt slimkernels metadata ({exc})") from exc
     parsed["modules"] = _check_module_record(path, parsed["modules"])
     return parsed
+
+
+def read_info(path: str | os.PathLike) -> dict:
+    """The `info` dict that `save(..., info=)` stored in a checkpoint; {} when it stored none.
+    ValueError for a file that is not a slimkernels checkpoint, or whose info is not a JSON object."""
+    path = os.fspath(path)
+    text = _read_metadata(path)["info"]
+    if text is None:
+        return {}
+    try:
+        info = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: corrupt compression info in the metadata ({exc})") from None
+    if not isinstance(info, dict):
+        raise ValueError(f"{path}: corrupt compression info in the metadata (a JSON object expected, got "
+                         f"{type(info).__name__})")
+    return info
+
+
+def _header_tensors(path: str) -> dict:
+    """{tensor name: (dtype name, shape, bytes)} from a safetensors file's JSON header; the data is not read.
+    The file has passed safe_open (_read_metadata), so its header is well-formed."""
+    with open(path, "rb") as f:
+        size = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(size))
+    return {name: (entry["dtype"], entry["shape"], entry["data_offsets"][1] - entry["data_offsets"][0])
+            for name, entry in header.items() if name != "__metadata__"}
+
+
+def _coded_bytes(entry: dict) -> int:
+    """Bytes a Huffman-coded tensor (an entropy.encode_tensor description) takes in the blob."""
+    if entry.get("t") == "raw":
+        return int(entry.get("n", 0))
+    return sum(int(desc[3]) for desc in entry.get("s", []))  # per stream: [symbols, alphabet, lane, bytes]
+
+
+def _layer_summary(layer: nn.Module) -> str:
+    """A few words on a compressed layer's format, from an empty (meta) module of its config."""
+    if hasattr(layer, "num_buckets"):  # HashedLinear: the fraction of the virtual weight it stores
+        shape = layer.weight_shape
+        return f"hashed 1/{shape[0] * shape[1] / layer.num_buckets:.3g} ({layer.num_buckets} buckets)"
+    summary = getattr(layer, "format_summary", None)
+    return summary() if callable(summary) else type(layer).__name__
+
+
+def _float_bytes(layer: CompressedModule) -> int:
+    """Bytes of the float weight and bias the compressed layer replaces, in its recorded weight dtype."""
+    numel = math.prod(layer.weight_shape)
+    if isinstance(getattr(layer, "bias", None), torch.Tensor):
+        numel += layer.weight_shape[0]
+    return numel * layer.weight_dtype.itemsize
+
+
+def inspect_checkpoint(path: str | os.PathLike) -> list[dict]:
+    """What a checkpoint written by `save` holds, per layer, from its header alone (no model, no tensor data):
+    [{"name", "type" (layer type, or "float"/"plain" for modules saved as they are), "format" (a few words:
+    'w4a16 g128 asym', '2:4 fp32', 'rank 64 (...)'), "bytes" (stored, after Huffman coding if used),
+    "float_bytes" (the float tensors it replaces), "tensors" (names)}], sorted by name (numbers by value).
+    ValueError for a file that is not a slimkernels checkpoint."""
+    path = os.fspath(path)
+    meta = _read_metadata(path)
+    header = _header_tensors(path)
+    coded = (meta["entropy"] or {}).get("tensors", {})
+    stored = {name: nbytes for name, (_, _, nbytes) in header.items() if name != entropy.BLOB_NAME}
+    stored.update({name: _coded_bytes(entry) for name, entry in coded.items()})
+    dtypes = {name: dtype for name, (dtype, _, _) in header.items()}
+    dtypes.update({name: entry.get("dtype", "?") for name, entry in coded.items()})
+    stored.update({alias: 0 for alias in meta["aliases"]})  # tied: stored once, under the original's name
+
+    # Build each compressed layer empty on the meta device (its nested compressed layers, e.g. the int8
+    # factors of a low-rank layer, put in place) to ask it for its format words and float size.
+    outer = [name for name in sorted(meta["layers"]) if not any(name.startswith(f"{o}.") for o in meta["layers"]
+                                                                  if o != name)]
+    rows, claimed = [], set()
+    for name in outer:
+        try:
+            layer = _meta_layer(meta["layers"][name])
+            for inner in sorted(meta["layers"]):
+                if inner.startswith(f"{name}."):
+                    set_submodule(layer, inner[len(name) + 1:], _meta_layer(meta["layers"][inner]))
+            words, float_bytes = _layer_summary(layer), _float_bytes(layer)
+        except (KeyError, TypeError, ValueError, AttributeError, NotImplementedError) as exc:
+            raise ValueError(f"{path}: checkpoint layer {name!r} has an invalid config: {exc}") from None
+        names = [t for t in stored if t.startswith(f"{name}.")]
+        claimed.update(names)
+        rows.append({"name": name, "type": meta["layers"][name]["type"], "format": words,
+                     "bytes": sum(stored[t] for t in names), "float_bytes": float_bytes, "tensors": names})
+    plain = {}  # module name -> its tensors saved as they are
+    for t in stored:
+        if t not in claimed:
+            plain.setdefault(t.rpartition(".")[0], []).append(t)
+    for name, names in plain.items():
+        kinds = sorted({dtypes[t] for t in names if t not in meta["aliases"]})
+        is_float = all(k.startswith(("F", "BF")) for k in kinds)  # safetensors names: F32, BF16, ...; I8, U8
+        words = ("float" if is_float else "plain") + (f" ({', '.join(kinds)})" if kinds else "")
+        if not kinds:
+            words = "tied to " + ", ".join(meta["aliases"][t] for t in names)
+        nbytes = sum(stored[t] for t in names)
+        rows.append({"name": name, "type": "float" if is_float else "plain", "format": words, "bytes": nbytes,
+                     "float_bytes": nbytes, "tensors": names})
+    return sorted(rows, key=lambda row: _natural_key(row["name"]))
+
+
+def _meta_layer(cfg) -> CompressedModule:
+    if not isinstance(cfg, dict) or "type" not in cfg:
+        raise ValueError(f"a layer config is a dict with a 'type', got {cfg!r}")
+    return layer_type(cfg["type"]).from_layer_config(cfg, device="meta")
+
+
+def _natural_key(name: str) -> list:
+    """'layer.10' after 'layer.9': the digit runs of a name compared as numbers."""
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", name)]
 
 
 def _placement(module: nn.Module):
