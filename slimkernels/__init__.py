@@ -31,6 +31,7 @@ from .compress import (
 )
 from .compress import HashingConfig, LowRankConfig, hash_, low_rank_
 from .compress import Recipe, apply_recipe
+from .compress import inspect_checkpoint, read_info
 from .nn import FakeQuantLinear, HashedLinear, LowRankConv2d, LowRankLinear, QuantLinear, SparseConv2d, SparseLinear
 from .distill import Distiller
 from .prune import PruningSchedule, StructuredPruningConfig, StructuredPruningSchedule, prune_
@@ -51,4 +52,5 @@ __all__ = [
     "set_cpu_amx", "use_cpu_amx", "get_cpu_amx", "info", "__version__", "prune_", "StructuredPruningConfig",
     "PruningSchedule", "StructuredPruningSchedule", "Distiller", "LowRankLinear", "LowRankConv2d", "LowRankConfig",
     "low_rank_", "HashedLinear", "hash_", "HashingConfig", "Recipe", "apply_recipe",
+    "read_info", "inspect_checkpoint",
 ]

@@ -12,7 +12,7 @@ from .passes import HANDLERS, convert_layer, register_handler, run_pass
 from .qat import convert_, prepare_qat_
 from .quantize import quantize_, quantize_layer
 from .report import CompressionReport, LayerRecord, module_bytes
-from .serialization import load, save
+from .serialization import inspect_checkpoint, load, read_info, save
 from .low_rank import LowRankConfig, low_rank_, low_rank_layer
 from .recipe import Recipe, Rule, Step, apply_recipe
 from .sparsify import allocate_sparsity, sparsify_, sparsify_layer
@@ -29,4 +29,5 @@ __all__ = [
     "module_bytes", "save", "load", "SparsityConfig", "sparsify_", "sparsify_layer", "allocate_sparsity",
     "calibration_text", "UnfoldedConvCollector", "conv_aware", "HashingConfig", "hash_", "hash_layer",
     "LowRankConfig", "low_rank_", "low_rank_layer", "Recipe", "Rule", "Step", "apply_recipe",
+    "read_info", "inspect_checkpoint",
 ]
