@@ -296,7 +296,11 @@ def _coded_bytes(entry: dict) -> int:
     """Bytes a Huffman-coded tensor (an entropy.encode_tensor description) takes in the blob."""
     if entry.get("t") == "raw":
         return int(entry.get("n", 0))
-    return sum(int(desc[3]) for desc in entry.get("s", []))  # per stream: [symbols, alphabet, lane, bytes]
+    total = 0
+    for n, alphabet, lane, data_bytes in entry.get("s", []):  # a stream: code-length table, lane sizes, data
+        lanes = -(-n // lane)
+        total += entropy._table_bytes(alphabet) + (4 * lanes if lanes > 1 else 0) + data_bytes
+    return total
 
 
 def _layer_summary(layer: nn.Module) -> str:
@@ -325,17 +329,19 @@ def inspect_checkpoint(path: str | os.PathLike) -> list[dict]:
     path = os.fspath(path)
     meta = _read_metadata(path)
     header = _header_tensors(path)
-    coded = (meta["entropy"] or {}).get("tensors", {})
     stored = {name: nbytes for name, (_, _, nbytes) in header.items() if name != entropy.BLOB_NAME}
-    stored.update({name: _coded_bytes(entry) for name, entry in coded.items()})
+    try:
+        coded = (meta["entropy"] or {}).get("tensors", {})
+        stored.update({name: _coded_bytes(entry) for name, entry in coded.items()})
+    except (AttributeError, TypeError, ValueError) as exc:
+        raise ValueError(f"{path}: corrupt entropy-coding record ({exc})") from None
     dtypes = {name: dtype for name, (dtype, _, _) in header.items()}
     dtypes.update({name: entry.get("dtype", "?") for name, entry in coded.items()})
     stored.update({alias: 0 for alias in meta["aliases"]})  # tied: stored once, under the original's name
 
     # Build each compressed layer empty on the meta device (its nested compressed layers, e.g. the int8
     # factors of a low-rank layer, put in place) to ask it for its format words and float size.
-    outer = [name for name in sorted(meta["layers"]) if not any(name.startswith(f"{o}.") for o in meta["layers"]
-                                                                  if o != name)]
+    outer = [name for name in meta["layers"] if not any(name.startswith(f"{o}.") for o in meta["layers"])]
     rows, claimed = [], set()
     for name in outer:
         try:
