@@ -324,7 +324,8 @@ def inspect_checkpoint(path: str | os.PathLike) -> list[dict]:
     """What a checkpoint written by `save` holds, per layer, from its header alone (no model, no tensor data):
     [{"name", "type" (layer type, or "float"/"plain" for modules saved as they are), "format" (a few words:
     'w4a16 g128 asym', '2:4 fp32', 'rank 64 (...)'), "bytes" (stored, after Huffman coding if used),
-    "float_bytes" (the float tensors it replaces), "tensors" (names)}], sorted by name (numbers by value).
+    "float_bytes" (the float tensors it replaces), "tensors" (names), "huffman" (whether some of its tensors
+    are Huffman-coded)}], sorted by name (numbers by value).
     ValueError for a file that is not a slimkernels checkpoint."""
     path = os.fspath(path)
     meta = _read_metadata(path)
@@ -355,7 +356,8 @@ def inspect_checkpoint(path: str | os.PathLike) -> list[dict]:
         names = [t for t in stored if t.startswith(f"{name}.")]
         claimed.update(names)
         rows.append({"name": name, "type": meta["layers"][name]["type"], "format": words,
-                     "bytes": sum(stored[t] for t in names), "float_bytes": float_bytes, "tensors": names})
+                     "bytes": sum(stored[t] for t in names), "float_bytes": float_bytes, "tensors": names,
+                     "huffman": any(t in coded for t in names)})
     plain = {}  # module name -> its tensors saved as they are
     for t in stored:
         if t not in claimed:
@@ -368,7 +370,7 @@ def inspect_checkpoint(path: str | os.PathLike) -> list[dict]:
             words = "tied to " + ", ".join(meta["aliases"][t] for t in names)
         nbytes = sum(stored[t] for t in names)
         rows.append({"name": name, "type": "float" if is_float else "plain", "format": words, "bytes": nbytes,
-                     "float_bytes": nbytes, "tensors": names})
+                     "float_bytes": nbytes, "tensors": names, "huffman": False})
     return sorted(rows, key=lambda row: _natural_key(row["name"]))
 
 
