@@ -36,7 +36,7 @@ DEFAULT_SAMPLES = 128
 BATCH_SIZE = 8
 MAX_TOKENS = 128  # per text sample, special tokens included
 HELD_OUT_FRACTION = 1 / 8
-LATENCY_REPEATS = 5
+LATENCY_REPEATS = 3
 QUALITY_METRIC = "min cosine vs float on held-out calibration samples"
 UNITS = {"B": 1, "KB": 10 ** 3, "MB": 10 ** 6, "GB": 10 ** 9, "KIB": 2 ** 10, "MIB": 2 ** 20, "GIB": 2 ** 30}
 
