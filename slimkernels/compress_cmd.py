@@ -329,6 +329,8 @@ def run(args: argparse.Namespace, say: Callable[[str], None]) -> None:
         plan = recipe.plan(model)
         info["recipe"] = recipe.to_dict()
         needs_teacher = any(s.pass_name == "distill" for steps in plan.values() for s in steps)
+        if needs_teacher and not calibration:
+            raise CommandError("the recipe's distill step fine-tunes on the calibration samples: give --calibration")
         teacher = copy.deepcopy(model) if needs_teacher else None  # distill: the float model is the teacher
         reports = apply_recipe(model, plan, calibration=calibration, teacher=teacher, train_data=calibration,
                                progress=progress)

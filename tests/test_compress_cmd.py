@@ -14,7 +14,7 @@ from torch import nn
 import slimkernels
 from slimkernels import cli
 from slimkernels.compress_cmd import CommandError, parse_budget
-from slimkernels.nn import QuantLinear
+from slimkernels.nn import HashedLinear, QuantLinear
 
 HERE = Path(__file__).resolve().parent
 FACTORY = "test_compress_cmd:factory"
@@ -88,6 +88,16 @@ def test_entropy_coded_file_loads(workdir, capsys):
     assert isinstance(restored[2], QuantLinear)
 
 
+def test_distill_step_uses_the_float_model_as_teacher(workdir, capsys):
+    (workdir / "hash.toml").write_text('[[rule]]\npattern = "[02]"\nhash = { compression = 0.25 }\n'
+                                       'distill = { steps = 3, lr = 1e-3, hidden = "mse" }\n')
+    assert compress(FACTORY, "--recipe", "hash.toml", "--calibration", "cal.safetensors", "--out", "d.safetensors",
+                    "--no-progress") == 0
+    capsys.readouterr()
+    restored = slimkernels.load("d.safetensors", factory())
+    assert isinstance(restored[0], HashedLinear) and isinstance(restored[2], HashedLinear)
+
+
 def test_budget_end_to_end_on_a_factory_model(workdir, capsys):
     pytest.importorskip("slimkernels.compress.budget")
     code = compress(FACTORY, "--budget", "size=1/4", "--calibration", "cal.safetensors", "--out", "b.safetensors",
@@ -133,6 +143,7 @@ BAD = [
     ([FACTORY, "--recipe", "recipe.toml", "--out", "o.safetensors"], "needs calibration data"),  # gptq, no data
     ([FACTORY, "--recipe", "recipe.toml", "--samples", "0", "--out", "o.safetensors"], "--samples"),
     ([FACTORY, "--budget", "size=3", "--calibration", "cal.safetensors", "--out", "o"], "--budget size"),
+    ([FACTORY, "--recipe", "distill.toml", "--out", "o.safetensors"], "give --calibration"),
 ]
 
 
@@ -142,6 +153,7 @@ def test_bad_input_exits_2_with_one_line(workdir, capsys, args, message):
 
     (workdir / "unknown_pass.toml").write_text('[[rule]]\npattern = "*"\nquantise = { mode = "w8a8" }\n')
     (workdir / "no_match.toml").write_text('[[rule]]\npattern = "*.attention.*"\nquantize = { mode = "w8a8" }\n')
+    (workdir / "distill.toml").write_text('[[rule]]\npattern = "*"\ndistill = { steps = 2 }\n')
     (workdir / "cal.pt").write_bytes(b"not read")
     save_file({"x": torch.randn(4, 48)}, "other.safetensors")
     assert compress(*args) == 2

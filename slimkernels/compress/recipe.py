@@ -390,10 +390,7 @@ def apply_recipe(model: nn.Module, recipe: Union["Recipe", dict], calibration: O
 
             if pass_name == "prune":
                 example = _first_batch(calibration, "prune")
-                example = tuple(example) if isinstance(example, (list, tuple)) else example
-                if isinstance(example, dict):
-                    raise ValueError("apply_recipe: prune traces the model with positional inputs; give calibration "
-                                     "batches as tensors or tuples")
+                example = tuple(example) if isinstance(example, list) else example
                 reports.append(prune_(model, config, example, calibration=calibration,
                                       filter_fn=lambda g, layer_set=layer_set: g.root in layer_set, progress=progress))
             elif pass_name == "low_rank":

@@ -216,7 +216,9 @@ def test_distill_needs_a_teacher_and_then_helps():
     assert after < 0.8 * before
 
 
-def test_bert_with_the_example_recipe():
+@pytest.fixture
+def tiny_bert():
+    """A 2-layer BertModel from a config (nothing downloaded) and keyword batches with some padding."""
     transformers = pytest.importorskip("transformers")
     config = transformers.BertConfig(vocab_size=97, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
                                      intermediate_size=128, max_position_embeddings=64)
@@ -229,6 +231,11 @@ def test_bert_with_the_example_recipe():
         mask = torch.ones_like(ids)
         mask[1, 13:] = 0
         data.append({"input_ids": ids, "attention_mask": mask})
+    return model, data
+
+
+def test_bert_with_the_example_recipe(tiny_bert):
+    model, data = tiny_bert
     with torch.no_grad():
         ref = model(**data[0]).last_hidden_state
     recipe = Recipe.from_toml(EXAMPLE)
@@ -236,7 +243,9 @@ def test_bert_with_the_example_recipe():
     assert "pooler.dense" not in plan
     assert plan["encoder.layer.1.attention.self.key"] == [Step("quantize", {"mode": "w8a8"})]
     assert [s.pass_name for s in plan["encoder.layer.0.output.dense"]] == ["sparsify", "quantize"]
-    apply_recipe(model, recipe, calibration=data, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        apply_recipe(model, recipe, calibration=data, progress=False)
     layer = model.encoder.layer[0]
     assert isinstance(layer.attention.output.dense, QuantLinear) and layer.attention.output.dense.mode == "w8a8"
     assert isinstance(layer.intermediate.dense, QuantLinear) and layer.intermediate.dense.mode == "w4a16"
@@ -244,3 +253,15 @@ def test_bert_with_the_example_recipe():
     assert type(model.pooler.dense) is nn.Linear
     with torch.no_grad():
         assert cosine(model(**data[0]).last_hidden_state, ref) > 0.95
+
+
+def test_bert_prune_then_quantize_traces_keyword_batches(tiny_bert):
+    model, data = tiny_bert
+    recipe = Recipe.from_dict({"rule": [{"pattern": "*.intermediate.dense", "prune": {"ratio": 0.25},
+                                         "quantize": {"mode": "w8a8"}}]})
+    reports = apply_recipe(model, recipe, calibration=data, progress=False)
+    assert [r.method.split(" ")[0] for r in reports] == ["StructuredPruningConfig", "Int8DynamicConfig"]
+    for layer in model.encoder.layer:
+        assert isinstance(layer.intermediate.dense, QuantLinear) and layer.intermediate.dense.out_features == 96
+        assert type(layer.output.dense) is nn.Linear and layer.output.dense.in_features == 96
+    assert model(**data[1]).last_hidden_state.shape == (4, 20, 64)
