@@ -139,7 +139,8 @@ BAD = [
     ([FACTORY, "--recipe", "unknown_pass.toml", "--out", "o.safetensors"], "unknown pass 'quantise'"),
     ([FACTORY, "--recipe", "no_match.toml", "--out", "o.safetensors"], "matches no layer"),
     ([FACTORY, "--recipe", "recipe.toml", "--calibration", "cal.pt", "--out", "o.safetensors"], ".safetensors"),
-    ([FACTORY, "--recipe", "recipe.toml", "--calibration", "other.safetensors", "--out", "o"], "no tensor named 'input'"),
+    ([FACTORY, "--recipe", "recipe.toml", "--calibration", "other.safetensors", "--out", "o"],
+     "no tensor named 'input'"),
     ([FACTORY, "--recipe", "recipe.toml", "--out", "o.safetensors"], "needs calibration data"),  # gptq, no data
     ([FACTORY, "--recipe", "recipe.toml", "--samples", "0", "--out", "o.safetensors"], "--samples"),
     ([FACTORY, "--budget", "size=3", "--calibration", "cal.safetensors", "--out", "o"], "--budget size"),

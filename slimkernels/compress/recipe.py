@@ -154,8 +154,8 @@ class Step:
         known = [f.name for f in fields(cls)]
         unknown = sorted(set(kwargs) - set(known))
         if unknown:
-            raise ValueError(f"recipe: {self.pass_name} ({cls.__name__}) has no option {', '.join(map(repr, unknown))}; "
-                             f"its options: {', '.join(known)}")
+            raise ValueError(f"recipe: {self.pass_name} ({cls.__name__}) has no option "
+                             f"{', '.join(map(repr, unknown))}; its options: {', '.join(known)}")
         if self.pass_name == "low_rank" and isinstance(kwargs.get("factors"), dict):
             kwargs["factors"] = Step("quantize", kwargs["factors"]).config()
         try:
@@ -260,7 +260,8 @@ class Recipe:
             matched = [n for n in names if fnmatch.fnmatchcase(n, rule.pattern)]
             fresh = [n for n in matched if n not in taken]
             if not fresh:
-                why = "matches no layer" if not matched else f"matches only layers that earlier rules take ({matched[0]!r}, ...)"
+                why = ("matches no layer" if not matched
+                       else f"matches only layers that earlier rules take ({matched[0]!r}, ...)")
                 example = ", ".join(repr(n) for n in names[:3])
                 raise ValueError(f"recipe: rule {i + 1} (pattern {rule.pattern!r}) {why}; the layers are named like "
                                  f"{example} ({len(names)} nn.Linear / nn.Conv2d layers)")
@@ -394,13 +395,13 @@ def apply_recipe(model: nn.Module, recipe: Union["Recipe", dict], calibration: O
                 reports.append(prune_(model, config, example, calibration=calibration,
                                       filter_fn=lambda g, layer_set=layer_set: g.root in layer_set, progress=progress))
             elif pass_name == "low_rank":
-                reports.append(low_rank_(model, config, calibration=calibration, filter_fn=filter_fn, progress=progress))
+                reports.append(low_rank_(model, config, calibration, filter_fn, progress))
             elif pass_name == "sparsify":
-                reports.append(sparsify_(model, config, filter_fn=filter_fn, calibration=calibration, progress=progress))
+                reports.append(sparsify_(model, config, filter_fn, calibration, progress))
             elif pass_name == "hash":
                 reports.append(hash_(model, config, filter_fn=filter_fn, progress=progress))
             else:
-                reports.append(quantize_(model, config, filter_fn=filter_fn, progress=progress, calibration=calibration))
+                reports.append(quantize_(model, config, filter_fn, progress, calibration))
     for config in by_pass["distill"]:
         _distill(model, config, teacher, list(train_data), progress)
     return reports

@@ -173,8 +173,8 @@ def test_apply_recipe_mixed_rules_on_an_mlp():
 
 def test_apply_recipe_takes_a_plan_dict():
     model = mlp()
-    reports = apply_recipe(model, {"2": [Step("hash", {"compression": 0.25})], "4": [Step("quantize", {"mode": "w8a8"})]},
-                           progress=False)
+    plan = {"2": [Step("hash", {"compression": 0.25})], "4": [Step("quantize", {"mode": "w8a8"})]}
+    reports = apply_recipe(model, plan, progress=False)
     assert len(reports) == 2 and isinstance(model[2], HashedLinear) and isinstance(model[4], QuantLinear)
     assert type(model[0]) is nn.Linear
     with pytest.raises(ValueError, match="no nn.Linear / nn.Conv2d under: 'nope'"):
