@@ -3,7 +3,8 @@ least damage to the model's outputs, for `slimkernels compress --budget`.
 
     plan = plan_for_budget(model, run, calibration, size=1/6)   # run(model) -> outputs on the calibration data
     print(plan.explain())
-    apply_recipe(model, plan.steps, calibration=calibration)     # or use plan.compressed, already built
+    model = plan.compressed                                      # the mix, built from the measured layers
+    apply_recipe(model, plan.steps, calibration=calibration)     # or: the same steps by the real passes
 
 How it chooses, in four stages:
   1. statistics: one calibration run over the float model (compress/calibration.py, block by block) collects
@@ -21,9 +22,11 @@ How it chooses, in four stages:
      DP_GRID byte cells, each option's bytes rounded UP to whole cells, so the plan never exceeds the budget
      (and gives away at most layers x budget / DP_GRID bytes). A latency budget is met by a Lagrangian
      penalty on each option's measured latency, bisected until the plan's summed latency fits.
-  4. verification: the whole plan is applied to a copy of the model by apply_recipe (the real passes,
-     block-by-block calibration) and its quality and bytes are measured; every uniform candidate (the same
-     step on every layer, from stage 2's converted layers) is measured too, for the report's Pareto plot.
+  4. verification: the mix is built on a copy of the model from stage 2's converted layers (plan.compressed:
+     no layer is converted twice) and its quality and bytes are measured; every uniform candidate (the same
+     step on every layer) is measured the same way, for the report's Pareto plot. apply_recipe(model,
+     plan.steps) converts the same layers by the real passes instead, which calibrate block by block on
+     the outputs of the blocks already compressed (GPTQ, SVD-LLM, SparseGPT): close, not identical.
 
 Latency (only with latency=): each converted layer is timed once, alone, on random inputs of the shape
 its calibration inputs had (median of LATENCY_REPEATS calls); the budget is a fraction of the float
@@ -46,7 +49,7 @@ from tqdm.auto import tqdm
 from .calibration import run_calibration, set_submodule
 from .low_rank import _not_a_factor
 from .passes import convert_layer
-from .recipe import Step, apply_recipe
+from .recipe import Step
 from .report import module_bytes
 from .skip import SkipLayer, candidate_layers
 
@@ -89,11 +92,22 @@ class BudgetPlan:
     """What plan_for_budget chose. steps: {layer name: [Step]} for apply_recipe (layers kept as they are
     are absent); info: the measurements (keys of the `info` saved by `slimkernels compress`: "layers",
     "candidates", "chosen", "float", "budget", "quality_metric"); compressed: a copy of the model with the
-    plan applied (what stage 4 measured; None when the plan was not verified)."""
+    mix (what stage 4 measured; None when the plan was not verified); converted: {(layer name, candidate
+    label): the layer as that candidate converted it in stage 2} (build(...) puts them together)."""
 
     steps: dict
     info: dict
     compressed: Optional[nn.Module] = field(default=None, repr=False)
+    converted: dict = field(default_factory=dict, repr=False)
+
+    def build(self, model: nn.Module, choice: dict) -> nn.Module:
+        """A copy of `model` whose layers are replaced by copies of the converted layers `choice` names,
+        {layer name: candidate label} (a label that did not apply to a layer, or "keep", keeps it)."""
+        built = copy.deepcopy(model)
+        for name, label in choice.items():
+            if (name, label) in self.converted:
+                set_submodule(built, name, copy.deepcopy(self.converted[name, label]))
+        return built
 
     def explain(self) -> str:
         """Per layer what it got and why (its error, its bytes, what the next smaller option would have
@@ -159,6 +173,10 @@ def _check_candidates(candidates) -> list[Step]:
             raise ValueError(f"plan_for_budget: a candidate converts one layer; {step.pass_name!r} is not such a pass "
                              "(quantize, sparsify, low_rank, hash)")
         step.config()  # the options' errors now, not after the statistics
+    labels = [step.describe() for step in candidates]
+    repeated = sorted({label for label in labels if labels.count(label) > 1})
+    if repeated:
+        raise ValueError(f"plan_for_budget: candidates repeat {', '.join(map(repr, repeated))}; give each once")
     return candidates
 
 
@@ -341,7 +359,7 @@ def plan_for_budget(model: nn.Module, run: Callable[[nn.Module], torch.Tensor], 
     calibration: the batches the passes calibrate on (a list of model inputs, as quantize_ takes them).
     size: a fraction in (0, 1] of the convertible layers' float32 bytes, or an int number of bytes.
     latency: a fraction (> 0) of the convertible layers' float latency, measured per layer (module docstring).
-    verify: apply the plan to a copy (plan.compressed) and measure it (stage 4), and the uniform candidates.
+    verify: build the mix (plan.compressed) and measure it and the uniform candidates (stage 4).
     ValueError when no mix reaches the budget, naming the closest reachable size."""
     if size is None and latency is None:
         raise ValueError("plan_for_budget: give size= (fraction of float32 bytes, or bytes) and/or latency=")
@@ -419,19 +437,17 @@ def plan_for_budget(model: nn.Module, run: Callable[[nn.Module], torch.Tensor], 
                    "predicted_error": sum(o.error for o in picked),
                    "latency_ms": ms(sum(o.latency_us for o in picked))},
     }
-    plan = BudgetPlan(steps, info)
+    plan = BudgetPlan(steps, info, converted={(name, labels[i]): m for (name, i), m in converted.items()})
     if not verify:
         return plan
     info["candidates"] = _uniform_candidates(model, run, reference, targets, options, converted, labels, ms)
-    compressed = copy.deepcopy(model)
-    apply_recipe(compressed, steps, calibration=calibration, progress=progress)
+    compressed = plan.build(model, {name: info["layers"][name]["steps"] for name in names})
     out = _outputs(run, compressed)
     measured = sum(module_bytes(compressed.get_submodule(name)) for name in names)
     info["chosen"].update(quality=_min_cosine(out, reference), error=_relative_error(out, reference), bytes=measured)
     info["candidates"].append({**info["chosen"], "chosen": True})
     if measured > capacity:
-        warnings.warn(f"plan_for_budget: the applied plan takes {measured:,} B, over the budget of {capacity:,} B "
-                      "(a pass stored a layer differently than when it was measured alone)", stacklevel=2)
+        raise AssertionError(f"plan_for_budget: the mix takes {measured:,} B, over the budget of {capacity:,} B")
     plan.compressed = compressed
     return plan
 

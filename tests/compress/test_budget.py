@@ -14,7 +14,7 @@ from slimkernels.compress.budget import (
     DP_GRID, BudgetPlan, _cells, _knapsack, _Option, default_candidates, plan_for_budget,
 )
 from slimkernels.compress.passes import convert_layer
-from slimkernels.compress.recipe import Step
+from slimkernels.compress.recipe import Step, apply_recipe
 
 W8 = Step("quantize", {"mode": "w8a16"})
 W4 = Step("quantize", {"mode": "w4a16", "group_size": 32})
@@ -76,6 +76,13 @@ def test_sensitive_layer_gets_the_larger_format_and_the_budget_holds():
     assert all(type(m) is nn.Linear for m in model)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert sum(module_bytes(plan.compressed.get_submodule(n)) for n in names) == plan.info["chosen"]["bytes"]
+    assert plan.compressed[1] is not plan.converted["1", W8.describe()]  # a copy: the plan's layers stay reusable
+    again = plan.build(model, {"1": W8.describe(), "0": "keep"})
+    assert type(again[0]) is nn.Linear and type(again[1]) is type(plan.compressed[1])
+    # the real passes give the same steps the same bytes
+    applied = copy.deepcopy(model)
+    apply_recipe(applied, plan.steps, calibration=calibration, progress=False)
+    assert sum(module_bytes(applied.get_submodule(n)) for n in names) == plan.info["chosen"]["bytes"]
     # the mix beats both uniform methods that fit the budget (uniform w4)
     uniform = {c["label"]: c for c in plan.info["candidates"] if not c["chosen"]}
     assert plan.info["chosen"]["quality"] > uniform["uniform " + W4.describe()]["quality"]
@@ -173,6 +180,9 @@ def test_bad_input():
         plan_for_budget(model, run, calibration, size=0.5, candidates=[], progress=False)
     with pytest.raises(ValueError, match="no option"):
         plan_for_budget(model, run, calibration, size=0.5, candidates=[Step("quantize", {"mode": "w8a16", "bits": 3})],
+                        progress=False)
+    with pytest.raises(ValueError, match="repeat"):
+        plan_for_budget(model, run, calibration, size=0.5, candidates=[W8, Step("quantize", {"mode": "w8a16"})],
                         progress=False)
     with pytest.raises(ValueError, match="latency"):
         plan_for_budget(model, run, calibration, size=0.5, latency=-1, candidates=[W8], progress=False)
