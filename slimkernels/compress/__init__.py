@@ -15,6 +15,7 @@ from .report import CompressionReport, LayerRecord, module_bytes
 from .serialization import inspect_checkpoint, load, read_info, save
 from .low_rank import LowRankConfig, low_rank_, low_rank_layer
 from .recipe import Recipe, Rule, Step, apply_recipe
+from .budget import BudgetPlan, plan_for_budget
 from .sparsify import allocate_sparsity, sparsify_, sparsify_layer
 from .text import calibration_text
 from .skip import SkipLayer, candidate_layers, check_layer, skip_reason
@@ -29,5 +30,5 @@ __all__ = [
     "module_bytes", "save", "load", "SparsityConfig", "sparsify_", "sparsify_layer", "allocate_sparsity",
     "calibration_text", "UnfoldedConvCollector", "conv_aware", "HashingConfig", "hash_", "hash_layer",
     "LowRankConfig", "low_rank_", "low_rank_layer", "Recipe", "Rule", "Step", "apply_recipe",
-    "read_info", "inspect_checkpoint",
+    "read_info", "inspect_checkpoint", "BudgetPlan", "plan_for_budget",
 ]
