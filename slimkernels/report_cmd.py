@@ -109,7 +109,7 @@ def format_report(report: dict) -> str:
                ("smaller", 9, lambda r: f"{r['float_bytes'] / r['bytes']:.2f}x" if r["bytes"] else "-")]
     measured = any(row["error"] is not None or row["latency_us"] is not None for row in layers)
     if measured:
-        columns += [("error", 10, lambda r: _figure(r["error"], ".4f")),
+        columns += [("error", 10, lambda r: _figure(r["error"], ".3g")),
                     ("latency", 12, lambda r: _figure(r["latency_us"], ".1f") + (" us" if r["latency_us"] is not None else ""))]
     lines += ["", format_rows(layers, columns), ""]
     lines.append(f"total: file {report['file_bytes']:,} bytes ({_size(report['file_bytes'])}), float "
