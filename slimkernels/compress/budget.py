@@ -331,14 +331,14 @@ def _choose(options: list[list[_Option]], capacity: int, latency_cap: Optional[f
 
 
 def _why(options: list[_Option], j: int, labels: list[str]) -> str:
-    """Why option j of a layer: what the next smaller option would have added in error."""
+    """Why option j of a layer: the error the best smaller option would have added, for how many bytes saved."""
     mine = options[j]
     smaller = [o for o in options if o.bytes < mine.bytes]
     if not smaller:
         return "the smallest option"
-    nearest = max(smaller, key=lambda o: o.bytes)
-    return (f"next smaller: {_label(nearest, labels)} ({nearest.bytes:,} B) at error {nearest.error:.2e} "
-            f"(+{nearest.error - mine.error:.2e})")
+    best = min(smaller, key=lambda o: o.error)
+    return (f"best smaller: {_label(best, labels)} would save {mine.bytes - best.bytes:,} B for "
+            f"+{best.error - mine.error:.2e} error")
 
 
 def _label(option: _Option, labels: list[str]) -> str:
