@@ -18,6 +18,7 @@ uses and sparsify_ / prune_ / low_rank_ will.
 from __future__ import annotations
 
 import sys
+import time
 import warnings
 from contextvars import ContextVar
 from typing import Callable, Iterable, Optional
@@ -175,10 +176,12 @@ def _run_pass(model, config, fn, filter_fn, progress, calibration, device) -> Co
             detail += f" -> {note} (no calibration inputs reach this layer)"
         notes: list = []
         token = _LAYER_NOTES.set(notes)
+        start = time.perf_counter()
         try:
             new = convert_layer(module, used, **stats)
         except SkipLayer as why:
-            report.layers.append(LayerRecord(name, type(module).__name__, "skipped", str(why), before, before))
+            report.layers.append(LayerRecord(name, type(module).__name__, "skipped", str(why), before, before,
+                                             time.perf_counter() - start))
             warn_skipped(fn, name, why)
             return module
         finally:
@@ -188,7 +191,9 @@ def _run_pass(model, config, fn, filter_fn, progress, calibration, device) -> Co
             if kind is None:  # describe_layer: the report line only
                 continue
             pass_notes.setdefault(kind, (advice, category, []))[2].append(f"{name} ({note})")
-        report.layers.append(LayerRecord(name, type(module).__name__, "converted", detail, before, module_bytes(new)))
+        seconds = time.perf_counter() - start
+        report.layers.append(LayerRecord(name, type(module).__name__, "converted", detail, before, module_bytes(new),
+                                         seconds))
         return new
 
     if needs_calibration:

@@ -25,6 +25,7 @@ class LayerRecord:
     detail: str  # the mode, or why it was skipped
     bytes_before: int
     bytes_after: int
+    seconds: float = 0.0  # wall time of the layer's conversion (the handler's call), 0.0 when skipped early
 
 
 @dataclass
@@ -68,5 +69,6 @@ class CompressionReport:
             lines.append(f"  {self.note}")
         width = max([len(r.name) for r in self.layers] + [5])
         for r in self.layers:
-            lines.append(f"  {r.name:<{width}}  {r.action:<9}  {r.detail:<24} {r.bytes_before:>12,} -> {r.bytes_after:>12,} B")
+            lines.append(f"  {r.name:<{width}}  {r.action:<9}  {r.detail:<24} {r.bytes_before:>12,} -> {r.bytes_after:>12,} B"
+                         f"  {r.seconds:8.3f} s")
         return "\n".join(lines)

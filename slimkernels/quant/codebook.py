@@ -12,6 +12,8 @@ take. Pure torch, on w's device, no loop over rows.
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
 from .int4 import check_weight
@@ -75,33 +77,88 @@ class NearestEntry:
         return torch.gather(self.order, 1, pos).to(torch.uint8), torch.gather(self.values, 1, pos)
 
 
-def _lloyd_sorted(xs: torch.Tensor, cent: torch.Tensor, iters: int) -> torch.Tensor:
-    """1-D k-means on rows of already sorted data xs [R, M] from sorted centroids cent [R, E] ->
-    centroids [R, E], sorted ascending.
+class _SortedRows:
+    """Rows of sorted data xs [R, M] with optional 0/1 weights `counted` [R, M] (keep_zero pads its rows
+    with uncounted copies of their largest value), and the float64 prefix sums that give the count, sum
+    and sum of squares of any run [lo, hi) of a row with one gather. The sums run outward from 0
+    (negatives summed from the right, positives from the left), so a run's sums never cancel against much
+    larger weights elsewhere in the row."""
 
-    In 1-D every cluster is a run of sorted data, so an assignment is E - 1 binary searches per row
-    and a cluster's sum a difference of prefix sums: each Lloyd step costs O(R E log M). The prefix
-    sums are float64 and run outward from 0 (negatives summed from the right, positives from the
-    left), so a cluster's sum never cancels against much larger weights elsewhere in the row.
-    Deterministic: no atomics, no randomness."""
-    r, m = xs.shape
-    zero = xs.new_zeros(r, 1, dtype=torch.float64)
-    x64 = xs.to(torch.float64)
-    pos_prefix = torch.cat([zero, x64.clamp(min=0).cumsum(1)], 1)  # [R, M+1]: sum of positives before j
-    neg_suffix = torch.cat([x64.clamp(max=0).flip(1).cumsum(1).flip(1), zero], 1)  # negatives from j on
+    def __init__(self, xs: torch.Tensor, counted: Optional[torch.Tensor] = None):
+        r, m = xs.shape
+        self.xs = xs
+        x64 = xs.to(torch.float64)
+        if counted is not None:
+            x64 = x64 * counted
+        # prefix[:, j, b]: b = 0 count before j; 1 / 3 sum / sum of squares of the positives before j;
+        # 2 / 4 the same of the negatives from j on (suffix sums: run outward from 0 too). The five sums of
+        # an index share a cache line: the gathers of the binary searches are random accesses.
+        prefix = x64.new_zeros(r, m + 1, 5)
+        if counted is None:
+            prefix[:, :, 0] = torch.arange(m + 1, dtype=torch.float64, device=xs.device)
+        else:
+            prefix[:, 1:, 0] = counted.to(torch.float64).cumsum(1)
+        positive = x64.clamp(min=0)
+        prefix[:, 1:, 1] = positive.cumsum(1)
+        prefix[:, 1:, 3] = (positive * positive).cumsum(1)
+        negative = x64.clamp(max=0).flip(1)
+        prefix[:, :-1, 2] = negative.cumsum(1).flip(1)
+        prefix[:, :-1, 4] = (negative * negative).cumsum(1).flip(1)
+        self.prefix = prefix.view(r, -1)
+        self.total = prefix[:, -1:, 0]  # counted weights per row, [R, 1]
+
+    def at(self, j: torch.Tensor) -> torch.Tensor:
+        """The five prefix sums at the indices j [R, X] -> [R, X, 5]."""
+        r, x = j.shape
+        return self.prefix.gather(1, (j[:, :, None] * 5 + torch.arange(5, device=j.device)).view(r, -1)).view(r, x, 5)
+
+    @staticmethod
+    def between(start: torch.Tensor, end: torch.Tensor):
+        """Count, sum and sum of squares, float64 [R, X], of the runs between prefix sums start and end
+        (at(lo), at(hi))."""
+        d = end - start
+        return d[..., 0], d[..., 1] - d[..., 2], d[..., 3] - d[..., 4]
+
+    def runs(self, lo: torch.Tensor, hi: torch.Tensor):
+        """Count, sum and sum of squares, float64 [R, X], of the runs [lo, hi) [R, X] of each row."""
+        x = lo.shape[1]
+        ends = self.at(torch.cat([lo, hi], 1))
+        return self.between(ends[:, :x], ends[:, x:])
+
+    def bounds(self, cent: torch.Tensor):
+        """Runs of the nearest-centroid clusters of sorted centroids cent [R, C, E] (C fits per row):
+        (lo, hi) [R, C*E], the first and one-past-last sorted index of each cluster (a weight exactly
+        halfway goes to the lower entry, as in assign_codes)."""
+        r, c, e = cent.shape
+        mids = (cent[..., :-1] / 2 + cent[..., 1:] / 2).reshape(r, -1).contiguous()
+        inner = torch.searchsorted(self.xs, mids, right=True).view(r, c, e - 1)
+        edges = torch.cat([inner.new_zeros(r, c, 1), inner, inner.new_full((r, c, 1), self.xs.shape[1])], 2)
+        return edges[..., :-1].reshape(r, -1), edges[..., 1:].reshape(r, -1)
+
+    def sse(self, cent: torch.Tensor) -> torch.Tensor:
+        """Squared error of each row under each of its fits cent [R, C, E] (sorted) -> [R, C], float64."""
+        count, total, squares = self.runs(*self.bounds(cent))
+        c = cent.reshape(count.shape).to(torch.float64)
+        return (squares - 2 * c * total + c * c * count).clamp(min=0).view(cent.shape).sum(2)
+
+
+def _lloyd_sorted(data: _SortedRows, cent: torch.Tensor, iters: int) -> torch.Tensor:
+    """1-D k-means of every row of `data` from C sorted inits per row, cent [R, C, E] -> the centroids
+    [R, C, E], sorted ascending.
+
+    In 1-D every cluster is a run of sorted data, so an assignment is E - 1 binary searches per fit
+    and a cluster's mean a difference of prefix sums: each Lloyd step costs O(R C E log M), however long
+    the rows. All fits of all rows advance together. Deterministic: no atomics, no randomness."""
     for _ in range(iters):
-        mids = cent[:, :-1] / 2 + cent[:, 1:] / 2
-        # bounds[:, j] = first sorted index of cluster j (x > mid goes up: ties go to the lower entry)
-        inner = torch.searchsorted(xs, mids.contiguous(), right=True)
-        bounds = torch.cat([inner.new_zeros(r, 1), inner, inner.new_full((r, 1), m)], 1)
-        lo, hi = bounds[:, :-1], bounds[:, 1:]
-        count = hi - lo
-        total = (pos_prefix.gather(1, hi) - pos_prefix.gather(1, lo)) + (neg_suffix.gather(1, lo) - neg_suffix.gather(1, hi))
-        new = torch.where(count > 0, total / count.clamp(min=1), cent.to(torch.float64)).to(torch.float32)
+        lo, hi = data.bounds(cent)
+        count, total, _ = data.runs(lo, hi)
+        flat = cent.reshape(count.shape)
+        new = torch.where(count > 0, total / count.clamp(min=1), flat.to(torch.float64)).to(torch.float32)
         empty = count == 0
         if bool(empty.any()):
-            new = _reseed_empty(xs, new, lo, hi, empty)
-        new = torch.sort(new, dim=1).values
+            new = _reseed_empty(data.xs, new.view(cent.shape), lo.view(cent.shape), hi.view(cent.shape),
+                                empty.view(cent.shape))
+        new = torch.sort(new.view(cent.shape), dim=2).values
         if torch.equal(new, cent):
             break
         cent = new
@@ -110,70 +167,96 @@ def _lloyd_sorted(xs: torch.Tensor, cent: torch.Tensor, iters: int) -> torch.Ten
 
 def _reseed_empty(xs, cent, lo, hi, empty):
     """Move empty clusters onto the worst-fitted weights: in 1-D the weight farthest from its centroid
-    is an end of its cluster's run, so the candidates are the 2E run ends of each row."""
+    is an end of its cluster's run, so the candidates are the 2E run ends of each fit. All of cent, lo,
+    hi, empty are [R, C, E]."""
+    r, c, e = cent.shape
     m = xs.shape[1]
-    first = xs.gather(1, lo.clamp(max=m - 1))
-    last = xs.gather(1, (hi - 1).clamp(min=0))
-    cand = torch.cat([first, last], 1)
-    err = torch.cat([cent - first, last - cent], 1).abs().masked_fill(torch.cat([empty, empty], 1), -1.0)
-    ranked = cand.gather(1, err.argsort(dim=1, descending=True, stable=True))
-    nth_empty = (empty.cumsum(1) - 1).clamp(min=0)  # the j-th empty cluster of a row takes the j-th worst
-    return torch.where(empty, ranked.gather(1, nth_empty), cent)
+    first = xs.gather(1, lo.reshape(r, -1).clamp(max=m - 1)).view(r, c, e)
+    last = xs.gather(1, (hi.reshape(r, -1) - 1).clamp(min=0)).view(r, c, e)
+    cand = torch.cat([first, last], 2)
+    err = torch.cat([cent - first, last - cent], 2).abs().masked_fill(torch.cat([empty, empty], 2), -1.0)
+    ranked = cand.gather(2, err.argsort(dim=2, descending=True, stable=True))
+    nth_empty = (empty.cumsum(2) - 1).clamp(min=0)  # the j-th empty cluster of a fit takes the j-th worst
+    return torch.where(empty, ranked.gather(2, nth_empty), cent)
 
 
-def _kmeanspp_init(xs: torch.Tensor, entries: int, gen: torch.Generator) -> torch.Tensor:
-    """k-means++ seeding (Arthur & Vassilvitskii 2007) of every row of xs [R, M] at once: each next
-    centroid is a weight drawn with probability proportional to its squared distance to the nearest
-    centroid so far. Draws use `gen` (CPU) and inverse-CDF sampling, so any M and any device work."""
-    r, m = xs.shape
+def _quantile_points(data: _SortedRows, probs: torch.Tensor) -> torch.Tensor:
+    """The weights at the (counted) quantiles probs [P] of every row -> [R, P]."""
+    r, m = data.xs.shape
+    target = (probs.to(data.xs.device, torch.float64) * data.total).contiguous()
+    counts = data.prefix.view(r, m + 1, 5)[:, 1:, 0].contiguous()  # counted weights up to and including j
+    index = torch.searchsorted(counts, target, right=True).clamp_(max=m - 1)
+    return data.xs.gather(1, index)
 
-    x64 = xs.to(torch.float64)  # squared distances of huge float32 weights overflow float32
 
-    def draw(weight):  # weight [R, M] >= 0 -> one drawn value per row, [R, 1]
-        cdf = weight.cumsum(1)
-        total = cdf[:, -1:]
-        cdf = torch.where(total > 0, cdf, torch.arange(1, m + 1, device=xs.device, dtype=torch.float64).expand(r, m))
-        u = torch.rand(r, 1, generator=gen, dtype=torch.float64).to(xs.device) * cdf[:, -1:]
-        return xs.gather(1, torch.searchsorted(cdf, u, right=True).clamp_(max=m - 1))
+def _kmeanspp_inits(data: _SortedRows, entries: int, restarts: int, gen: torch.Generator) -> torch.Tensor:
+    """`restarts` k-means++ seedings (Arthur & Vassilvitskii 2007) of every row at once -> [R, restarts,
+    entries], sorted. Each next centroid is a weight drawn with probability proportional to its squared
+    distance to the nearest centroid so far, without a pass over the weights: a cluster (a run of the
+    sorted row) is drawn by its squared error, exact from the prefix sums, then a weight inside the run
+    by inverse CDF, the run's cumulative squared error up to index j (again from the prefix sums, and
+    non-decreasing in j) binary-searched. Each draw costs O(R restarts (E + log M)). Draws use `gen`
+    (CPU), so any device gives the same seeds."""
+    r, m = data.xs.shape
+    device = data.xs.device
+    shape = (r, restarts)
+    steps = max(1, m.bit_length())
 
-    cent = [draw(torch.ones_like(x64))]
-    dist = (x64 - cent[0]) ** 2
+    def flat(t):  # [R, C, ...] -> [R, C * ...] for the gathers of _SortedRows.runs
+        return t.reshape(r, -1)
+
+    def mass_before(first, j, c, uniform):  # count (uniform) or squared error around c from prefix sums first to j
+        count, total, squares = data.between(first, data.at(j))
+        return torch.where(uniform, count, squares - 2 * c * total + c * c * count)
+
+    def draw(start, end, c, uniform):  # [R, C] each -> a weight of each run drawn by its mass, [R, C]
+        first = data.at(start)
+        u = torch.rand(shape, generator=gen, dtype=torch.float64).to(device) * mass_before(first, end, c, uniform)
+        lo, hi = start.clone(), end.clone()  # binary search: the first j whose prefix mass up to j + 1 exceeds u
+        for _ in range(steps):
+            mid = (lo + hi) // 2
+            below = mass_before(first, torch.minimum(mid + 1, end), c, uniform) <= u  # inactive: mid may be end
+            active = lo < hi
+            lo = torch.where(active & below, mid + 1, lo)
+            hi = torch.where(active & ~below, mid, hi)
+        return data.xs.gather(1, torch.minimum(lo, end - 1).clamp(min=0))
+
+    start = torch.zeros(shape, dtype=torch.long, device=device)
+    everywhere = torch.ones(shape, dtype=torch.bool, device=device)
+    cent = draw(start, torch.full_like(start, m), start.to(torch.float64), everywhere)[..., None]  # uniform first
     for _ in range(entries - 1):
-        cent.append(draw(dist))
-        dist = torch.minimum(dist, (x64 - cent[-1]) ** 2)
-    return torch.sort(torch.cat(cent, 1), dim=1).values
+        cent = torch.sort(cent, dim=2).values
+        lo, hi = (t.view(cent.shape) for t in data.bounds(cent))
+        c64 = cent.to(torch.float64)
+        count, total, squares = (t.view(cent.shape) for t in data.runs(flat(lo), flat(hi)))
+        mass = (squares - 2 * c64 * total + c64 * c64 * count).clamp(min=0)
+        placed = mass.sum(2) <= 0  # every weight is a centroid already (few distinct values): uniform
+        cdf = torch.where(placed[..., None], count, mass).cumsum(2)
+        u = torch.rand(r, restarts, 1, generator=gen, dtype=torch.float64).to(device) * cdf[..., -1:]
+        which = torch.searchsorted(cdf.contiguous(), u, right=True).clamp_(max=cent.shape[2] - 1)
+        run_lo, run_hi, run_c = (t.gather(2, which)[..., 0] for t in (lo, hi, c64))
+        cent = torch.cat([cent, draw(run_lo, run_hi, run_c, placed)[..., None]], 2)
+    return torch.sort(cent, dim=2).values
 
 
-def _row_sse(xs: torch.Tensor, cent: torch.Tensor) -> torch.Tensor:
-    """Squared error of every row of xs [R, M] under its nearest centroid of sorted cent [R, E] -> [R]."""
-    mids = (cent[:, :-1] / 2 + cent[:, 1:] / 2).contiguous()
-    return ((xs - cent.gather(1, torch.searchsorted(mids, xs))).to(torch.float64) ** 2).sum(1)
-
-
-def _kmeans_rows(xs: torch.Tensor, entries: int, iters: int, gen: torch.Generator) -> torch.Tensor:
-    """Best (per row) of Lloyd runs from several inits: 1-D k-means has many poor local optima.
-    Inits: the (j + 1/2) / E quantiles, the Lloyd-Max levels of a normal fit (mean + sqrt(3) std
-    ndtri((j + 1/2) / E): optimal levels are spread like density^(1/3)), and KMEANS_RESTARTS
-    k-means++ seedings."""
-    r, m = xs.shape
+def _kmeans_rows(data: _SortedRows, entries: int, iters: int, gen: torch.Generator) -> torch.Tensor:
+    """Best (per row) of Lloyd runs from several inits, [R, entries]: 1-D k-means has many poor local
+    optima. Inits: the (j + 1/2) / E quantiles, the Lloyd-Max levels of a normal fit (mean + sqrt(3) std
+    ndtri((j + 1/2) / E): optimal levels are spread like density^(1/3)), and KMEANS_RESTARTS k-means++
+    seedings; all run together, and each row keeps the fit of least squared error (the first on ties)."""
+    xs = data.xs
     probs = (torch.arange(entries, device=xs.device, dtype=torch.float64) + 0.5) / entries
-    inits = [xs[:, (probs * m).long().clamp_(max=m - 1)]]
-    x64 = xs.to(torch.float64)  # float32 moments of huge weights overflow
-    std = x64.std(1, keepdim=True) if m > 1 else x64.new_zeros(r, 1)
-    normal = (x64.mean(1, keepdim=True) + std * (3 ** 0.5) * torch.special.ndtri(probs)).to(xs.dtype)
-    inits.append(torch.minimum(torch.maximum(normal, xs[:, :1]), xs[:, -1:]))
-    inits += [_kmeanspp_init(xs, entries, gen) for _ in range(KMEANS_RESTARTS)]
-    best, best_sse = None, None
-    for init in inits:
-        cent = _lloyd_sorted(xs, init, iters)
-        sse = _row_sse(xs, cent)
-        if best is None:
-            best, best_sse = cent, sse
-        else:
-            better = sse < best_sse  # strict: ties keep the earlier init, deterministic
-            best = torch.where(better[:, None], cent, best)
-            best_sse = torch.where(better, sse, best_sse)
-    return best
+    count, total, squares = data.runs(torch.zeros_like(data.total, dtype=torch.long),
+                                      torch.full_like(data.total, xs.shape[1], dtype=torch.long))
+    mean = total / count.clamp(min=1)
+    std = (squares / count.clamp(min=1) - mean * mean).clamp(min=0).sqrt()
+    normal = (mean + std * (3 ** 0.5) * torch.special.ndtri(probs)).to(xs.dtype)
+    normal = torch.minimum(torch.maximum(normal, xs[:, :1]), xs[:, -1:])  # keep_zero pads with the row's max
+    inits = torch.cat([_quantile_points(data, probs)[:, None], normal[:, None],
+                       _kmeanspp_inits(data, entries, KMEANS_RESTARTS, gen)], 1)
+    cent = _lloyd_sorted(data, inits, iters)
+    best = data.sse(cent).argmin(1)  # argmin returns the first of equal minima
+    return cent[torch.arange(len(cent), device=xs.device), best]
 
 
 def kmeans_codebook(w: torch.Tensor, bits: int, per: str = "row", iters: int = 25, seed: int = 0,
@@ -199,31 +282,53 @@ def kmeans_codebook(w: torch.Tensor, bits: int, per: str = "row", iters: int = 2
         return (torch.zeros(n, k, dtype=torch.uint8, device=w.device),
                 torch.zeros(n if per == "row" else 1, entries, device=w.device))
     gen = torch.Generator().manual_seed(seed)
-    if keep_zero:
-        codebook = _kmeans_with_zero(_rows(w, per), entries, iters, gen)
-        return assign_codes(w, codebook), codebook
     data = _rows(w, per)
-    if data.shape[1] > KMEANS_MAX_SAMPLES:
+    sampled = data.shape[1] > KMEANS_MAX_SAMPLES
+    if sampled:
         pick = torch.randint(data.shape[1], (KMEANS_MAX_SAMPLES,), generator=gen).to(data.device)
         data = data[:, pick]
     chunk_rows = max(1, KMEANS_CHUNK // data.shape[1])
-    codebook = torch.cat([_kmeans_rows(torch.sort(part, dim=1).values, entries, iters, gen)
-                          for part in data.split(chunk_rows)])
-    return assign_codes(w, codebook), codebook
+    # the sort that fits the codebook also gives the codes, unless the fit saw other data than w
+    with_codes = not (sampled or keep_zero)
+    fits = [_fit_rows(part, entries, iters, gen, keep_zero, with_codes) for part in data.split(chunk_rows)]
+    codebook = torch.cat([book for book, _ in fits])
+    if not with_codes:
+        return assign_codes(w, codebook), codebook
+    return torch.cat([codes for _, codes in fits]).view(n, k), codebook
 
 
-def _kmeans_with_zero(data: torch.Tensor, entries: int, iters: int, gen: torch.Generator) -> torch.Tensor:
-    """Codebooks [R, entries] of the rows of data [R, M]: 0 and entries - 1 k-means centroids of the row's
-    nonzero values (all 0 for a row without any), ascending."""
-    books = []
-    for row in data:
-        nonzero = torch.sort(row[row != 0]).values
-        if data.shape[1] > KMEANS_MAX_SAMPLES and len(nonzero) > KMEANS_MAX_SAMPLES:
-            pick = torch.randint(len(nonzero), (KMEANS_MAX_SAMPLES,), generator=gen).to(row.device)
-            nonzero = torch.sort(nonzero[pick]).values
-        cent = _kmeans_rows(nonzero[None], entries - 1, iters, gen)[0] if len(nonzero) else row.new_zeros(entries - 1)
-        books.append(torch.sort(torch.cat([row.new_zeros(1), cent])).values)
-    return torch.stack(books)
+def _fit_rows(data: torch.Tensor, entries: int, iters: int, gen: torch.Generator, keep_zero: bool, with_codes: bool):
+    """(codebooks [R, entries] of the rows of data [R, M], ascending; with_codes: the codes of data under
+    them, uint8 [R, M], else None). keep_zero: 0 and entries - 1 centroids of the row's nonzero weights
+    (all 0 for a row without any): the nonzero weights are sorted to the front of the row and the rest
+    filled with uncounted copies of the largest, so the rows stay sorted and of one length."""
+    if not keep_zero:
+        xs, order = torch.sort(data, dim=1)
+        rows = _SortedRows(xs)
+        codebook = _kmeans_rows(rows, entries, iters, gen)
+        return codebook, (_codes_from_sort(rows, codebook, order) if with_codes else None)
+    nonzero = data != 0
+    values = torch.sort(torch.where(nonzero, data, torch.inf), dim=1).values
+    kept = nonzero.sum(1, keepdim=True)
+    counted = torch.arange(data.shape[1], device=data.device) < kept
+    largest = torch.where(kept > 0, values.gather(1, (kept - 1).clamp(min=0)), 0.0)
+    cent = _kmeans_rows(_SortedRows(torch.where(counted, values, largest), counted), entries - 1, iters, gen)
+    cent = torch.where(kept > 0, cent, 0.0)
+    return torch.sort(torch.cat([cent.new_zeros(len(cent), 1), cent], 1), dim=1).values, None
+
+
+def _codes_from_sort(rows: _SortedRows, codebook: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+    """The nearest entries of ascending codebooks [R, E] for the sorted rows, put back in the original
+    order (xs = data.gather(1, order)) -> uint8 [R, M]: the code of sorted index j is the number of
+    cluster starts at or before it (a mark per start, then a running sum). The same codes as
+    assign_codes, ties included: both send a weight equal to a midpoint to the lower entry, and a
+    repeated entry's later copies get empty runs."""
+    r, m = order.shape
+    starts = rows.bounds(codebook[:, None, :])[0][:, 1:]  # [R, E - 1]: the first index of clusters 1..E-1
+    marks = torch.zeros(r, m + 1, dtype=torch.uint8, device=order.device)
+    marks.scatter_add_(1, starts, torch.ones_like(starts, dtype=torch.uint8))
+    codes_sorted = marks[:, :m].cumsum(1, dtype=torch.uint8)
+    return torch.empty_like(codes_sorted).scatter_(1, order, codes_sorted)
 
 
 def _nf4_levels() -> torch.Tensor:
