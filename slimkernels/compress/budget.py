@@ -241,7 +241,8 @@ def _input_rows(model, run, targets) -> dict[str, int]:
 
     def hook(name):
         def record(module, args):
-            rows.setdefault(name, args[0].numel() // args[0].shape[-1])
+            if args and isinstance(args[0], torch.Tensor):
+                rows.setdefault(name, args[0].numel() // args[0].shape[-1])
         return record
 
     handles = [m.register_forward_pre_hook(hook(n)) for n, m in targets.items()]
