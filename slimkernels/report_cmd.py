@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 
@@ -175,6 +176,20 @@ def pareto_front(points: list[dict]) -> list[dict]:
     return front
 
 
+def _label_offsets(points: list[dict]) -> list[tuple[int, int, str]]:
+    """(dx, dy, alignment) of each point's label: points close to an earlier one (within 4% of the size range
+    on a log scale, 3% of the quality range) take the next of four positions around the point."""
+    positions = [(6, 4, "left"), (6, -10, "left"), (-6, 4, "right"), (-6, -10, "right")]
+    xs = [math.log(p["bytes"]) for p in points]
+    ys = [p["quality"] for p in points]
+    width, height = (max(xs) - min(xs)) or 1.0, (max(ys) - min(ys)) or 1.0
+    offsets = []
+    for i in range(len(points)):
+        near = sum(abs(xs[i] - xs[j]) < 0.04 * width and abs(ys[i] - ys[j]) < 0.03 * height for j in range(i))
+        offsets.append(positions[near % len(positions)])
+    return offsets
+
+
 def draw(points: list[dict], out: str, metric: str = "quality") -> None:
     """Size (MB, log axis) vs quality of `points`, coloured by latency where recorded, the Pareto front as a
     step line, the chosen point starred, every point labelled; written as a PNG to `out`."""
@@ -200,12 +215,15 @@ def draw(points: list[dict], out: str, metric: str = "quality") -> None:
     front = pareto_front(points)
     ax.step([p["bytes"] / 1e6 for p in front], [p["quality"] for p in front], where="post", color="tab:red",
             linewidth=1.2, zorder=2, label="Pareto front")
-    for p in points:
-        if p["kind"] == "chosen":
-            ax.scatter([p["bytes"] / 1e6], [p["quality"]], marker="*", s=320, facecolors="none",
-                       edgecolors="tab:red", linewidths=1.8, zorder=4, label=f"chosen: {p['label']}")
-        ax.annotate(p["label"], (p["bytes"] / 1e6, p["quality"]), textcoords="offset points", xytext=(5, 4),
-                    fontsize=7)
+    chosen = [p for p in points if p["kind"] == "chosen"]
+    for p in chosen:
+        ax.scatter([p["bytes"] / 1e6], [p["quality"]], marker="*", s=320, facecolors="none",
+                   edgecolors="tab:red", linewidths=1.8, zorder=4, label=f"chosen: {p['label']}")
+    for p, (dx, dy, align) in zip(points, _label_offsets(points)):
+        if p["kind"] == "candidate" and any((c["bytes"], c["quality"]) == (p["bytes"], p["quality"]) for c in chosen):
+            continue  # the chosen point's own label names it
+        ax.annotate(p["label"], (p["bytes"] / 1e6, p["quality"]), textcoords="offset points", xytext=(dx, dy),
+                    ha=align, fontsize=7)
     if max(mb) / min(mb) > 4:
         ax.set_xscale("log")
         ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))  # 0.01, not 10^-2
