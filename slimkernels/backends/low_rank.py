@@ -10,10 +10,12 @@ from . import register, row_stride
 from ._common import cpu_isa, ptr, threads
 from .quantize import ALL_DEVICES
 
-# Up to this many rows of x the native CPU kernel runs; above it (and for factors that are not float32,
-# which it would have to convert on every call) the two matmuls of the reference. Measured interleaved
-# against the two matmuls at M = 1..32: bench/results/2026-11-30-lowrank-kernel.md.
-FUSED_MAX_M = 32
+# The native CPU kernel runs for FUSED_MIN_M <= M <= FUSED_MAX_M rows of x, where it measured faster than
+# the two matmuls (interleaved, 4096 x 4096 at rank 512 and 1024: 1.0-1.8x at M = 4..32; at M = 1 and 2
+# torch's two BLAS gemv calls were as fast or faster): bench/results/2026-11-30-lowrank-kernel.md. Outside
+# that range, and for factors that are not float32 (the kernel would convert them on every call), the
+# two matmuls of the reference.
+FUSED_MIN_M, FUSED_MAX_M = 4, 32
 
 
 # ---- reference: the spec -------------------------------------------------------------------------------
@@ -27,18 +29,23 @@ def low_rank_linear_reference(x, v, u, bias):
 
 
 # ---- native CPU ----------------------------------------------------------------------------------------
-@register("low_rank_linear", "native", ("cpu",), strided_rows=True)
-def low_rank_linear_cpu(x, v, u, bias):
+def fused_cpu(x, v, u, bias):
+    """The native kernel itself, at any M: float32 v, u and bias (x of any float dtype, any row stride)."""
     m, k = x.shape
-    fused = m <= FUSED_MAX_M and v.dtype == u.dtype == torch.float32 and (bias is None or bias.dtype == torch.float32)
-    if not fused:
-        return low_rank_linear_reference(x, v, u, bias)
     xf = x if x.dtype == torch.float32 else x.float()
     n, r = u.shape
     y = torch.empty((m, n), dtype=torch.float32)
     _native.require_cpu().low_rank_linear(xf.data_ptr(), row_stride(xf), v.data_ptr(), u.data_ptr(), ptr(bias),
                                           y.data_ptr(), n, m, n, k, r, threads(), cpu_isa())
     return y if y.dtype == x.dtype else y.to(x.dtype)
+
+
+@register("low_rank_linear", "native", ("cpu",), strided_rows=True)
+def low_rank_linear_cpu(x, v, u, bias):
+    float32 = v.dtype == u.dtype == torch.float32 and (bias is None or bias.dtype == torch.float32)
+    if float32 and FUSED_MIN_M <= x.shape[0] <= FUSED_MAX_M:
+        return fused_cpu(x, v, u, bias)
+    return low_rank_linear_reference(x, v, u, bias)
 
 
 # ---- Triton ----------------------------------------------------------------------------------------------

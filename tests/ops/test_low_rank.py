@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from slimkernels import _native, backends, ops
-from slimkernels.backends.low_rank import FUSED_MAX_M, low_rank_linear_reference
+from slimkernels.backends.low_rank import FUSED_MAX_M, FUSED_MIN_M, fused_cpu, low_rank_linear_reference
 from slimkernels.testing import assert_close_linear, cases, forced, opcheck, rand_x
 
 C = _native._C
@@ -48,7 +48,8 @@ def test_matches_reference(case, x_dtype):
     # (N, K, r): odd sizes, r = 1, r below / not a multiple of / above the SIMD widths (8, 16)
     shapes = [(37, 45, 5), (9, 70, 1), (33, 20, 17)] if case.small else \
         [(37, 45, 5), (9, 70, 1), (301, 257, 33), (64, 128, 16), (5, 3, 2), (130, 77, 77)]
-    ms = (1, 5) if case.small else (1, 2, 3, 7, FUSED_MAX_M, 41, FUSED_MAX_M + 3)  # tails, blocks, the fallback
+    # the dispatch's fallbacks on both sides, tails of the register tiles, one block of rows and more
+    ms = (1, 5) if case.small else (1, FUSED_MIN_M, 7, FUSED_MAX_M, FUSED_MAX_M + 3)
     for j, (n, k, r) in enumerate(shapes):
         for i, m in enumerate(ms):
             v, u, b = factors(n, k, r, seed=10 * j + i, device=dev, bias=(i + j) % 2 == 0)
@@ -68,7 +69,7 @@ def test_batched_strided_and_empty(case):
     dev = case.device
     v, u, b = factors(11, 19, 4, seed=1, device=dev)
     run(case, torch.randn(2, 3, 19, device=dev), v, u, b, "batched [2, 3, K]")
-    wide = torch.randn(6, 40, device=dev)
+    wide = torch.randn(12, 40, device=dev)  # 12 and 6 rows: the native kernel's range
     run(case, wide[:, 3:22], v, u, None, "row-strided x")
     run(case, wide[::2, :19], v, u, b, "every other row")
     with forced(case):
@@ -148,6 +149,25 @@ V, U = torch.randn(4, 8), torch.randn(5, 4)
 def test_bad_input(call, err, words):
     with pytest.raises(err, match=words):
         call()
+
+
+NATIVE_ISAS = [pytest.param(isa, id=isa) for isa in (C.supported_isas() if C is not None else [])]
+
+
+@needs_native
+@pytest.mark.parametrize("isa", NATIVE_ISAS)
+def test_native_kernel_at_every_m(isa):
+    """The kernel itself at the M the dispatch gives to the two matmuls (1..FUSED_MIN_M - 1) and beyond one
+    block of rows (two blocks and a tail), every ISA, K and r around the SIMD widths."""
+    case = next(p.values[0] for p in cases("low_rank_linear") if p.values[0].cpu_isa == isa)
+    for j, (n, k, r) in enumerate([(37, 45, 5), (9, 70, 1), (130, 77, 17), (20, 16, 16)]):
+        for m in (1, 2, 3, 2 * 32 + 5):  # the kernel's blocks are 32 rows (kLowRankRows)
+            x = rand_x(m, k, seed=m + j)
+            v, u, b = factors(n, k, r, seed=j, bias=m % 2 == 1)
+            with backends.use_cpu_isa(isa):
+                got = fused_cpu(x, v, u, b)
+            ref = low_rank_linear_reference(x, v, u, b)
+            assert_close_linear(got, ref, x, u.abs() @ v.abs(), case, f"{isa} M={m} N={n} K={k} r={r}")
 
 
 @needs_native
