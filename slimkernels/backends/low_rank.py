@@ -11,8 +11,8 @@ from ._common import cpu_isa, ptr, threads
 from .quantize import ALL_DEVICES
 
 # The native CPU kernel runs for FUSED_MIN_M <= M <= FUSED_MAX_M rows of x, where it measured faster than
-# the two matmuls (interleaved, 4096 x 4096 at rank 512 and 1024: 1.0-1.8x at M = 4..32; at M = 1 and 2
-# torch's two BLAS gemv calls were as fast or faster): bench/results/2026-11-30-lowrank-kernel.md. Outside
+# the two matmuls (interleaved, 4096 x 4096 at rank 512 and 1024, one thread: 1.0-1.4x at M = 4..32, and
+# 0.75-0.94x at M = 1..3, where torch's BLAS gemv is faster): bench/results/2026-11-30-lowrank-kernel.md. Outside
 # that range, and for factors that are not float32 (the kernel would convert them on every call), the
 # two matmuls of the reference.
 FUSED_MIN_M, FUSED_MAX_M = 4, 32

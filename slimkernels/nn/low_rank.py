@@ -1,9 +1,11 @@
 """LowRankLinear and LowRankConv2d: a layer replaced by two thinner ones, y = (x V^T) U^T + b.
 
 LowRankLinear holds its factors as two sub-layers, `down` (V: K -> r, no bias) and `up` (U: r -> N,
-with the bias). With float32 factors its forward is one op, slimkernels.ops.low_rank_linear. Each is a plain nn.Linear (float factors, trainable like any linear layer) or a
+with the bias). Each is a plain nn.Linear (float factors, trainable like any linear layer) or a
 QuantLinear of any existing mode (int8 weight-only, W8A8, int4, ...): the quantization formats and
-kernels are QuantLinear's, not copied here. `LowRankLinear.from_float(linear, rank, factors=config)`
+kernels are QuantLinear's, not copied here. On CPU with float32 factors the forward is one op,
+slimkernels.ops.low_rank_linear (a fused kernel at small M); elsewhere the two layers run in turn (on
+CUDA until the op's Triton kernel is measured there). `LowRankLinear.from_float(linear, rank, factors=config)`
 quantizes them with slimkernels.compress.quantize_layer; quantize_ run on a model after low_rank_
 does the same to every factor it matches. A checkpoint records the LowRankLinear (shape, rank) and,
 when quantized, each factor as the QuantLinear it is: slimkernels.load builds the two nn.Linear
@@ -190,8 +192,8 @@ class LowRankLinear(CompressedModule, layer_type="LowRankLinear"):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.in_features:
             raise ValueError(f"LowRankLinear: expected input with {self.in_features} features, got shape {tuple(x.shape)}")
-        if self._float32_factors():
-            # One op (slimkernels.ops.low_rank_linear): on CPU at small M a fused kernel reads each factor once.
+        if x.device.type == "cpu" and self._float32_factors():
+            # One op (slimkernels.ops.low_rank_linear): at small M a fused kernel reads each factor once.
             return ops.low_rank_linear(x, self.down.weight, self.up.weight, self.up.bias)
         return self.up(self.down(x))
 
