@@ -204,3 +204,24 @@ def test_native_threads_agree():
         finally:
             torch.set_num_threads(before)
     assert torch.equal(outs[0], outs[1])
+
+
+def test_low_rank_linear_module_runs_the_op_for_float32_factors():
+    """LowRankLinear's forward is the op with float32 factors (and matches its two layers); bfloat16 factors
+    keep the two layers in their own dtype."""
+    from torch import nn
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    from slimkernels import LowRankLinear
+
+    torch.manual_seed(0)
+    layer = LowRankLinear.from_float(nn.Linear(45, 37), 6)
+    x = torch.randn(2, 5, 45)
+
+    def ops_in(module):
+        return {str(n.target) for n in make_fx(module)(x.to(module.up.weight.dtype)).graph.nodes}
+
+    assert any("low_rank_linear" in t for t in ops_in(layer))
+    torch.testing.assert_close(layer(x), layer.up(layer.down(x)), rtol=1e-5, atol=1e-5)
+    half = LowRankLinear.from_float(nn.Linear(45, 37).to(torch.bfloat16), 6)
+    assert not any("low_rank_linear" in t for t in ops_in(half))
