@@ -13,7 +13,8 @@
   X(lowbit)                  \
   X(sparse)                  \
   X(sparse_conv)             \
-  X(hashed)
+  X(hashed)                  \
+  X(low_rank)
 
 namespace slim {
 namespace bind {

@@ -26,7 +26,7 @@ import torch
 from .._switch import Switch
 
 IMPLEMENTATIONS = ("reference", "native", "triton", "torch")
-FAMILIES = ("quantize", "int8_mm", "dequant_int8", "lowbit", "sparse", "sparse_conv", "hashed")  # one file each, here and in ops/
+FAMILIES = ("quantize", "int8_mm", "dequant_int8", "lowbit", "sparse", "sparse_conv", "hashed", "low_rank")  # one file each, here and in ops/
 
 # op name -> implementation name -> device type -> (function, reads row-strided x in place)
 _REGISTRY: Dict[str, Dict[str, Dict[str, Tuple[Callable, bool]]]] = {}

@@ -3,7 +3,9 @@
 LowRankLinear holds its factors as two sub-layers, `down` (V: K -> r, no bias) and `up` (U: r -> N,
 with the bias). Each is a plain nn.Linear (float factors, trainable like any linear layer) or a
 QuantLinear of any existing mode (int8 weight-only, W8A8, int4, ...): the quantization formats and
-kernels are QuantLinear's, not copied here. `LowRankLinear.from_float(linear, rank, factors=config)`
+kernels are QuantLinear's, not copied here. On CPU with float32 factors the forward is one op,
+slimkernels.ops.low_rank_linear (a fused kernel at small M); elsewhere the two layers run in turn (on
+CUDA until the op's Triton kernel is measured there). `LowRankLinear.from_float(linear, rank, factors=config)`
 quantizes them with slimkernels.compress.quantize_layer; quantize_ run on a model after low_rank_
 does the same to every factor it matches. A checkpoint records the LowRankLinear (shape, rank) and,
 when quantized, each factor as the QuantLinear it is: slimkernels.load builds the two nn.Linear
@@ -26,6 +28,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from .. import ops
 from ..quant import low_rank as math_
 from .base import CompressedModule
 
@@ -189,7 +192,15 @@ class LowRankLinear(CompressedModule, layer_type="LowRankLinear"):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.in_features:
             raise ValueError(f"LowRankLinear: expected input with {self.in_features} features, got shape {tuple(x.shape)}")
+        if x.device.type == "cpu" and self._float32_factors():
+            # One op (slimkernels.ops.low_rank_linear): at small M a fused kernel reads each factor once.
+            return ops.low_rank_linear(x, self.down.weight, self.up.weight, self.up.bias)
         return self.up(self.down(x))
+
+    def _float32_factors(self) -> bool:
+        """Both factors plain float32 nn.Linear (the op's fast path); half-precision and quantized factors
+        run as two layers in their own dtype and kernels."""
+        return all(type(layer) is nn.Linear and layer.weight.dtype == torch.float32 for layer in (self.down, self.up))
 
     def format_summary(self) -> str:
         """'rank 128 (41.7% of the parameters), factors w8a16 / w8a16'."""
