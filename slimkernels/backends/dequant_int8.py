@@ -5,8 +5,13 @@ import torch.nn.functional as F
 
 from .. import _native
 from . import register, row_stride
-from ._common import KIND, cpu_isa, f32, ptr, threads
+from ._common import KIND, f32, ptr, threads
+from .lowbit import weight_only_isa
 from .quantize import ALL_DEVICES
+
+# bf16 dot products (AVX512-BF16) from this many rows of x on under cpu_bf16 "auto" (see
+# LOWBIT_BF16_MIN_M; measured in bench/results/2026-11-30-weight-only-bf16.md).
+DEQUANT_INT8_BF16_MIN_M = 8
 
 
 @register("dequant_mm_int8", "reference", ALL_DEVICES)
@@ -26,7 +31,7 @@ def dequant_mm_int8_cpu(x, qweight, scales, bias):
     y = torch.empty((m, n), dtype=x.dtype)
     _native.require_cpu().dequant_mm_int8(
         x.data_ptr(), row_stride(x), KIND[x.dtype], qweight.data_ptr(), k, scales.data_ptr(),
-        ptr(bias), y.data_ptr(), n, m, n, k, threads(), cpu_isa(),
+        ptr(bias), y.data_ptr(), n, m, n, k, threads(), weight_only_isa(m, DEQUANT_INT8_BF16_MIN_M)[0],
     )
     return y
 
