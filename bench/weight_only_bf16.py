@@ -9,6 +9,10 @@ Linear, bfloat16 for bf16 Linear. `--torch-only` times only the nn.Linear entrie
 process under ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16, so torch's bf16 GEMM does not use AMX).
 
     PYTHONPATH=. python bench/weight_only_bf16.py --ms 1,8,32,128,512 --reps 5
+
+--clock cpu (the default) times the process's CPU time, not the wall clock: on a shared machine
+a descheduled process then loses no time (use it with --threads 1, where a thread waiting on
+another does not count either); --clock wall for an idle machine and more threads.
 """
 import argparse
 import statistics
@@ -24,11 +28,11 @@ from slimkernels._switch import use_cpu_bf16
 from slimkernels.testing import make_codebook, make_int4, make_int8_weight
 
 
-def per_layer_ms(run_layer, layers, x):
-    t0 = time.perf_counter()
+def per_layer_ms(run_layer, layers, x, clock):
+    t0 = clock()
     for i in range(layers):
         run_layer(i, x)
-    return (time.perf_counter() - t0) * 1e3 / layers
+    return (clock() - t0) * 1e3 / layers
 
 
 def main():
@@ -38,8 +42,12 @@ def main():
     p.add_argument("--layers", type=int, default=8)
     p.add_argument("--ms", default="1,8,32,128,512")
     p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--clock", choices=("cpu", "wall"), default="cpu")
     p.add_argument("--torch-only", action="store_true")
     a = p.parse_args()
+    torch.set_num_threads(a.threads)
+    clock = time.process_time if a.clock == "cpu" else time.perf_counter
     n, k, L = a.n, a.k, a.layers
     torch.manual_seed(0)
     entries = {}
@@ -61,7 +69,7 @@ def main():
             if amx and name != "int8":
                 entries[f"{name} AMX"] = (fn, torch.float32, dict(bf16="off", amx="on"))
     print(f"# {n}x{k}, {L} layers, threads {torch.get_num_threads()}, torch {torch.__version__}, "
-          f"amx {bool(_C.amx_bf16_supported())}")
+          f"amx {bool(_C.amx_bf16_supported())}, clock {a.clock}; ms per layer, median of {a.reps}")
     names = list(entries)
     print("| M | " + " | ".join(names) + " |")
     print("|---" * (len(names) + 1) + "|")
@@ -72,7 +80,7 @@ def main():
             for name in names:
                 fn, dt, sw = entries[name]
                 with slimkernels.use_cpu_amx(sw.get("amx", "auto")), use_cpu_bf16(sw.get("bf16", "auto")):
-                    t = per_layer_ms(fn, L, xs[dt])
+                    t = per_layer_ms(fn, L, xs[dt], clock)
                 if rep:
                     times[name].append(t)
         print(f"| {m} | " + " | ".join(f"{statistics.median(times[x]):.3f}" for x in names) + " |", flush=True)

@@ -53,9 +53,11 @@ _UNSET = object()
 
 # ---- the weight-only CPU kernels' bf16 dot products ----------------------------------------------
 # (AVX512-BF16 vdpbf16ps; backends/lowbit.py and backends/dequant_int8.py read it.) "auto": on CPUs
-# that have them, from the measured number of rows of x on (x is rounded to bf16 there); "on": at
-# every M (ValueError where the CPU or build lacks them, or another ISA is forced); "off": never,
-# the float32 kernels everywhere. SLIMKERNELS_CPU_BF16 sets it at import.
+# that have them, while cpu_isa is automatic, from the measured number of rows of x on (thresholds
+# LOWBIT_BF16_MIN_M and DEQUANT_INT8_BF16_MIN_M; None = never, the case on the CPUs measured so far);
+# x is rounded to bf16 there. "on": at every M, instead of AMX too (ValueError where the CPU or build
+# lacks them, or another ISA is forced). "off": never, the float32 kernels everywhere.
+# SLIMKERNELS_CPU_BF16 sets it at import.
 CPU_BF16 = Switch("cpu_bf16", ("auto", "on", "off"), default="auto", env="SLIMKERNELS_CPU_BF16")
 
 

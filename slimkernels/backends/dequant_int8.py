@@ -1,5 +1,7 @@
 """Implementations of the dequant_int8 family (W8A16): reference, native CPU, Triton, and torch's
 own kernels. Inputs arrive validated and non-empty (see backends/__init__.py)."""
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 
@@ -9,9 +11,10 @@ from ._common import KIND, f32, ptr, threads
 from .lowbit import weight_only_isa
 from .quantize import ALL_DEVICES
 
-# bf16 dot products (AVX512-BF16) from this many rows of x on under cpu_bf16 "auto" (see
-# LOWBIT_BF16_MIN_M; measured in bench/results/2026-11-30-weight-only-bf16.md).
-DEQUANT_INT8_BF16_MIN_M = 8
+# bf16 dot products (AVX512-BF16) under cpu_bf16 "auto" from this many rows of x on, None: never
+# (measured 0.55-0.87x the float32 kernel on Intel with AMX; see LOWBIT_BF16_MIN_M and
+# bench/results/2026-11-30-weight-only-bf16.md).
+DEQUANT_INT8_BF16_MIN_M: Optional[int] = None
 
 
 @register("dequant_mm_int8", "reference", ALL_DEVICES)

@@ -2,6 +2,7 @@
 CPU (one kernel for both formats, with AVX-512/AVX2/AMX paths) and CUDA, and Triton. Inputs arrive
 validated and non-empty (see backends/__init__.py); layouts in quant/lowbit.py."""
 import functools
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -28,11 +29,16 @@ def lut_mm_reference(x, indices, codebook, bias):
 
 
 # ---- native CPU ------------------------------------------------------------------------------------
-# bf16 dot products (AVX512-BF16, isa "avx512_bf16") from this many rows of x on under cpu_bf16
-# "auto"; below, the float32 kernels are as fast and float-accurate. With AMX present and cpu_amx
-# "auto", AMX still takes int4 from 6 rows and codebooks from 16. Measured with AMX off on 4096 x 4096
-# stacks: bench/results/2026-11-30-weight-only-bf16.md. 3-bit codebooks have no bf16 path.
-LOWBIT_BF16_MIN_M = 8
+# bf16 dot products (AVX512-BF16, isa "avx512_bf16") under cpu_bf16 "auto": from this many rows of x
+# on, or never when None. None for now: on the one CPU measured (Intel Xeon with AMX, 2 vCPUs) the bf16
+# kernels ran at 0.65x (M = 1) to 0.85-1.0x (M = 8..128) of the float32 ones for int4, 4-bit codebooks
+# and int8, since vdpbf16ps issues at half the rate of vfmadd231ps there (measured: 1.07 vs 1.80 G
+# instructions/s), so its 32 products per instruction buy nothing and the bf16 rounding costs extra
+# (bench/results/2026-11-30-weight-only-bf16.md). CPUs where vdpbf16ps issues at the FMA rate (AMD
+# Zen 4/5) should gain up to 2x from M = 8: set these from a run of bench/weight_only_bf16.py there.
+# With AMX present and cpu_amx "auto", AMX still takes int4 from 6 rows and codebooks from 16.
+# 3-bit codebooks have no bf16 path.
+LOWBIT_BF16_MIN_M: Optional[int] = None
 
 
 @functools.lru_cache(maxsize=None)
@@ -49,11 +55,12 @@ def avx512_bf16_supported() -> bool:
     return True
 
 
-def weight_only_isa(m: int, min_m: int):
-    """(isa, amx) for a weight-only native CPU call with m rows of x, per the cpu_bf16 switch."""
+def weight_only_isa(m: int, min_m: Optional[int]):
+    """(isa, amx) for a weight-only native CPU call with m rows of x, per the cpu_bf16 switch;
+    min_m: the "auto" threshold (None: never)."""
     isa, amx, mode = cpu_isa(), cpu_amx(), CPU_BF16.get()
     # "auto" only while the ISA is automatic: a forced ISA runs that tier's float32 kernels.
-    if mode == "off" or (mode == "auto" and (m < min_m or isa != "")):
+    if mode == "off" or (mode == "auto" and (min_m is None or m < min_m or isa != "")):
         return isa, amx
     if mode == "on":
         if not avx512_bf16_supported():

@@ -15,7 +15,7 @@ import slimkernels
 from slimkernels import ops
 from slimkernels._switch import get_cpu_bf16, set_cpu_bf16, use_cpu_bf16
 from slimkernels.backends.dequant_int8 import DEQUANT_INT8_BF16_MIN_M, dequant_mm_int8_reference
-from slimkernels.backends.lowbit import LOWBIT_BF16_MIN_M, avx512_bf16_supported
+from slimkernels.backends.lowbit import LOWBIT_BF16_MIN_M, avx512_bf16_supported, weight_only_isa
 from slimkernels.quant import lowbit
 from slimkernels.testing import Case, assert_close_linear, make_codebook, make_int4, make_int8_weight, rand_x
 
@@ -131,8 +131,8 @@ def test_strided_rows_empty_batch_and_threads():
 # ---- the switch ---------------------------------------------------------------------------------------
 @pytest.mark.parametrize("op", ["int4", "int8", "lut"])
 def test_auto_threshold(op):
-    # 'auto' (with the ISA automatic and AMX off) is the float32 path below the threshold and the
-    # bf16 path from it on, bit for bit.
+    # 'auto' (with the ISA automatic and AMX off) is the float32 path below the op's threshold and the
+    # bf16 path from it on, bit for bit; a threshold of None keeps the float32 path at every M.
     if op == "int4":
         qweight, scales, zeros = make_int4(37, 256, 32, seed=4)
         call, min_m = (lambda x: ops.dequant_mm_int4(x, qweight, scales, zeros, 32)), LOWBIT_BF16_MIN_M
@@ -142,14 +142,30 @@ def test_auto_threshold(op):
     else:
         indices, codebook = make_codebook(37, 256, 2, seed=4)
         call, min_m = (lambda x: ops.lut_mm(x, indices, codebook)), LOWBIT_BF16_MIN_M
+    expected = [(1, "off"), (64, "off")] if min_m is None else [(min_m - 1, "off"), (min_m, "on")]
     with slimkernels.use_cpu_amx("off"):
-        for m, expected_mode in ((min_m - 1, "off"), (min_m, "on")):
+        for m, expected_mode in expected:
             x = rand_x(m, 256, seed=m)
             assert torch.equal(run_bf16(call, x, mode="auto"), run_bf16(call, x, mode=expected_mode)), m
         # A forced ISA runs its float32 kernels under 'auto'.
-        x = rand_x(min_m + 5, 256, seed=5)
+        x = rand_x(70, 256, seed=5)
         with slimkernels.use_cpu_isa("avx512_vnni"):
             assert torch.equal(run_bf16(call, x, mode="auto"), run_bf16(call, x, mode="off"))
+
+
+def test_weight_only_isa_choice():
+    # The per-call choice (isa, amx) for each switch setting and threshold.
+    with slimkernels.use_cpu_amx("auto"), slimkernels.use_cpu_isa(None):
+        with use_cpu_bf16("auto"):
+            assert weight_only_isa(7, 8) == ("", "auto")
+            assert weight_only_isa(8, 8) == ("avx512_bf16", "auto")  # AMX, where present, still comes first
+            assert weight_only_isa(512, None) == ("", "auto")
+            with slimkernels.use_cpu_isa("avx512_vnni"):
+                assert weight_only_isa(512, 8) == ("avx512_vnni", "auto")
+        with use_cpu_bf16("on"):
+            assert weight_only_isa(1, None) == ("avx512_bf16", "off")
+        with use_cpu_bf16("off"):
+            assert weight_only_isa(512, 1) == ("", "auto")
 
 
 def test_on_overrides_amx():
