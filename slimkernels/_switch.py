@@ -49,3 +49,27 @@ class Switch:
 
 
 _UNSET = object()
+
+
+# ---- the weight-only CPU kernels' bf16 dot products ----------------------------------------------
+# (AVX512-BF16 vdpbf16ps; backends/lowbit.py and backends/dequant_int8.py read it.) "auto": on CPUs
+# that have them, while cpu_isa is automatic, from the measured number of rows of x on (thresholds
+# LOWBIT_BF16_MIN_M and DEQUANT_INT8_BF16_MIN_M; None = never, the case on the CPUs measured so far);
+# x is rounded to bf16 there. "on": at every M, instead of AMX too (ValueError where the CPU or build
+# lacks them, or another ISA is forced). "off": never, the float32 kernels everywhere.
+# SLIMKERNELS_CPU_BF16 sets it at import.
+CPU_BF16 = Switch("cpu_bf16", ("auto", "on", "off"), default="auto", env="SLIMKERNELS_CPU_BF16")
+
+
+def set_cpu_bf16(mode: str) -> None:
+    """When the weight-only CPU kernels (int8, int4, codebooks) use bf16 dot products: "auto", "on", "off"."""
+    CPU_BF16.set(mode)
+
+
+def get_cpu_bf16() -> str:
+    return CPU_BF16.get()
+
+
+def use_cpu_bf16(mode: str):
+    """Scoped version of set_cpu_bf16, per thread."""
+    return CPU_BF16.use(mode)

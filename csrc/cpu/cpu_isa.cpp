@@ -16,6 +16,7 @@ namespace slim {
 const char* isa_name(CpuIsa isa) {
   switch (isa) {
     case CpuIsa::kAvx512Vnni: return "avx512_vnni";
+    case CpuIsa::kAvx512Bf16: return "avx512_bf16";
     case CpuIsa::kAvx2: return "avx2";
     default: return "scalar";
   }
@@ -42,6 +43,11 @@ bool detect_avx512_vnni() {
   return detect_avx2() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
          __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
          __builtin_cpu_supports("avx512vnni") && (xcr0() & 0xE6) == 0xE6;  // + opmask, zmm0-15 hi, zmm16-31
+}
+bool detect_avx512_bf16() {
+  unsigned a, b, c, d;
+  if (!detect_avx512_vnni() || !__get_cpuid_count(7, 1, &a, &b, &c, &d)) return false;
+  return (a & (1u << 5)) != 0;  // CPUID.(7,1):EAX[5] AVX512-BF16
 }
 bool detect_amx_bf16() {
   unsigned a, b, c, d;
@@ -77,6 +83,9 @@ bool isa_supported(CpuIsa isa) {
     case CpuIsa::kAvx2: { static const bool ok = detect_avx2(); return ok; }
     case CpuIsa::kAvx512Vnni: { static const bool ok = detect_avx512_vnni(); return ok; }
 #endif
+#ifdef SLIM_AVX512_BF16
+    case CpuIsa::kAvx512Bf16: { static const bool ok = detect_avx512_bf16(); return ok; }
+#endif
     default: return false;
   }
 }
@@ -96,7 +105,7 @@ std::vector<CpuIsa> supported_isas() {
 
 CpuIsa resolve_isa(const std::string& name, const char* arg_name) {
   if (name.empty()) return best_isa();
-  for (CpuIsa i : {CpuIsa::kAvx512Vnni, CpuIsa::kAvx2, CpuIsa::kScalar}) {
+  for (CpuIsa i : {CpuIsa::kAvx512Bf16, CpuIsa::kAvx512Vnni, CpuIsa::kAvx2, CpuIsa::kScalar}) {
     if (name == isa_name(i)) {
       if (!isa_supported(i))
         throw std::invalid_argument(std::string(arg_name) + ": ISA '" + name +
@@ -105,7 +114,7 @@ CpuIsa resolve_isa(const std::string& name, const char* arg_name) {
     }
   }
   throw std::invalid_argument(std::string(arg_name) + ": unknown ISA '" + name +
-                              "', expected one of 'avx512_vnni', 'avx2', 'scalar' or ''");
+                              "', expected one of 'avx512_bf16' (weight-only kernels), 'avx512_vnni', 'avx2', 'scalar' or ''");
 }
 
 }  // namespace slim

@@ -83,6 +83,20 @@ void dequant_mm_int8(const DequantInt8Args& g, int num_threads, CpuIsa isa) {
     return;
   }
 
+#ifdef SLIM_AVX512_BF16
+  if (isa == CpuIsa::kAvx512Bf16) {  // x rounded to bf16 once (M x K uint16s), shared by all threads
+    const int64_t ldxb = (g.K + 31) / 32 * 32;
+    auto* xb = static_cast<uint16_t*>(thread_scratch(0, size_t(g.M) * size_t(ldxb) * sizeof(uint16_t) + 64));
+    dequant_int8_convert_avx512_bf16(g, xb, ldxb, 0, g.M);
+    const int64_t mr = kDequantInt8Bf16MR;
+    const int64_t mblock = std::min(g.M, std::max<int64_t>(1, (384 * 1024) / (ldxb * 2) / mr) * mr);
+    parallel_tiles(g.M, g.N, g.K, mblock, kDequantInt8Bf16NR, num_threads,
+                   [&](int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
+                     dequant_int8_block_avx512_bf16(g, xb, ldxb, m0, m1, n0, n1);
+                   });
+    return;
+  }
+#endif
   const Kernels kern = kernels_for(isa);
   // float32 activations are read in place; float16 / bfloat16 ones are converted once per call
   // (M x K floats: 2 MB at M = 128, K = 4096) and shared read-only by all threads.

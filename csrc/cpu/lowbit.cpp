@@ -87,18 +87,20 @@ Kernels kernels_for(CpuIsa isa) {
   return {lowbit_layout_scalar, lowbit_block_scalar, 4};
 }
 
-// x rows [0, M) -> float32 in the order the kernel reads codes (LowbitLayout), zero past K.
-void rearrange_x(const LowbitMmArgs& g, const LowbitLayout& lay, float* xp, int64_t ldxp) {
+// x rows [0, M) -> the order the kernel reads codes (LowbitLayout), zero past K, each value passed
+// through to_out (float32 for the float kernels, bf16 bits for the bf16 one).
+template <class T, class ToOut>
+void rearrange_x(const LowbitMmArgs& g, const LowbitLayout& lay, T* xp, int64_t ldxp, ToOut to_out) {
   const int64_t esize = g.x_kind == InKind::kFloat32 ? 4 : 2;
   const int64_t ck = lay.lanes * lay.subs;
   for (int64_t m = 0; m < g.M; ++m) {
     const void* row = static_cast<const char*>(g.x) + m * g.ldx * esize;
-    float* o = xp + m * ldxp;
+    T* o = xp + m * ldxp;
     for (int64_t c = 0; c * ck < ldxp; ++c)
       for (int64_t l = 0; l < lay.lanes; ++l)
         for (int64_t s = 0; s < lay.subs; ++s) {
           const int64_t k = c * ck + l * lay.subs + s;
-          o[c * ck + s * lay.lanes + l] = k < g.K ? load_as_f32(row, g.x_kind, k) : 0.f;
+          o[c * ck + s * lay.lanes + l] = to_out(k < g.K ? load_as_f32(row, g.x_kind, k) : 0.f);
         }
   }
 }
@@ -113,7 +115,7 @@ namespace {
 bool use_amx(const LowbitMmArgs& g, CpuIsa isa, LowbitAmx amx) {
   if (amx == LowbitAmx::kOff || g.bits == 3) return false;
 #ifdef SLIM_AMX
-  const bool usable = isa == CpuIsa::kAvx512Vnni && amx_bf16_supported();
+  const bool usable = (isa == CpuIsa::kAvx512Vnni || isa == CpuIsa::kAvx512Bf16) && amx_bf16_supported();
 #else
   const bool usable = false;
   (void)isa;
@@ -170,13 +172,32 @@ void lowbit_mm(const LowbitMmArgs& g, int num_threads, CpuIsa isa, LowbitAmx amx
     return;
 #endif
   }
-  const Kernels kern = kernels_for(isa);
+#ifdef SLIM_AVX512_BF16
+  if (isa == CpuIsa::kAvx512Bf16 && g.bits != 3) {
+    // bf16 dot products: x rounded to bf16 once, in the float32 AVX-512 kernel's order (M x K
+    // uint16s: 1 MB at M = 128, K = 4096); each task's block of x stays in L2 (~512 KB).
+    const LowbitLayout lay = lowbit_layout_avx512_vnni(g.bits);
+    const int64_t ck = lay.lanes * lay.subs;  // 32 or 64: whole bf16 vectors
+    const int64_t ldxp = (g.K + ck - 1) / ck * ck;
+    auto* xb = static_cast<uint16_t*>(thread_scratch(0, size_t(g.M) * size_t(ldxp) * sizeof(uint16_t) + 64));
+    rearrange_x(g, lay, xb, ldxp, f32_to_bf16);
+    const int64_t mr = kLowbitBf16MR;
+    const int64_t mblock = std::min(g.M, std::max<int64_t>(mr, (512 * 1024) / (ldxp * 2) / mr * mr));
+    parallel_tiles(g.M, g.N, g.K, mblock, kLowbitBf16NR, num_threads,
+                   [&](int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
+                     lowbit_block_avx512_bf16(g, xb, ldxp, m0, m1, n0, n1);
+                   });
+    return;
+  }
+#endif
+  // The float32 kernels (3-bit codes asked for avx512_bf16 run the avx512_vnni one: no bf16 pairs).
+  const Kernels kern = kernels_for(isa == CpuIsa::kAvx512Bf16 ? CpuIsa::kAvx512Vnni : isa);
   const LowbitLayout lay = kern.layout(g.bits);
   const int64_t ck = lay.lanes * lay.subs;
   // The rearranged activations (M x K floats: 2 MB at M = 128, K = 4096), shared read-only by all threads.
   const int64_t ldxp = (g.K + ck - 1) / ck * ck;
   float* xp = static_cast<float*>(thread_scratch(0, size_t(g.M) * size_t(ldxp) * sizeof(float) + 64));
-  rearrange_x(g, lay, xp, ldxp);
+  rearrange_x(g, lay, xp, ldxp, [](float v) { return v; });
 
   // Rows of x per task: the block of x a task sweeps for each weight tile stays in L2 (~512 KB).
   const int64_t mblock = std::min(g.M, std::max<int64_t>(4, (512 * 1024) / (ldxp * 4) / 4 * 4));

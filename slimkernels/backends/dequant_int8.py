@@ -1,12 +1,20 @@
 """Implementations of the dequant_int8 family (W8A16): reference, native CPU, Triton, and torch's
 own kernels. Inputs arrive validated and non-empty (see backends/__init__.py)."""
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 
 from .. import _native
 from . import register, row_stride
-from ._common import KIND, cpu_isa, f32, ptr, threads
+from ._common import KIND, f32, ptr, threads
+from .lowbit import weight_only_isa
 from .quantize import ALL_DEVICES
+
+# bf16 dot products (AVX512-BF16) under cpu_bf16 "auto" from this many rows of x on, None: never
+# (measured 0.55-0.87x the float32 kernel on Intel with AMX; see LOWBIT_BF16_MIN_M and
+# bench/results/2026-11-30-weight-only-bf16.md).
+DEQUANT_INT8_BF16_MIN_M: Optional[int] = None
 
 
 @register("dequant_mm_int8", "reference", ALL_DEVICES)
@@ -26,7 +34,7 @@ def dequant_mm_int8_cpu(x, qweight, scales, bias):
     y = torch.empty((m, n), dtype=x.dtype)
     _native.require_cpu().dequant_mm_int8(
         x.data_ptr(), row_stride(x), KIND[x.dtype], qweight.data_ptr(), k, scales.data_ptr(),
-        ptr(bias), y.data_ptr(), n, m, n, k, threads(), cpu_isa(),
+        ptr(bias), y.data_ptr(), n, m, n, k, threads(), weight_only_isa(m, DEQUANT_INT8_BF16_MIN_M)[0],
     )
     return y
 

@@ -1,10 +1,14 @@
 """Implementations of the lowbit family (int4 group-wise and 2/3/4-bit codebooks): reference, native
 CPU (one kernel for both formats, with AVX-512/AVX2/AMX paths) and CUDA, and Triton. Inputs arrive
 validated and non-empty (see backends/__init__.py); layouts in quant/lowbit.py."""
+import functools
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 
 from .. import _native
+from .._switch import CPU_BF16
 from ..quant import lowbit
 from . import register, row_stride
 from ._common import KIND, cpu_amx, cpu_isa, cuda_stream, f32, linear_f32, ptr, threads
@@ -25,15 +29,58 @@ def lut_mm_reference(x, indices, codebook, bias):
 
 
 # ---- native CPU ------------------------------------------------------------------------------------
+# bf16 dot products (AVX512-BF16, isa "avx512_bf16") under cpu_bf16 "auto": from this many rows of x
+# on, or never when None. None for now: on the one CPU measured (Intel Xeon with AMX, 2 vCPUs) the bf16
+# kernels ran at 0.65x (M = 1) to 0.85-1.0x (M = 8..128) of the float32 ones for int4, 4-bit codebooks
+# and int8, since vdpbf16ps issues at half the rate of vfmadd231ps there (measured: 1.07 vs 1.80 G
+# instructions/s), so its 32 products per instruction buy nothing and the bf16 rounding costs extra
+# (bench/results/2026-11-30-weight-only-bf16.md). CPUs where vdpbf16ps issues at the FMA rate (AMD
+# Zen 4/5) should gain up to 2x from M = 8: set these from a run of bench/weight_only_bf16.py there.
+# With AMX present and cpu_amx "auto", AMX still takes int4 from 6 rows and codebooks from 16.
+# 3-bit codebooks have no bf16 path.
+LOWBIT_BF16_MIN_M: Optional[int] = None
+
+
+@functools.lru_cache(maxsize=None)
+def avx512_bf16_supported() -> bool:
+    """Whether this CPU and build run the weight-only kernels' bf16 dot products: the native ISA
+    resolver accepts "avx512_bf16" only then (probed with an empty problem)."""
+    C = _native._C
+    if C is None:
+        return False
+    try:
+        C.dequant_mm_int8(0, 0, "float32", 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, "avx512_bf16")
+    except ValueError:
+        return False
+    return True
+
+
+def weight_only_isa(m: int, min_m: Optional[int]):
+    """(isa, amx) for a weight-only native CPU call with m rows of x, per the cpu_bf16 switch;
+    min_m: the "auto" threshold (None: never)."""
+    isa, amx, mode = cpu_isa(), cpu_amx(), CPU_BF16.get()
+    # "auto" only while the ISA is automatic: a forced ISA runs that tier's float32 kernels.
+    if mode == "off" or (mode == "auto" and (min_m is None or m < min_m or isa != "")):
+        return isa, amx
+    if mode == "on":
+        if not avx512_bf16_supported():
+            raise ValueError("cpu_bf16='on': this CPU or build has no AVX512-BF16 (vdpbf16ps); use 'auto' or 'off'")
+        if isa not in ("", "avx512_vnni"):
+            raise ValueError(f"cpu_bf16='on' needs the avx512_vnni ISA tier, but cpu_isa is forced to {isa!r}")
+        return "avx512_bf16", "off"  # forced: the vdpbf16ps kernels, not AMX tiles
+    return ("avx512_bf16" if avx512_bf16_supported() else isa), amx
+
+
 def _lowbit_cpu(x, codes, bits, lut_kind, n, *, scales=None, zeros=None, group_size=0, codebook=None, bias=None):
     """The one call into the native low-bit kernel (int4 and codebooks share it)."""
     m, k = x.shape
     bias = f32(bias)
     y = torch.empty((m, n), dtype=x.dtype)
+    isa, amx = weight_only_isa(m, LOWBIT_BF16_MIN_M) if bits != 3 else (cpu_isa(), cpu_amx())
     _native.require_cpu().lowbit_mm(
         x.data_ptr(), row_stride(x), KIND[x.dtype], codes.data_ptr(), bits, lut_kind, ptr(scales), ptr(zeros),
         group_size, ptr(codebook), 0 if codebook is None else codebook.shape[0], ptr(bias), y.data_ptr(), n, m, n, k,
-        threads(), cpu_isa(), cpu_amx(),
+        threads(), isa, amx,
     )
     return y
 

@@ -5,7 +5,10 @@
 
 namespace slim {
 
-enum class CpuIsa { kScalar = 0, kAvx2 = 1, kAvx512Vnni = 2 };
+// kAvx512Bf16: the avx512_vnni tier plus AVX512-BF16 (vdpbf16ps). Only the weight-only kernels
+// (lowbit, dequant_int8) have such a path, and only when asked by name: best_isa() and
+// supported_isas() never return it (the other families have no kernels for it).
+enum class CpuIsa { kScalar = 0, kAvx2 = 1, kAvx512Vnni = 2, kAvx512Bf16 = 3 };
 
 const char* isa_name(CpuIsa isa);
 // True when the tier is compiled in (x86 builds) and this CPU + OS can run it.
@@ -14,7 +17,7 @@ bool isa_supported(CpuIsa isa);
 CpuIsa best_isa();
 // All supported tiers, best first.
 std::vector<CpuIsa> supported_isas();
-// "" -> best_isa(); otherwise the named tier, which must be supported (std::invalid_argument if not).
+// "" -> best_isa(); otherwise the named tier ("avx512_bf16" included), which must be supported (std::invalid_argument if not).
 CpuIsa resolve_isa(const std::string& name, const char* arg_name = "isa");
 
 // AMX-BF16 tile instructions (Sapphire Rapids and later), an extra of the avx512_vnni tier: compiled

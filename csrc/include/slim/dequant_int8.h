@@ -44,6 +44,15 @@ void dequant_int8_convert_avx512_vnni(const DequantInt8Args& g, float* xf, int64
 void dequant_int8_block_avx512_vnni(const DequantInt8Args& g, const float* xf, int64_t ldxf, int64_t m0, int64_t m1,
                                     int64_t n0, int64_t n1);
 #endif
+#ifdef SLIM_AVX512_BF16
+// isa kAvx512Bf16 (dequant_int8_avx512_bf16.cpp): bf16 dot products. convert: rows [m0, m1) of x ->
+// bf16 xb (row stride ldxb, a multiple of 32, zero past K). block: as above, reading xb.
+// Register tile: kDequantInt8Bf16MR rows of x x kDequantInt8Bf16NR weight rows (the unit of the N split).
+constexpr int kDequantInt8Bf16MR = 6, kDequantInt8Bf16NR = 4;
+void dequant_int8_convert_avx512_bf16(const DequantInt8Args& g, uint16_t* xb, int64_t ldxb, int64_t m0, int64_t m1);
+void dequant_int8_block_avx512_bf16(const DequantInt8Args& g, const uint16_t* xb, int64_t ldxb, int64_t m0,
+                                    int64_t m1, int64_t n0, int64_t n1);
+#endif
 
 namespace {
 // y[m, n] = acc * scale[n] + bias[n] rounded to y's kind (internal linkage: see cpu_convert.h).

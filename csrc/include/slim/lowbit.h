@@ -54,7 +54,8 @@ struct LowbitMmArgs {
 };
 
 // Whether int4 and 2- and 4-bit codebooks run on AMX-BF16 tiles (lowbit_amx.cpp): kAuto from
-// kLowbitAmxMinM (int4) or kLowbitAmxCodebookMinM rows of x on, when the avx512_vnni tier is in use
+// kLowbitAmxMinM (int4) or kLowbitAmxCodebookMinM rows of x on, when the avx512_vnni (or
+// avx512_bf16) tier is in use
 // and amx_bf16_supported(); kOn at any M (an error where AMX is not supported); kOff never. 3-bit
 // codebooks never do.
 enum class LowbitAmx { kOff = 0, kOn = 1, kAuto = 2 };
@@ -89,6 +90,14 @@ void lowbit_block_avx2(const LowbitMmArgs& g, const float* xp, int64_t ldxp, int
                        int64_t n1);
 LowbitLayout lowbit_layout_avx512_vnni(int bits);
 void lowbit_block_avx512_vnni(const LowbitMmArgs& g, const float* xp, int64_t ldxp, int64_t m0, int64_t m1,
+                              int64_t n0, int64_t n1);
+#endif
+#ifdef SLIM_AVX512_BF16
+// bf16 dot products (isa kAvx512Bf16; lowbit_avx512_bf16.cpp), int4 and 2- and 4-bit codebooks: the
+// avx512_vnni layout, x rearranged like xp but rounded to bf16 (xb, row stride ldxp, a multiple of 32).
+// Register tile: kLowbitBf16MR rows of x x kLowbitBf16NR weight rows (the unit of the N split).
+constexpr int kLowbitBf16MR = 4, kLowbitBf16NR = 4;
+void lowbit_block_avx512_bf16(const LowbitMmArgs& g, const uint16_t* xb, int64_t ldxp, int64_t m0, int64_t m1,
                               int64_t n0, int64_t n1);
 #endif
 #ifdef SLIM_AMX
