@@ -36,7 +36,7 @@ from typing import ClassVar, NamedTuple, Optional
 import torch
 
 from .. import _native, ops
-from ..backends import BACKEND, CPU_ISA
+from ..backends import BACKEND, CPU_AMX, CPU_ISA
 from ..backends.quantize import quantize_rows_int8
 from ..ops import _checks
 from ..quant import lowbit
@@ -297,6 +297,17 @@ class W4A16(WeightFormat):
     def forward(self, module, x):
         return ops.dequant_mm_int4(x, module.qweight, module.weight_scale, module.weight_zero, self.group_size, module.bias)
 
+    def fast_path(self, module):
+        n, k = self.out_features, self.in_features
+        groups = k // self.group_size
+        qweight, scale, zero, bias = module.qweight, module.weight_scale, module.weight_zero, module.bias
+        if not FastPath.usable(n, (qweight, (n, lowbit.packed_row_bytes(k, 4)), torch.uint8),
+                               (scale, (n, groups), torch.float32), (zero, (n, groups), torch.uint8),
+                               (bias, (n,), torch.float32)):
+            return None
+        return FastPath(n, k, _lowbit_run(qweight, 4, "int4", n, k, scale, zero, self.group_size, None, bias),
+                        (qweight, scale, zero, bias))
+
     def dequantize(self, module):
         return lowbit.dequantize_int4(module.qweight, module.weight_scale, module.weight_zero, self.group_size,
                                       self.in_features)
@@ -358,6 +369,16 @@ class Codebook(WeightFormat):
     def forward(self, module, x):
         return ops.lut_mm(x, module.qweight, module.codebook, module.bias)
 
+    def fast_path(self, module):
+        n, k = self.out_features, self.in_features
+        qweight, codebook, bias = module.qweight, module.codebook, module.bias
+        rows = n if self.per == "row" else 1
+        if not FastPath.usable(n, (qweight, (n, lowbit.packed_row_bytes(k, self.bits)), torch.uint8),
+                               (codebook, (rows, 1 << self.bits), torch.float32), (bias, (n,), torch.float32)):
+            return None
+        return FastPath(n, k, _lowbit_run(qweight, self.bits, "codebook", n, k, None, None, k, codebook, bias),
+                        (qweight, codebook, bias))
+
     def dequantize(self, module):
         return lowbit.dequantize_codebook(module.qweight, module.codebook, self.in_features)
 
@@ -394,6 +415,20 @@ def fake_quantize_rows_int8(x: torch.Tensor) -> torch.Tensor:
     rows = x.reshape(-1, x.shape[-1]) if x.dim() != 2 else x
     q, scale = quantize_rows_int8(rows.detach())
     return (q.float() * scale[:, None]).reshape(x.shape).to(x.dtype)
+
+
+def _lowbit_run(codes, bits, lut_kind, n, k, scales, zeros, group_size, codebook, bias):
+    """FastPath's call of the native low-bit kernel, as _lowbit_cpu (backends/lowbit.py) makes it."""
+    call = _native._C.lowbit_mm
+    ptrs = [0 if t is None else t.data_ptr() for t in (codes, scales, zeros, codebook, bias)]
+    codes_ptr, scales_ptr, zeros_ptr, codebook_ptr, bias_ptr = ptrs
+    codebook_rows = 0 if codebook is None else codebook.shape[0]
+
+    def run(x_ptr, m, out_ptr, threads, isa):
+        call(x_ptr, k, "float32", codes_ptr, bits, lut_kind, scales_ptr, zeros_ptr, group_size, codebook_ptr,
+             codebook_rows, bias_ptr, out_ptr, n, m, n, k, threads, isa, CPU_AMX.get())
+
+    return run
 
 
 class FastPath:
