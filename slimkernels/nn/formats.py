@@ -207,10 +207,10 @@ class W8A8(_Int8PerChannel):
             return None
         # the binding int8_dynamic_linear_cpu (backends/int8_mm.py) calls: the same kernel, the same result
         call = _native._C.int8_dynamic_linear
-        packed_ptr, scale_ptr, bias_ptr = packed.data_ptr(), scale.data_ptr(), 0 if bias is None else bias.data_ptr()
 
-        def run(x_ptr, m, out_ptr, threads, isa):
-            call(x_ptr, k, "float32", packed_ptr, scale_ptr, bias_ptr, m, n, k, out_ptr, n, threads, isa)
+        def run(x_ptr, m, out_ptr, threads, isa):  # pointers read per call: `.data =` may swap a storage
+            call(x_ptr, k, "float32", packed.data_ptr(), scale.data_ptr(), 0 if bias is None else bias.data_ptr(),
+                 m, n, k, out_ptr, n, threads, isa)
 
         return FastPath(n, k, run, (packed, scale, bias))
 
@@ -249,10 +249,10 @@ class W8A16(_Int8PerChannel):
         if not FastPath.usable(n, (qweight, (n, k), torch.int8), (scale, (n,), torch.float32), (bias, (n,), torch.float32)):
             return None
         call = _native._C.dequant_mm_int8  # as dequant_mm_int8_cpu (backends/dequant_int8.py) calls it
-        w_ptr, scale_ptr, bias_ptr = qweight.data_ptr(), scale.data_ptr(), 0 if bias is None else bias.data_ptr()
 
         def run(x_ptr, m, out_ptr, threads, isa):
-            call(x_ptr, k, "float32", w_ptr, k, scale_ptr, bias_ptr, out_ptr, n, m, n, k, threads, isa)
+            call(x_ptr, k, "float32", qweight.data_ptr(), k, scale.data_ptr(), 0 if bias is None else bias.data_ptr(),
+                 out_ptr, n, m, n, k, threads, isa)
 
         return FastPath(n, k, run, (qweight, scale, bias))
 
@@ -420,13 +420,14 @@ def fake_quantize_rows_int8(x: torch.Tensor) -> torch.Tensor:
 def _lowbit_run(codes, bits, lut_kind, n, k, scales, zeros, group_size, codebook, bias):
     """FastPath's call of the native low-bit kernel, as _lowbit_cpu (backends/lowbit.py) makes it."""
     call = _native._C.lowbit_mm
-    ptrs = [0 if t is None else t.data_ptr() for t in (codes, scales, zeros, codebook, bias)]
-    codes_ptr, scales_ptr, zeros_ptr, codebook_ptr, bias_ptr = ptrs
     codebook_rows = 0 if codebook is None else codebook.shape[0]
 
+    def ptr(t):
+        return 0 if t is None else t.data_ptr()
+
     def run(x_ptr, m, out_ptr, threads, isa):
-        call(x_ptr, k, "float32", codes_ptr, bits, lut_kind, scales_ptr, zeros_ptr, group_size, codebook_ptr,
-             codebook_rows, bias_ptr, out_ptr, n, m, n, k, threads, isa, CPU_AMX.get())
+        call(x_ptr, k, "float32", codes.data_ptr(), bits, lut_kind, ptr(scales), ptr(zeros), group_size, ptr(codebook),
+             codebook_rows, ptr(bias), out_ptr, n, m, n, k, threads, isa, CPU_AMX.get())
 
     return run
 
@@ -446,7 +447,7 @@ class FastPath:
 
     def __init__(self, n, k, run, tensors):
         self.n, self.k, self.run = n, k, run
-        self.tensors = tensors  # kept alive while their pointers are in `run`
+        self.tensors = tensors  # the layer's tensors `run` reads
         self.float_tensors = tuple(t for t in tensors if t is not None and t.is_floating_point())
 
     @staticmethod

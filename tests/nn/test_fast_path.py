@@ -163,6 +163,8 @@ def test_buffer_changes_rebuild_the_fast_path():
         assert torch.equal(layer(x), other(x)) and layer._fast is not first
         layer.weight_scale = other.weight_scale * 2
         torch.testing.assert_close(layer(x), _op_path(layer, x), rtol=0, atol=0)
+        layer.bias.data = torch.randn(40)  # a storage swapped under the same tensor: read per call
+        torch.testing.assert_close(layer(x), _op_path(layer, x), rtol=0, atol=0)
         layer.weight_scale = torch.ones(3)  # wrong shape: no fast path, the op names the problem
         with pytest.raises(ValueError, match="slimkernels.int8_dynamic_linear"):
             layer(x)
