@@ -80,11 +80,23 @@ def _register(name: str, cls: type) -> None:
 class PackedState(NamedTuple):
     """A saved tensor that a module holds only in a derived (device) layout."""
 
-    held: str                          # the non-persistent buffer holding the derived layout
+    held: str                          # the plain tensor attribute holding the derived layout
     shape: tuple[int, ...]             # the canonical (saved) tensor's shape and dtype
     dtype: torch.dtype
     pack: Callable[[torch.Tensor], torch.Tensor]    # canonical -> held, for the canonical tensor's device
     unpack: Callable[[torch.Tensor], torch.Tensor]  # held (as packed for any device) -> canonical, a new tensor
+
+
+# Attributes loaders set on the tensors they filled (transformers' `_is_hf_initialized`): a packed tensor
+# carries them from the canonical one it was packed from, and back to the canonical one unpacked from it.
+_TENSOR_MARKS = ("_is_hf_initialized",)
+
+
+def _carry_marks(source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    for mark in _TENSOR_MARKS:
+        if hasattr(source, mark):
+            setattr(target, mark, getattr(source, mark))
+    return target
 
 
 class _RepackAfterInit(type(nn.Module)):
@@ -186,7 +198,10 @@ class CompressedModule(nn.Module, metaclass=_RepackAfterInit):
 
     def packed_state(self) -> dict[str, PackedState]:
         """Saved tensors held only in a derived layout, by saved name (default: none). Must not read
-        module attributes through nn.Module.__getattr__ (it is called from there): use self.__dict__."""
+        module attributes through nn.Module.__getattr__ (it is called from there): use self.__dict__.
+        The held tensor is a plain attribute, not a buffer: loaders that replace every non-persistent
+        buffer with fresh memory (transformers' from_pretrained does) would lose the only copy; this
+        class moves it with the module (_apply)."""
         return {}
 
     def fixed_dtype_state(self) -> tuple[str, ...]:
@@ -260,22 +275,22 @@ class CompressedModule(nn.Module, metaclass=_RepackAfterInit):
             if t is not None and name not in self._non_persistent_buffers_set:
                 yield name, t
         for name, spec in self.packed_state().items():
-            held = self._buffers.get(spec.held)
+            held = self.__dict__.get(spec.held)
             if held is not None:
-                yield name, spec.unpack(held) if unpack else held
+                yield name, _carry_marks(held, spec.unpack(held)) if unpack else held
 
     # ---- packed state: held once in its device layout, saved canonical ------------------------------
     def store_packed(self, name: str, value: torch.Tensor, device=None) -> None:
         """Set the packed saved tensor `name` from its canonical value (packed on `device`, default the
-        device of the tensor it replaces). ValueError if the shape or dtype is not the format's."""
+        value's own, as assigning a buffer does). ValueError if the shape or dtype is not the format's."""
         spec = self.packed_state()[name]
         if not isinstance(value, torch.Tensor) or tuple(value.shape) != spec.shape or value.dtype != spec.dtype:
             got = f"{value.dtype} {tuple(value.shape)}" if isinstance(value, torch.Tensor) else type(value).__name__
             raise ValueError(f"{type(self).__name__}: {name} must be {spec.dtype} {spec.shape}, got {got}")
-        held = self._buffers.get(spec.held)
-        device = device if device is not None else held.device if held is not None else value.device
         with torch.no_grad():
-            self._buffers[spec.held] = spec.pack(value.detach().to(device))
+            held = spec.pack(value.detach().to(device if device is not None else value.device))
+        _carry_marks(value, held)
+        self.__dict__[spec.held] = held
         self._state_changed()
 
     def __getattr__(self, name: str):
@@ -285,7 +300,7 @@ class CompressedModule(nn.Module, metaclass=_RepackAfterInit):
             spec = None if name.startswith("__") else self.packed_state().get(name)
             if spec is None:
                 raise
-            return spec.unpack(self._buffers[spec.held])
+            return spec.unpack(self.__dict__[spec.held])
 
     def __setattr__(self, name: str, value) -> None:
         if isinstance(value, torch.Tensor) and name in self.packed_state():
@@ -304,14 +319,10 @@ class CompressedModule(nn.Module, metaclass=_RepackAfterInit):
             return super()._save_to_state_dict(destination, prefix, keep_vars)
         local = OrderedDict()
         super()._save_to_state_dict(local, prefix, keep_vars)
-        held_as = {spec.held: name for name, spec in packed.items()}
-        for name, spec in packed.items():
-            if self._buffers.get(spec.held) is not None:
-                local[prefix + name] = spec.unpack(self._buffers[spec.held])
-        # the saved order of the buffers as registered (a held buffer stands where its canonical one goes)
-        order = [prefix + held_as.get(name, name) for name in (*self._parameters, *self._buffers)]
-        destination.update((key, local.pop(key)) for key in order if key in local)
-        destination.update(local)  # extra state, if any
+        for name, spec in packed.items():  # first: the formats list their packed tensors first (W8A8's qweight)
+            if self.__dict__.get(spec.held) is not None:
+                destination[prefix + name] = spec.unpack(self.__dict__[spec.held])
+        destination.update(local)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs):
@@ -331,7 +342,8 @@ class CompressedModule(nn.Module, metaclass=_RepackAfterInit):
                     error_msgs.append(f"size mismatch for {key}: copying {got} from checkpoint, the tensor in the "
                                       f"current model is {spec.dtype} {spec.shape}.")
                     continue
-                self.store_packed(name, value, device=value.device if assign else None)
+                held = self.__dict__.get(spec.held)
+                self.store_packed(name, value, device=None if assign or held is None else held.device)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
 
@@ -339,6 +351,9 @@ class CompressedModule(nn.Module, metaclass=_RepackAfterInit):
         fixed = {name: self._buffers[name] for name in self.fixed_dtype_state() if self._buffers.get(name) is not None}
         device = self._weight_anchor.device  # every tensor of the module moves with it
         super()._apply(fn, recurse)
+        for spec in self.packed_state().values():  # plain attributes (see packed_state): moved here
+            if self.__dict__.get(spec.held) is not None:
+                self.__dict__[spec.held] = fn(self.__dict__[spec.held])
         for name, before in fixed.items():
             after = self._buffers[name]
             if after is not None and after.dtype != before.dtype:

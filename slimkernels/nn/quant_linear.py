@@ -59,13 +59,13 @@ class QuantLinear(CompressedModule, layer_type="QuantLinear"):
         packed = self.format.packed_state()
         for name, spec in self.format.buffers().items():
             value = None if spec is None else torch.full(spec.shape, spec.fill, dtype=spec.dtype, device=device)
-            if name in packed:  # held only packed, where the saved tensor stands in the state_dict order
-                self.register_buffer(packed[name].held, packed[name].pack(value), persistent=False)
+            if name in packed:  # held only packed, as a plain attribute (CompressedModule.packed_state)
+                self.__dict__[packed[name].held] = packed[name].pack(value)
             else:
                 self.register_buffer(name, value)
         self.register_buffer("bias", torch.zeros(out_features, dtype=torch.float32, device=device) if bias else None)
         for name in self.format.packed:
-            if name not in self._buffers:
+            if name not in self._buffers and name not in self.__dict__:
                 self.register_buffer(name, None, persistent=False)
 
     @property

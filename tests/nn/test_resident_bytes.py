@@ -94,8 +94,8 @@ def test_resident_bytes_are_the_saved_bytes(name):
 
 def test_w8a8_holds_its_weight_once():
     layer = QuantLinear.from_float(nn.Linear(768, 768), "w8a8")
-    assert "qweight" not in layer._buffers and set(layer._buffers) == {"packed_weight", "weight_scale", "bias",
-                                                                        "_weight_anchor"}
+    assert set(layer._buffers) == {"weight_scale", "bias", "_weight_anchor"} and "qweight" not in vars(layer)
+    assert vars(layer)["packed_weight"].shape == int8_packed_shape("cpu", 768, 768)  # a plain attribute
     weight = 768 * 768
     # before: qweight (N*K) + packed_weight (N*K + 4N); FBGEMM holds N*K
     assert resident_bytes(layer) == weight + 4 * 768 + 4 * 768 + 4 * 768 + 4
@@ -165,7 +165,7 @@ def test_w8a8_layout_follows_the_device():
     q, x = layer.qweight, torch.randn(4, 37)
     y = layer(x)
     # a packed weight left in another device's layout (as a move leaves it) is relaid out by repack
-    layer._buffers["packed_weight"] = pack_int8_plain(q)
+    vars(layer)["packed_weight"] = pack_int8_plain(q)
     layer.repack()
     assert layer.packed_weight.shape == int8_packed_shape("cpu", 21, 37) and torch.equal(layer.qweight, q)
     assert torch.equal(layer(x), y)
