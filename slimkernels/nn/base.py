@@ -16,6 +16,11 @@ SparseConv2d, LowRankLinear, ...). The base gives every such module the same lif
                   never saved; default: none). `repack()` also runs after construction and after a
                   move to another device. Casts (`model.half()`) leave the dtype of the saved
                   buffers alone (`fixed_dtype_state()`): their dtypes are part of the format.
+  packed state    a saved tensor the kernels read in a device layout is held ONCE, in that layout
+                  (`packed_state()`: saved name -> PackedState; W8A8's qweight lives only as its
+                  int8_prepack). state_dict() / slimkernels.save write the canonical tensor, unpacked
+                  on the fly; load_state_dict packs what it reads; reading the attribute (`layer.qweight`)
+                  returns an unpacked copy and assigning one packs it. Resident memory is the saved size.
   model code      `weight` has the dtype, device and shape of the float weight the module
                   replaces, so model code that reads `layer.weight.dtype` (Hugging Face T5 and
                   others) keeps working. Its values are NOT the weights (they are NaN, and the
@@ -39,7 +44,8 @@ returns the class registered under `name` (ValueError naming the known types oth
 """
 from __future__ import annotations
 
-from typing import ClassVar, Optional
+from collections import OrderedDict
+from typing import Callable, ClassVar, NamedTuple, Optional
 
 import torch
 from torch import nn
@@ -71,6 +77,28 @@ def _register(name: str, cls: type) -> None:
     _LAYER_TYPES[name] = cls
 
 
+class PackedState(NamedTuple):
+    """A saved tensor that a module holds only in a derived (device) layout."""
+
+    held: str                          # the plain tensor attribute holding the derived layout
+    shape: tuple[int, ...]             # the canonical (saved) tensor's shape and dtype
+    dtype: torch.dtype
+    pack: Callable[[torch.Tensor], torch.Tensor]    # canonical -> held, for the canonical tensor's device
+    unpack: Callable[[torch.Tensor], torch.Tensor]  # held (as packed for any device) -> canonical, a new tensor
+
+
+# Attributes loaders set on the tensors they filled (transformers' `_is_hf_initialized`): a packed tensor
+# carries them from the canonical one it was packed from, and back to the canonical one unpacked from it.
+_TENSOR_MARKS = ("_is_hf_initialized",)
+
+
+def _carry_marks(source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    for mark in _TENSOR_MARKS:
+        if hasattr(source, mark):
+            setattr(target, mark, getattr(source, mark))
+    return target
+
+
 class _RepackAfterInit(type(nn.Module)):
     """Runs `repack()` once the outermost `__init__` has returned (every buffer is registered)."""
 
@@ -81,7 +109,7 @@ class _RepackAfterInit(type(nn.Module)):
 
 
 def _after_load_state_dict(module: "CompressedModule", incompatible_keys) -> None:
-    if any(t.device.type == "meta" for _, t in module._own_state()):
+    if any(t.device.type == "meta" for _, t in module._own_state(unpack=False)):
         # A partial load into a module built on the meta device (load_state_dict(..., assign=True)
         # one tensor at a time, as transformers 4.x's from_pretrained does): nothing to check yet;
         # the load that fills the last tensor validates and repacks.
@@ -164,9 +192,17 @@ class CompressedModule(nn.Module, metaclass=_RepackAfterInit):
     def validate_state(self) -> None:
         """Refuse loaded state the kernels do not re-check on every call (raises ValueError).
         Default: every floating-point tensor of this module that state_dict holds is finite."""
-        for name, t in self._own_state():
+        for name, t in self._own_state(unpack=False):
             if t.is_floating_point() and t.numel() and not bool(torch.isfinite(t).all()):
                 raise ValueError(f"{type(self).__name__}: {name} holds NaN or Inf")
+
+    def packed_state(self) -> dict[str, PackedState]:
+        """Saved tensors held only in a derived layout, by saved name (default: none). Must not read
+        module attributes through nn.Module.__getattr__ (it is called from there): use self.__dict__.
+        The held tensor is a plain attribute, not a buffer: loaders that replace every non-persistent
+        buffer with fresh memory (transformers' from_pretrained does) would lose the only copy; this
+        class moves it with the module (_apply)."""
+        return {}
 
     def fixed_dtype_state(self) -> tuple[str, ...]:
         """Names of the tensors whose dtype a cast (model.half(), .to(dtype)) must not change: they
@@ -229,22 +265,100 @@ class CompressedModule(nn.Module, metaclass=_RepackAfterInit):
     def extra_repr(self) -> str:
         return ", ".join(f"{key}={value}" for key, value in self.config_fields().items())
 
-    def _own_state(self):
+    def _own_state(self, unpack: bool = True):
+        """(name, tensor) of everything state_dict saves for this module itself; packed ones unpacked,
+        or with unpack=False as held (their device and dtype, without the copy)."""
         for name, t in self._parameters.items():
             if t is not None:
                 yield name, t
         for name, t in self._buffers.items():
             if t is not None and name not in self._non_persistent_buffers_set:
                 yield name, t
+        for name, spec in self.packed_state().items():
+            held = self.__dict__.get(spec.held)
+            if held is not None:
+                yield name, _carry_marks(held, spec.unpack(held)) if unpack else held
+
+    # ---- packed state: held once in its device layout, saved canonical ------------------------------
+    def store_packed(self, name: str, value: torch.Tensor, device=None) -> None:
+        """Set the packed saved tensor `name` from its canonical value (packed on `device`, default the
+        value's own, as assigning a buffer does). ValueError if the shape or dtype is not the format's."""
+        spec = self.packed_state()[name]
+        if not isinstance(value, torch.Tensor) or tuple(value.shape) != spec.shape or value.dtype != spec.dtype:
+            got = f"{value.dtype} {tuple(value.shape)}" if isinstance(value, torch.Tensor) else type(value).__name__
+            raise ValueError(f"{type(self).__name__}: {name} must be {spec.dtype} {spec.shape}, got {got}")
+        with torch.no_grad():
+            held = spec.pack(value.detach().to(device if device is not None else value.device))
+        _carry_marks(value, held)
+        self.__dict__[spec.held] = held
+        self._state_changed()
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            spec = None if name.startswith("__") else self.packed_state().get(name)
+            if spec is None:
+                raise
+            return spec.unpack(self.__dict__[spec.held])
+
+    def __setattr__(self, name: str, value) -> None:
+        if isinstance(value, torch.Tensor) and name in self.packed_state():
+            self.store_packed(name, value)
+        else:
+            super().__setattr__(name, value)
+        self._state_changed()
+
+    def _state_changed(self) -> None:
+        """Called after an attribute is set, a packed tensor stored, or the tensors moved or cast: a
+        subclass that caches anything about its tensors drops it here."""
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        packed = self.packed_state()
+        if not packed:
+            return super()._save_to_state_dict(destination, prefix, keep_vars)
+        local = OrderedDict()
+        super()._save_to_state_dict(local, prefix, keep_vars)
+        for name, spec in packed.items():  # first: the formats list their packed tensors first (W8A8's qweight)
+            if self.__dict__.get(spec.held) is not None:
+                destination[prefix + name] = spec.unpack(self.__dict__[spec.held])
+        destination.update(local)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        packed = self.packed_state()
+        if packed:
+            state_dict = dict(state_dict)  # this module's part of the state: we take the packed keys out
+            assign = local_metadata.get("assign_to_params_buffers", False)
+            for name, spec in packed.items():
+                key = prefix + name
+                if key not in state_dict:
+                    if strict:
+                        missing_keys.append(key)
+                    continue
+                value = state_dict.pop(key)
+                if not isinstance(value, torch.Tensor) or tuple(value.shape) != spec.shape or value.dtype != spec.dtype:
+                    got = f"{value.dtype} {tuple(value.shape)}" if isinstance(value, torch.Tensor) else type(value).__name__
+                    error_msgs.append(f"size mismatch for {key}: copying {got} from checkpoint, the tensor in the "
+                                      f"current model is {spec.dtype} {spec.shape}.")
+                    continue
+                held = self.__dict__.get(spec.held)
+                self.store_packed(name, value, device=None if assign or held is None else held.device)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
 
     def _apply(self, fn, recurse=True):
         fixed = {name: self._buffers[name] for name in self.fixed_dtype_state() if self._buffers.get(name) is not None}
         device = self._weight_anchor.device  # every tensor of the module moves with it
         super()._apply(fn, recurse)
+        for spec in self.packed_state().values():  # plain attributes (see packed_state): moved here
+            if self.__dict__.get(spec.held) is not None:
+                self.__dict__[spec.held] = fn(self.__dict__[spec.held])
         for name, before in fixed.items():
             after = self._buffers[name]
             if after is not None and after.dtype != before.dtype:
                 self._buffers[name] = before.to(after.device)
         if self._weight_anchor.device != device:
             self.repack()
+        self._state_changed()
         return self

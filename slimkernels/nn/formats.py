@@ -16,8 +16,9 @@ The quantization algorithms that choose the tensors (RTN, GPTQ, k-means) run in 
 Formats and their saved state (the packed layouts are specified in quant/lowbit.py):
   "w8a8"     dynamic int8: activations quantized per token at run time, weights per output channel,
              one int8 GEMM with the dequantize epilogue fused (int8_dynamic_linear).
-             qweight int8 [N, K], weight_scale float32 [N]; packed_weight (int8_prepack, for the
-             device the layer is on) is rebuilt on construction, load and device moves.
+             Saved: qweight int8 [N, K], weight_scale float32 [N]. Held: packed_weight (int8_prepack,
+             for the device the layer is on) INSTEAD of qweight, which is unpacked from it when saved
+             or read (one copy of the weight in memory); relaid out when the layer moves device.
   "w8a16"    weight-only int8 (dequant_mm_int8): qweight int8 [N, K], weight_scale float32 [N]
   "w4a16"    weight-only int4, group-wise (dequant_mm_int4): qweight uint8 [N, ceil(K/2)],
              weight_scale float32 [N, K/g], weight_zero uint8 [N, K/g] (absent when symmetric)
@@ -29,14 +30,18 @@ mode=<its mode>), QuantLinear.from_parts, save and load then work with it unchan
 """
 from __future__ import annotations
 
+import functools
 from typing import ClassVar, NamedTuple, Optional
 
 import torch
 
-from .. import ops
+from .. import _native, ops
+from ..backends import BACKEND, CPU_AMX, CPU_ISA
 from ..backends.quantize import quantize_rows_int8
 from ..ops import _checks
 from ..quant import lowbit
+from ..quant.packing import int8_packed_shape
+from .base import PackedState
 
 
 class BufferSpec(NamedTuple):
@@ -81,6 +86,10 @@ class WeightFormat:
     def __init__(self, in_features: int, out_features: int):
         self.in_features, self.out_features = in_features, out_features
 
+    def packed_state(self) -> dict:
+        """Saved buffers held only in a `packed` buffer (nn.base.PackedState by saved name; default none)."""
+        return {}
+
     # ---- layout -----------------------------------------------------------------------------------
     def buffers(self) -> dict[str, Optional[BufferSpec]]:
         """The saved buffers, in state_dict order (QuantLinear adds bias after them)."""
@@ -107,6 +116,11 @@ class WeightFormat:
 
     def repack(self, module) -> None:
         """Rebuild the `packed` buffers of `module` from its saved ones."""
+
+    def fast_path(self, module) -> Optional["FastPath"]:
+        """The eager batch-1 shortcut for `module`'s buffers as they are now, or None (the op runs).
+        QuantLinear asks again whenever its buffers change (assignment, load, device moves, casts)."""
+        return None
 
     def check(self, module) -> None:
         """Raise ValueError for loaded values the ops do not re-check per call (NaN/Inf in float
@@ -173,11 +187,43 @@ class W8A8(_Int8PerChannel):
     description = "int8 per-token activations x int8 per-channel weights"
     packed = ("packed_weight",)
 
+    def __init__(self, in_features, out_features):
+        super().__init__(in_features, out_features)
+        n, k = out_features, in_features
+        self._packed_state = {"qweight": PackedState("packed_weight", (n, k), torch.int8, ops.int8_prepack,
+                                                     functools.partial(ops.int8_unpack, n=n, k=k))}
+
+    def packed_state(self):
+        return self._packed_state
+
     def forward(self, module, x):
         return ops.int8_dynamic_linear(x, module.packed_weight, module.weight_scale, module.bias)
 
+    def fast_path(self, module):
+        packed, scale, bias = module.packed_weight, module.weight_scale, module.bias
+        n, k = self.out_features, self.in_features
+        if not FastPath.usable(n, (packed, int8_packed_shape("cpu", n, k), torch.int8), (scale, (n,), torch.float32),
+                               (bias, (n,), torch.float32)):
+            return None
+        # the binding int8_dynamic_linear_cpu (backends/int8_mm.py) calls: the same kernel, the same result
+        call = _native._C.int8_dynamic_linear
+
+        def run(x_ptr, m, out_ptr, threads, isa):  # pointers read per call: `.data =` may swap a storage
+            call(x_ptr, k, "float32", packed.data_ptr(), scale.data_ptr(), 0 if bias is None else bias.data_ptr(),
+                 m, n, k, out_ptr, n, threads, isa)
+
+        return FastPath(n, k, run, (packed, scale, bias))
+
+    def dequantize(self, module):
+        return ops.int8_unpack(module.packed_weight, self.out_features, self.in_features).float() * \
+            module.weight_scale[:, None]
+
     def repack(self, module):
-        module.packed_weight = ops.int8_prepack(module.qweight)
+        # packed_weight is the only copy of the weight: after a device move it is still in the old
+        # device's layout, so it is unpacked and packed again for the new one.
+        packed, n, k = module.packed_weight, self.out_features, self.in_features
+        if tuple(packed.shape) != int8_packed_shape(packed.device.type, n, k):
+            module.packed_weight = ops.int8_prepack(ops.int8_unpack(packed, n, k))
 
     @classmethod
     def default_config(cls):
@@ -196,6 +242,19 @@ class W8A16(_Int8PerChannel):
 
     def forward(self, module, x):
         return ops.dequant_mm_int8(x, module.qweight, module.weight_scale, module.bias)
+
+    def fast_path(self, module):
+        qweight, scale, bias = module.qweight, module.weight_scale, module.bias
+        n, k = self.out_features, self.in_features
+        if not FastPath.usable(n, (qweight, (n, k), torch.int8), (scale, (n,), torch.float32), (bias, (n,), torch.float32)):
+            return None
+        call = _native._C.dequant_mm_int8  # as dequant_mm_int8_cpu (backends/dequant_int8.py) calls it
+
+        def run(x_ptr, m, out_ptr, threads, isa):
+            call(x_ptr, k, "float32", qweight.data_ptr(), k, scale.data_ptr(), 0 if bias is None else bias.data_ptr(),
+                 out_ptr, n, m, n, k, threads, isa)
+
+        return FastPath(n, k, run, (qweight, scale, bias))
 
     @classmethod
     def default_config(cls):
@@ -237,6 +296,17 @@ class W4A16(WeightFormat):
 
     def forward(self, module, x):
         return ops.dequant_mm_int4(x, module.qweight, module.weight_scale, module.weight_zero, self.group_size, module.bias)
+
+    def fast_path(self, module):
+        n, k = self.out_features, self.in_features
+        groups = k // self.group_size
+        qweight, scale, zero, bias = module.qweight, module.weight_scale, module.weight_zero, module.bias
+        if not FastPath.usable(n, (qweight, (n, lowbit.packed_row_bytes(k, 4)), torch.uint8),
+                               (scale, (n, groups), torch.float32), (zero, (n, groups), torch.uint8),
+                               (bias, (n,), torch.float32)):
+            return None
+        return FastPath(n, k, _lowbit_run(qweight, 4, "int4", n, k, scale, zero, self.group_size, None, bias),
+                        (qweight, scale, zero, bias))
 
     def dequantize(self, module):
         return lowbit.dequantize_int4(module.qweight, module.weight_scale, module.weight_zero, self.group_size,
@@ -299,6 +369,16 @@ class Codebook(WeightFormat):
     def forward(self, module, x):
         return ops.lut_mm(x, module.qweight, module.codebook, module.bias)
 
+    def fast_path(self, module):
+        n, k = self.out_features, self.in_features
+        qweight, codebook, bias = module.qweight, module.codebook, module.bias
+        rows = n if self.per == "row" else 1
+        if not FastPath.usable(n, (qweight, (n, lowbit.packed_row_bytes(k, self.bits)), torch.uint8),
+                               (codebook, (rows, 1 << self.bits), torch.float32), (bias, (n,), torch.float32)):
+            return None
+        return FastPath(n, k, _lowbit_run(qweight, self.bits, "codebook", n, k, None, None, k, codebook, bias),
+                        (qweight, codebook, bias))
+
     def dequantize(self, module):
         return lowbit.dequantize_codebook(module.qweight, module.codebook, self.in_features)
 
@@ -335,3 +415,59 @@ def fake_quantize_rows_int8(x: torch.Tensor) -> torch.Tensor:
     rows = x.reshape(-1, x.shape[-1]) if x.dim() != 2 else x
     q, scale = quantize_rows_int8(rows.detach())
     return (q.float() * scale[:, None]).reshape(x.shape).to(x.dtype)
+
+
+def _lowbit_run(codes, bits, lut_kind, n, k, scales, zeros, group_size, codebook, bias):
+    """FastPath's call of the native low-bit kernel, as _lowbit_cpu (backends/lowbit.py) makes it."""
+    call = _native._C.lowbit_mm
+    codebook_rows = 0 if codebook is None else codebook.shape[0]
+
+    def ptr(t):
+        return 0 if t is None else t.data_ptr()
+
+    def run(x_ptr, m, out_ptr, threads, isa):
+        call(x_ptr, k, "float32", codes.data_ptr(), bits, lut_kind, ptr(scales), ptr(zeros), group_size, ptr(codebook),
+             codebook_rows, ptr(bias), out_ptr, n, m, n, k, threads, isa, CPU_AMX.get())
+
+    return run
+
+
+class FastPath:
+    """The eager shortcut of a layer at small batch: the native kernel called straight from forward,
+    without the op's checks and dispatch (tens of microseconds of Python per call, more than the
+    kernel itself takes for a 768x768 layer at M = 1). The layer's own tensors were checked once when
+    this was built (fast_path); each call checks only what the input and the context can change, and
+    answers None (the op runs instead) when anything else could be watching or needs the op:
+    torch.compile / export / jit tracing, tensor subclasses (fake, functorch), torch function or
+    dispatch modes, autograd, a backend forced to other than "native", inputs that are not contiguous
+    float32 CPU tensors of K features, empty inputs (QuantLinear.forward checks compiling and tracing). The kernel and its arguments are those of the op's
+    native implementation, so the results are the same bits."""
+
+    __slots__ = ("n", "k", "run", "tensors", "float_tensors")
+
+    def __init__(self, n, k, run, tensors):
+        self.n, self.k, self.run = n, k, run
+        self.tensors = tensors  # the layer's tensors `run` reads
+        self.float_tensors = tuple(t for t in tensors if t is not None and t.is_floating_point())
+
+    @staticmethod
+    def usable(n, *specs) -> bool:
+        """Whether the native CPU kernel can read these (tensor, shape, dtype) as they are (None: absent)."""
+        if _native._C is None or n == 0:
+            return False
+        return all(t is None or (type(t) is torch.Tensor and t.is_cpu and t.dtype == dtype and tuple(t.shape) == shape
+                                 and t.is_contiguous()) for t, shape, dtype in specs)
+
+    def __call__(self, x: torch.Tensor) -> Optional[torch.Tensor]:
+        if (type(x) is not torch.Tensor or x.dtype is not torch.float32 or not x.is_cpu or not x.dim()
+                or x.shape[-1] != self.k or not x.is_contiguous() or torch._C._is_torch_function_mode_enabled()
+                or torch._C._len_torch_dispatch_stack() or BACKEND.get() not in (None, "native")):
+            return None
+        if torch.is_grad_enabled() and (x.requires_grad or any(t.requires_grad for t in self.float_tensors)):
+            return None  # the op's autograd (and its error for a weight that asks for a gradient)
+        m = x.numel() // self.k
+        if m == 0:
+            return None
+        out = torch.empty((*x.shape[:-1], self.n), dtype=torch.float32, device="cpu")
+        self.run(x.data_ptr(), m, out.data_ptr(), max(1, torch.get_num_threads()), CPU_ISA.get() or "")
+        return out

@@ -56,12 +56,17 @@ class QuantLinear(CompressedModule, layer_type="QuantLinear"):
                 raise ValueError(f"QuantLinear: in_features and out_features must be positive ints, got {name}={value!r}")
         self.in_features, self.out_features = in_features, out_features
         self.format: WeightFormat = fmt(in_features, out_features, **options)
+        packed = self.format.packed_state()
         for name, spec in self.format.buffers().items():
             value = None if spec is None else torch.full(spec.shape, spec.fill, dtype=spec.dtype, device=device)
-            self.register_buffer(name, value)
+            if name in packed:  # held only packed, as a plain attribute (CompressedModule.packed_state)
+                self.__dict__[packed[name].held] = packed[name].pack(value)
+            else:
+                self.register_buffer(name, value)
         self.register_buffer("bias", torch.zeros(out_features, dtype=torch.float32, device=device) if bias else None)
         for name in self.format.packed:
-            self.register_buffer(name, None, persistent=False)
+            if name not in self._buffers and name not in self.__dict__:
+                self.register_buffer(name, None, persistent=False)
 
     @property
     def mode(self) -> str:
@@ -109,8 +114,12 @@ class QuantLinear(CompressedModule, layer_type="QuantLinear"):
         fmt = weight_format(mode)
         fields = {**fmt.fields_from_parts(*parts), **options}
         module = cls(bias=bias is not None, mode=mode, device=parts[0].device, dtype=dtype, **fields)
+        packed = module.packed_state()
         with torch.no_grad():
             for name, value in module.format.encode(*parts).items():
+                if name in packed and value is not None:
+                    module.store_packed(name, value)  # ValueError naming the buffer on a wrong shape
+                    continue
                 buffer = getattr(module, name)
                 if (value is None) != (buffer is None) or (value is not None and value.shape != buffer.shape):
                     got = None if value is None else tuple(value.shape)
@@ -153,6 +162,10 @@ class QuantLinear(CompressedModule, layer_type="QuantLinear"):
         return {"mode": self.mode, "in_features": self.in_features, "out_features": self.out_features,
                 "bias": self.bias is not None, **self.format.config_fields()}
 
+    def packed_state(self):
+        fmt = self.__dict__.get("format")  # absent while __init__ runs
+        return {} if fmt is None else fmt.packed_state()
+
     def validate_state(self) -> None:
         super().validate_state()
         self.format.check(self)
@@ -164,8 +177,27 @@ class QuantLinear(CompressedModule, layer_type="QuantLinear"):
         """The float32 weight [N, K] this module multiplies by."""
         return self.format.dequantize(self)
 
+    _fast = None  # the format's FastPath for the buffers as they are (False: none); reset when they change
+
+    def _state_changed(self) -> None:
+        self.__dict__.pop("_fast", None)
+
+    def __getstate__(self):
+        state = dict(super().__getstate__())
+        state.pop("_fast", None)  # pointers into this object's tensors: copies and pickles build their own
+        return state
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[-1] != self.in_features:
+        # compiled, exported and jit-traced graphs keep the op
+        if not torch.compiler.is_compiling() and torch._C._get_tracing_state() is None:
+            fast = self._fast
+            if fast is None:
+                fast = self.__dict__["_fast"] = self.format.fast_path(self) or False
+            if fast:
+                y = fast(x)
+                if y is not None:
+                    return y
+        if x.dim() == 0 or x.shape[-1] != self.in_features:
             raise ValueError(f"QuantLinear: expected input with {self.in_features} features, got shape {tuple(x.shape)}")
         return self.format.forward(self, x)
 

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from ..backends import dispatch
-from ..quant.packing import int8_packed_shape, pack_int8, unpack_int8
+from ..quant.packing import int8_packed_shape, pack_int8, unpack_int8, unpack_int8_cpu
 from . import _checks as check
 from ._contract import linear_fake, linear_rows, op, weight_only_autograd
 
@@ -62,6 +62,27 @@ def _fake_prepack(b):
 def int8_prepack(b: Tensor) -> Tensor:
     """Pack a [N, K] int8 weight once, in the layout the kernels of b's device read."""
     return pack_int8(b)
+
+
+def int8_unpack(packed: Tensor, n: int, k: int) -> Tensor:
+    """The [N, K] int8 weight that int8_prepack packed into `packed`: its exact inverse, a new tensor.
+
+    Every layout is read, whichever device the tensor is on now: the layout is told by the shape (the
+    CPU's is flat, the others' [N, Kp], quant/packing.py), so a packed weight moved to another device
+    unpacks there before it is repacked for it. Pure torch (traceable); one layout for every CPU ISA."""
+    for name, value in (("n", n), ("k", k)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise ValueError(f"slimkernels.int8_unpack: {name} must be an int >= 0, got {value!r}")
+    check.dtype("int8_unpack", "packed", packed, (torch.int8,))
+    shape = tuple(packed.shape)
+    if shape == int8_packed_shape("cpu", n, k) or shape == int8_packed_shape("cuda", n, k):
+        b = unpack_int8_cpu(packed, n, k) if packed.dim() == 1 else packed[:, :k]
+        # never a view: writing into the unpacked weight must not change the packed one behind its column sums
+        return b.clone(memory_format=torch.contiguous_format) if b.untyped_storage().data_ptr() == \
+            packed.untyped_storage().data_ptr() else b
+    raise ValueError(f"slimkernels.int8_unpack: packed has shape {shape}, which is no int8_prepack layout of an "
+                     f"[N, K] = [{n}, {k}] weight ({int8_packed_shape('cpu', n, k)} on the CPU, "
+                     f"{int8_packed_shape('cuda', n, k)} elsewhere)")
 
 
 def _check_packed_shape(op_name: str, name: str, packed: Tensor, n: int, k: int) -> None:
@@ -164,4 +185,4 @@ _scaled_autograd(int8_scaled_mm.opdef, lambda b, n, k: b)
 _scaled_autograd(int8_scaled_mm_packed.opdef, unpack_int8)
 
 
-__all__ = ["int8_mm", "int8_scaled_mm", "int8_prepack", "int8_scaled_mm_packed", "int8_dynamic_linear"]
+__all__ = ["int8_mm", "int8_scaled_mm", "int8_prepack", "int8_unpack", "int8_scaled_mm_packed", "int8_dynamic_linear"]

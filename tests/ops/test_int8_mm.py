@@ -577,3 +577,47 @@ def test_scaled_mm_autograd():
                       (a, a_scale, packed, b_scale.clone().requires_grad_(), bias.clone().requires_grad_(),
                        torch.float32))):
         torch.library.opcheck(op, args)
+
+
+# ---- int8_unpack: the exact inverse of int8_prepack, every layout ----------------------------------------
+UNPACK_SHAPES = [(1, 1), (1, 4), (5, 3), (16, 16), (17, 33), (33, 13), (48, 100), (97, 129), (300, 520), (7, 0), (0, 9)]
+
+
+@pytest.mark.parametrize("device", ["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
+def test_int8_unpack_inverts_prepack(device):
+    from slimkernels.quant.packing import pack_int8_plain
+
+    for n, k in UNPACK_SHAPES:
+        gen = torch.Generator().manual_seed(n * 1009 + k)
+        for b in (rand_int8(n, k, gen=gen), extreme_int8("mix", n, k, gen=gen)):
+            b = b.to(device)
+            packed = ops.int8_prepack(b)
+            got = ops.int8_unpack(packed, n, k)
+            assert_same(got, b, f"{device} {(n, k)}")
+            assert got.data_ptr() != packed.data_ptr() or not got.numel()  # a copy, never a view
+            # the other layout read on this device (a weight moved before it is repacked)
+            other = pack_int8_plain(b) if device == "cpu" else pack_int8_cpu(b.cpu()).to(device)
+            assert_same(ops.int8_unpack(other, n, k), b, f"other layout {(n, k)}")
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_int8_unpack_is_what_every_isa_kernel_reads(isa):
+    """The layout is one for every instruction set: the weight unpacked is the weight each kernel multiplies by."""
+    for m, n, k in [(1, 33, 13), (5, 97, 129), (17, 48, 100)]:
+        gen = torch.Generator().manual_seed(m + n + k)
+        a, b = rand_int8(m, k, gen=gen), rand_int8(n, k, gen=gen)
+        packed = ops.int8_prepack(b)
+        with slimkernels.use_backend("native"), slimkernels.use_cpu_isa(isa):
+            got = ops.int8_scaled_mm_packed(a, torch.ones(m), packed, torch.ones(n), None, torch.float32)
+        assert_same(got, int8_mm_exact(a, ops.int8_unpack(packed, n, k)).float(), f"{isa} {(m, n, k)}")
+
+
+def test_int8_unpack_rejects_bad_input():
+    packed = ops.int8_prepack(rand_int8(5, 7))
+    with pytest.raises(ValueError, match=r"int8_unpack: packed has shape .* no int8_prepack layout of an \[N, K\] = \[17, 7\]"):
+        ops.int8_unpack(packed, 17, 7)
+    with pytest.raises(TypeError, match="int8_unpack: packed must be torch.int8"):
+        ops.int8_unpack(packed.view(torch.uint8), 5, 7)
+    for n, k in ((-1, 7), (5, 7.0), (True, 7)):
+        with pytest.raises(ValueError, match="int8_unpack: [nk] must be an int >= 0"):
+            ops.int8_unpack(packed, n, k)
