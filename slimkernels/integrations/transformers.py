@@ -399,7 +399,7 @@ def check_serializable(model: nn.Module) -> None:
         except TypeError as exc:
             raise ValueError(f"save_pretrained: {name} is a {type(module).__name__}, which checkpoints cannot record "
                              f"({exc})") from None
-        for key, t in module._own_state():
+        for key, t in module._own_state(unpack=False):  # the storages held (packed ones as packed)
             if t.device.type == "meta":
                 raise ValueError(f"save_pretrained: {name}.{key} is on the meta device (offloaded?): move the model "
                                  "to one device before saving")
