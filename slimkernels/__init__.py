@@ -14,6 +14,7 @@ from .backends import (
     get_backend, get_cpu_amx, get_cpu_isa, set_backend, set_cpu_amx, set_cpu_isa, use_backend, use_cpu_amx,
     use_cpu_isa,
 )
+from ._switch import get_cpu_bf16, set_cpu_bf16, use_cpu_bf16
 from .compress import (
     CodebookConfig,
     CompressionReport,
@@ -49,7 +50,7 @@ __all__ = [
     "ops", "QuantLinear", "FakeQuantLinear", "SparseLinear", "SparseConv2d", "quantize_", "sparsify_", "SparsityConfig",
     "calibration_text", "prepare_qat_", "convert_", "Int8DynamicConfig", "Int8WeightOnlyConfig", "Int4WeightOnlyConfig", "CodebookConfig", "CompressionReport",
     "save", "load", "set_backend", "use_backend", "get_backend", "set_cpu_isa", "use_cpu_isa", "get_cpu_isa",
-    "set_cpu_amx", "use_cpu_amx", "get_cpu_amx", "info", "__version__", "prune_", "StructuredPruningConfig",
+    "set_cpu_amx", "use_cpu_amx", "get_cpu_amx", "set_cpu_bf16", "use_cpu_bf16", "get_cpu_bf16", "info", "__version__", "prune_", "StructuredPruningConfig",
     "PruningSchedule", "StructuredPruningSchedule", "Distiller", "LowRankLinear", "LowRankConv2d", "LowRankConfig",
     "low_rank_", "HashedLinear", "hash_", "HashingConfig", "Recipe", "apply_recipe",
     "read_info", "inspect_checkpoint",
