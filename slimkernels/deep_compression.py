@@ -95,26 +95,40 @@ def _file_bytes(model: nn.Module, directory: str, name: str, entropy_coding=None
     return os.path.getsize(path), path
 
 
-def _zeros(model: nn.Module) -> float:
-    """Fraction of zero weights over the model's linear layers."""
+def _zeros(model: nn.Module) -> tuple[float, tuple]:
+    """Fraction of zero weights over the model's linear layers, and in each of them."""
     weights = [m.weight.detach() for m in model.modules() if isinstance(m, nn.Linear)]
-    return float(sum((w == 0).sum() for w in weights) / sum(w.numel() for w in weights))
+    total = float(sum((w == 0).sum() for w in weights) / sum(w.numel() for w in weights))
+    return total, tuple(float((w == 0).float().mean()) for w in weights)
+
+
+def _per_layer(name: str, value, valid, expected: str) -> tuple:
+    """One `name` value per linear layer of the MLP: a single value for all, or a sequence of one per layer."""
+    layers = len(HIDDEN) + 1
+    values = tuple(value) if isinstance(value, (tuple, list)) else (value,) * layers
+    if len(values) != layers or not all(valid(v) for v in values):
+        raise ValueError(f"run_deep_compression: {name} must be {expected}, or a tuple of {layers} such values (one "
+                         f"per linear layer, input layer first), got {value!r}")
+    return values
 
 
 def run_deep_compression(x_train, y_train, x_test, y_test, *, epochs: int = 30, seed: int = 0, progress: bool = True,
-                         sparsity: float = 0.95, bits: int = 4, prune_rounds: int = 5,
+                         sparsity=0.95, bits=4, prune_rounds: int = 5,
                          prune_epochs: Optional[int] = None, share_epochs: Optional[int] = None) -> list[dict]:
     """The pipeline on (x_train, y_train) -> one row per stage (STAGES): {"stage", "accuracy",
-    "file_bytes", "smaller" (than the float32 file), "zeros" (fraction of zero weights), "detail"}.
+    "file_bytes", "smaller" (than the float32 file), "zeros" (fraction of zero weights), "layer_zeros" (that
+    fraction in each linear layer, input layer first), "detail"}.
 
     epochs: float training; prune_epochs (default epochs): fine-tuning while `sparsity` is reached in
-    `prune_rounds` iterative magnitude steps (one global threshold), the last round followed by as much
-    fine-tuning as each round had; share_epochs (default epochs // 2): centroid fine-tuning of the
-    `bits`-bit codebooks."""
-    if not 0 < sparsity < 1:
-        raise ValueError(f"run_deep_compression: sparsity must be in (0, 1), got {sparsity!r}")
-    if bits not in (2, 3, 4):
-        raise ValueError(f"run_deep_compression: bits must be 2, 3 or 4 (codebook QuantLinear), got {bits!r}")
+    `prune_rounds` iterative magnitude steps, the last round followed by as much fine-tuning as each round
+    had. sparsity: one number (one global magnitude threshold over the layers) or a tuple of one per linear
+    layer, input layer first (each layer pruned to its own fraction, as the paper's 92% / 91% / 74%);
+    share_epochs (default epochs // 2): centroid fine-tuning of the `bits`-bit codebooks (bits: one number
+    or a tuple of one per layer)."""
+    sparsities = _per_layer("sparsity", sparsity, lambda s: isinstance(s, (int, float)) and not isinstance(s, bool)
+                            and 0 < s < 1, "a number in (0, 1)")
+    layer_bits = _per_layer("bits", bits, lambda b: b in (2, 3, 4) and not isinstance(b, bool),
+                            "2, 3 or 4 (codebook QuantLinear)")
     for name, value in (("epochs", epochs), ("prune_rounds", prune_rounds)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"run_deep_compression: {name} must be an int >= 1, got {value!r}")
@@ -125,9 +139,10 @@ def run_deep_compression(x_train, y_train, x_test, y_test, *, epochs: int = 30, 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         def record(stage, net, size, detail):
+            zeros, layer_zeros = (_zeros(net) if stage in ("float32", "pruned") else
+                                  (rows[-1]["zeros"], rows[-1]["layer_zeros"]))
             rows.append({"stage": stage, "accuracy": accuracy(net, x_test, y_test), "file_bytes": size,
-                         "zeros": _zeros(net) if stage in ("float32", "pruned") else rows[-1]["zeros"],
-                         "detail": detail})
+                         "zeros": zeros, "layer_zeros": layer_zeros, "detail": detail})
 
         train(model, x_train, y_train, epochs, None, progress, lr=2e-3, desc="float32 training")
         record("float32", model, _file_bytes(model, tmp, "float.safetensors")[0], f"{epochs} epochs Adam")
@@ -137,37 +152,46 @@ def run_deep_compression(x_train, y_train, x_test, y_test, *, epochs: int = 30, 
         round_steps = max(1, prune_epochs * steps_per_epoch // (prune_rounds + 1))
         opt = torch.optim.Adam(model.parameters(), lr=1e-3)
         iterative = prune_rounds > 1
-        schedule = PruningSchedule(model, SparsityConfig(sparsity, scope="global"),
-                                   kind="iterative" if iterative else "one_shot", start=0,
-                                   end=(prune_rounds - 1) * round_steps if iterative else None,
-                                   frequency=round_steps, optimizer=opt)
-        schedule.step()  # the first update, at step 0
+        timing = dict(kind="iterative" if iterative else "one_shot", start=0, frequency=round_steps, optimizer=opt,
+                      end=(prune_rounds - 1) * round_steps if iterative else None)
+        if isinstance(sparsity, (int, float)):  # one global magnitude threshold
+            schedules = [PruningSchedule(model, SparsityConfig(sparsity, scope="global"), **timing)]
+        else:  # one schedule per layer, each pruning its own layer to its own sparsity
+            names = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
+            schedules = [PruningSchedule(model, SparsityConfig(s, per="layer"), **timing,
+                                         filter_fn=lambda module, name, own=own: name == own)
+                         for own, s in zip(names, sparsities)]
 
         def advance():
-            if not schedule.done:
-                schedule.step()
+            for schedule in schedules:
+                if not schedule.done:
+                    schedule.step()
 
+        advance()  # the first update, at step 0
         train(model, x_train, y_train, prune_epochs, None, progress, desc="pruning + fine-tuning", optimizer=opt,
               after_step=advance)
-        schedule.convert(sparse_modules=False, progress=False)  # dense layers holding zeros, hooks dropped
+        for schedule in schedules:
+            schedule.convert(sparse_modules=False, progress=False)  # dense layers holding zeros, hooks dropped
         sparse = copy.deepcopy(model)  # stored as SparseLinear CSR: only the kept weights
         for i, module in enumerate(sparse):
             if isinstance(module, nn.Linear):
                 sparse[i] = SparseLinear.from_dense(module.weight.detach(), module.bias.detach(), format="csr")
+        target = (f"{sparsity:.0%} (global magnitude)" if isinstance(sparsity, (int, float)) else
+                  "/".join(f"{s:.0%}" for s in sparsities) + " (per layer)")
         record("pruned", model, _file_bytes(sparse, tmp, "pruned.safetensors")[0],
-               f"{prune_rounds} rounds to {sparsity:.0%} (global magnitude), {prune_epochs} epochs fine-tuning, CSR")
+               f"{prune_rounds} rounds to {target}, {prune_epochs} epochs fine-tuning, CSR")
 
         # Weight sharing with centroid fine-tuning, then the codebook QuantLinear.
-        for i, module in enumerate(model):
-            if isinstance(module, nn.Linear):
-                model[i] = SharedWeightLinear.from_linear(module, bits, seed=seed)
+        linear_indices = [i for i, module in enumerate(model) if isinstance(module, nn.Linear)]
+        for i, b in zip(linear_indices, layer_bits):
+            model[i] = SharedWeightLinear.from_linear(model[i], b, seed=seed)
         train(model, x_train, y_train, share_epochs, None, progress, lr=1e-4, desc="centroid fine-tuning",
               params=[p for p in model.parameters() if p.requires_grad])
         for i, module in enumerate(model):
             if isinstance(module, SharedWeightLinear):
                 model[i] = module.to_quant_linear()
         record("shared", model, _file_bytes(model, tmp, "shared.safetensors")[0],
-               f"{bits}-bit k-means per layer with an exact 0, {share_epochs} epochs centroid fine-tuning")
+               f"{'/'.join(map(str, layer_bits)) if not isinstance(bits, int) else bits}-bit k-means per layer with an exact 0, {share_epochs} epochs centroid fine-tuning")
 
         size, path = _file_bytes(model, tmp, "huffman.safetensors", entropy_coding="huffman")
         reloaded = load(path, build_lenet(x_train.shape[1], HIDDEN, int(y_train.max()) + 1))
