@@ -73,7 +73,8 @@ def test_per_layer_sparsity_and_bits():
 
 def test_bad_arguments():
     x, y = torch.randn(20, 64), torch.randint(0, 10, (20,))
-    for kwargs in ({"sparsity": 1.0}, {"bits": 5}, {"epochs": 0}, {"prune_rounds": 0}):
+    for kwargs in ({"sparsity": 1.0}, {"bits": 5}, {"epochs": 0}, {"prune_rounds": 0}, {"prune_lr": 0},
+                   {"weight_decay": -1e-3}, {"weight_decay": "0.001"}, {"prune_lr": True}):
         with pytest.raises(ValueError):
             run_deep_compression(x, y, x, y, progress=False, **{"epochs": 1, **kwargs})
     for name, value in (("sparsity", (0.9, 0.9)), ("sparsity", (0.9, 1.0, 0.5)), ("sparsity", (0.9, "0.9", 0.5)),
