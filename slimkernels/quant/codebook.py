@@ -23,9 +23,7 @@ KINDS = ("kmeans", "nf4", "pow2")
 PER = ("row", "layer")
 KMEANS_CHUNK = 1 << 22  # weights per k-means batch: bounds memory to ~40 bytes per weight of one batch
 KMEANS_MAX_SAMPLES = 1 << 24  # per="layer" fits the codebook on a seeded sample of a bigger layer
-KMEANS_RESTARTS = 4  # k-means++ seedings tried besides the normal Lloyd-Max init
-KMEANS_BINS = 512  # longer rows are fitted on a histogram of this many bins, then refined on the weights
-KMEANS_EXACT_STEPS = 4  # Lloyd steps on the weights after the fit on the histogram
+KMEANS_RESTARTS = 3  # k-means++ seedings tried besides the two fixed inits
 
 
 def _check_common(fn: str, w: torch.Tensor, bits: int, per: str) -> None:
@@ -80,33 +78,32 @@ class NearestEntry:
 
 
 class _SortedRows:
-    """Rows of sorted data xs [R, M] with optional weights `counted` [R, M] (how many weights each value
-    stands for: 0/1 when keep_zero pads its rows with uncounted copies of their largest value, bin counts
-    for a histogram), and the float64 prefix sums that give the count, sum and sum of squares of any run
-    [lo, hi) of a row with one gather. The sums run outward from 0 (negatives summed from the right,
-    positives from the left), so a run's sums never cancel against much larger weights elsewhere in the row."""
+    """Rows of sorted data xs [R, M] with optional 0/1 weights `counted` [R, M] (keep_zero pads its rows
+    with uncounted copies of their largest value), and the float64 prefix sums that give the count, sum
+    and sum of squares of any run [lo, hi) of a row with one gather. The sums run outward from 0
+    (negatives summed from the right, positives from the left), so a run's sums never cancel against much
+    larger weights elsewhere in the row."""
 
     def __init__(self, xs: torch.Tensor, counted: Optional[torch.Tensor] = None):
         r, m = xs.shape
         self.xs = xs
         x64 = xs.to(torch.float64)
-        weight = None if counted is None else counted.to(torch.float64)
+        if counted is not None:
+            x64 = x64 * counted
         # prefix[:, j, b]: b = 0 count before j; 1 / 3 sum / sum of squares of the positives before j;
         # 2 / 4 the same of the negatives from j on (suffix sums: run outward from 0 too). The five sums of
         # an index share a cache line: the gathers of the binary searches are random accesses.
         prefix = x64.new_zeros(r, m + 1, 5)
-        if weight is None:
+        if counted is None:
             prefix[:, :, 0] = torch.arange(m + 1, dtype=torch.float64, device=xs.device)
         else:
-            prefix[:, 1:, 0] = weight.cumsum(1)
+            prefix[:, 1:, 0] = counted.to(torch.float64).cumsum(1)
         positive = x64.clamp(min=0)
+        prefix[:, 1:, 1] = positive.cumsum(1)
+        prefix[:, 1:, 3] = (positive * positive).cumsum(1)
         negative = x64.clamp(max=0).flip(1)
-        positive_sum = positive if weight is None else positive * weight
-        negative_sum = negative if weight is None else negative * weight.flip(1)
-        prefix[:, 1:, 1] = positive_sum.cumsum(1)
-        prefix[:, 1:, 3] = (positive_sum * positive).cumsum(1)
-        prefix[:, :-1, 2] = negative_sum.cumsum(1).flip(1)
-        prefix[:, :-1, 4] = (negative_sum * negative).cumsum(1).flip(1)
+        prefix[:, :-1, 2] = negative.cumsum(1).flip(1)
+        prefix[:, :-1, 4] = (negative * negative).cumsum(1).flip(1)
         self.prefix = prefix.view(r, -1)
         self.total = prefix[:, -1:, 0]  # counted weights per row, [R, 1]
 
@@ -183,6 +180,15 @@ def _reseed_empty(xs, cent, lo, hi, empty):
     return torch.where(empty, ranked.gather(2, nth_empty), cent)
 
 
+def _quantile_points(data: _SortedRows, probs: torch.Tensor) -> torch.Tensor:
+    """The weights at the (counted) quantiles probs [P] of every row -> [R, P]."""
+    r, m = data.xs.shape
+    target = (probs.to(data.xs.device, torch.float64) * data.total).contiguous()
+    counts = data.prefix.view(r, m + 1, 5)[:, 1:, 0].contiguous()  # counted weights up to and including j
+    index = torch.searchsorted(counts, target, right=True).clamp_(max=m - 1)
+    return data.xs.gather(1, index)
+
+
 def _kmeanspp_inits(data: _SortedRows, entries: int, restarts: int, gen: torch.Generator) -> torch.Tensor:
     """`restarts` k-means++ seedings (Arthur & Vassilvitskii 2007) of every row at once -> [R, restarts,
     entries], sorted. Each next centroid is a weight drawn with probability proportional to its squared
@@ -235,10 +241,9 @@ def _kmeanspp_inits(data: _SortedRows, entries: int, restarts: int, gen: torch.G
 
 def _kmeans_rows(data: _SortedRows, entries: int, iters: int, gen: torch.Generator) -> torch.Tensor:
     """Best (per row) of Lloyd runs from several inits, [R, entries]: 1-D k-means has many poor local
-    optima. Inits: the Lloyd-Max levels of a normal fit (mean + sqrt(3) std ndtri((j + 1/2) / E): optimal
-    levels are spread like density^(1/3)) and KMEANS_RESTARTS k-means++ seedings; all run together, and
-    each row keeps the fit of least squared error (the first on ties). (The (j + 1/2) / E quantiles, once
-    an init too, won on under 1% of 4096-weight rows, normal or heavy-tailed: a 4th seeding does better.)"""
+    optima. Inits: the (j + 1/2) / E quantiles, the Lloyd-Max levels of a normal fit (mean + sqrt(3) std
+    ndtri((j + 1/2) / E): optimal levels are spread like density^(1/3)), and KMEANS_RESTARTS k-means++
+    seedings; all run together, and each row keeps the fit of least squared error (the first on ties)."""
     xs = data.xs
     probs = (torch.arange(entries, device=xs.device, dtype=torch.float64) + 0.5) / entries
     count, total, squares = data.runs(torch.zeros_like(data.total, dtype=torch.long),
@@ -247,7 +252,8 @@ def _kmeans_rows(data: _SortedRows, entries: int, iters: int, gen: torch.Generat
     std = (squares / count.clamp(min=1) - mean * mean).clamp(min=0).sqrt()
     normal = (mean + std * (3 ** 0.5) * torch.special.ndtri(probs)).to(xs.dtype)
     normal = torch.minimum(torch.maximum(normal, xs[:, :1]), xs[:, -1:])  # keep_zero pads with the row's max
-    inits = torch.cat([normal[:, None], _kmeanspp_inits(data, entries, KMEANS_RESTARTS, gen)], 1)
+    inits = torch.cat([_quantile_points(data, probs)[:, None], normal[:, None],
+                       _kmeanspp_inits(data, entries, KMEANS_RESTARTS, gen)], 1)
     cent = _lloyd_sorted(data, inits, iters)
     best = data.sse(cent).argmin(1)  # argmin returns the first of equal minima
     return cent[torch.arange(len(cent), device=xs.device), best]
@@ -259,9 +265,7 @@ def kmeans_codebook(w: torch.Tensor, bits: int, per: str = "row", iters: int = 2
 
     Lloyd iterations (at most `iters`, stopped early when the centroids stop moving) from several
     inits, keeping each row's best (see _kmeans_rows); empty clusters are re-seeded at the
-    worst-fitted weights. Rows longer than KMEANS_BINS are fitted on their histograms (KMEANS_BINS
-    bins, see _histogram), then moved by min(iters, KMEANS_EXACT_STEPS) Lloyd steps on their weights;
-    shorter rows on their sorted weights. Rows are batched (in chunks of KMEANS_CHUNK weights). A per="layer" fit on
+    worst-fitted weights. Rows are batched (in chunks of KMEANS_CHUNK weights). A per="layer" fit on
     more than KMEANS_MAX_SAMPLES weights uses that many weights drawn with `seed`. `seed` drives the
     k-means++ draws: same input, seed and device, same output. A row with fewer distinct values than
     entries gets repeated entries (all finite).
@@ -279,88 +283,52 @@ def kmeans_codebook(w: torch.Tensor, bits: int, per: str = "row", iters: int = 2
                 torch.zeros(n if per == "row" else 1, entries, device=w.device))
     gen = torch.Generator().manual_seed(seed)
     data = _rows(w, per)
-    if data.shape[1] > KMEANS_MAX_SAMPLES:
+    sampled = data.shape[1] > KMEANS_MAX_SAMPLES
+    if sampled:
         pick = torch.randint(data.shape[1], (KMEANS_MAX_SAMPLES,), generator=gen).to(data.device)
         data = data[:, pick]
     chunk_rows = max(1, KMEANS_CHUNK // data.shape[1])
-    codebook = torch.cat([_fit_rows(part, entries, iters, gen, keep_zero) for part in data.split(chunk_rows)])
-    return assign_codes(w, codebook), codebook
+    # the sort that fits the codebook also gives the codes, unless the fit saw other data than w
+    with_codes = not (sampled or keep_zero)
+    fits = [_fit_rows(part, entries, iters, gen, keep_zero, with_codes) for part in data.split(chunk_rows)]
+    codebook = torch.cat([book for book, _ in fits])
+    if not with_codes:
+        return assign_codes(w, codebook), codebook
+    return torch.cat([codes for _, codes in fits]).view(n, k), codebook
 
 
-def _fit_rows(data: torch.Tensor, entries: int, iters: int, gen: torch.Generator, keep_zero: bool) -> torch.Tensor:
-    """The codebooks [R, entries] of the rows of data [R, M], ascending. Rows of at most KMEANS_BINS
-    weights are fitted on their sorted weights; longer rows on their histograms (_Histogram), then refined
-    by exact Lloyd steps on the weights. keep_zero: 0 and entries - 1 centroids of the row's nonzero
-    weights (all 0 for a row without any)."""
-    counted = data != 0 if keep_zero else None
-    fitted = entries - 1 if keep_zero else entries
-    if data.shape[1] > KMEANS_BINS:
-        cent = _kmeans_rows(_histogram(data, counted, KMEANS_BINS), fitted, iters, gen)
-        cent = _lloyd_exact(data, counted, cent, min(iters, KMEANS_EXACT_STEPS))
-    elif counted is None:
-        cent = _kmeans_rows(_SortedRows(torch.sort(data, dim=1).values), fitted, iters, gen)
-    else:  # the nonzero weights sorted to the front of each row, the rest uncounted copies of the largest
-        values = torch.sort(torch.where(counted, data, torch.inf), dim=1).values
-        kept = counted.sum(1, keepdim=True)
-        front = torch.arange(data.shape[1], device=data.device) < kept
-        largest = torch.where(kept > 0, values.gather(1, (kept - 1).clamp(min=0)), 0.0)
-        cent = _kmeans_rows(_SortedRows(torch.where(front, values, largest), front), fitted, iters, gen)
-    if counted is None:
-        return cent
-    cent = torch.where(counted.any(1, keepdim=True), cent, 0.0)
-    return torch.sort(torch.cat([cent.new_zeros(len(cent), 1), cent], 1), dim=1).values
+def _fit_rows(data: torch.Tensor, entries: int, iters: int, gen: torch.Generator, keep_zero: bool, with_codes: bool):
+    """(codebooks [R, entries] of the rows of data [R, M], ascending; with_codes: the codes of data under
+    them, uint8 [R, M], else None). keep_zero: 0 and entries - 1 centroids of the row's nonzero weights
+    (all 0 for a row without any): the nonzero weights are sorted to the front of the row and the rest
+    filled with uncounted copies of the largest, so the rows stay sorted and of one length."""
+    if not keep_zero:
+        xs, order = torch.sort(data, dim=1)
+        rows = _SortedRows(xs)
+        codebook = _kmeans_rows(rows, entries, iters, gen)
+        return codebook, (_codes_from_sort(rows, codebook, order) if with_codes else None)
+    nonzero = data != 0
+    values = torch.sort(torch.where(nonzero, data, torch.inf), dim=1).values
+    kept = nonzero.sum(1, keepdim=True)
+    counted = torch.arange(data.shape[1], device=data.device) < kept
+    largest = torch.where(kept > 0, values.gather(1, (kept - 1).clamp(min=0)), 0.0)
+    cent = _kmeans_rows(_SortedRows(torch.where(counted, values, largest), counted), entries - 1, iters, gen)
+    cent = torch.where(kept > 0, cent, 0.0)
+    return torch.sort(torch.cat([cent.new_zeros(len(cent), 1), cent], 1), dim=1).values, None
 
 
-def _histogram(data: torch.Tensor, counted: Optional[torch.Tensor], bins: int) -> _SortedRows:
-    """Each row of data [R, M] (its counted weights) as `bins` bins: their means (an empty bin repeats the
-    mean before it, so the rows stay sorted) weighted by their counts, one scatter_add over all rows.
-    The bins are equally spaced in asinh of the row's standardized weight: about linear within a few
-    standard deviations, logarithmic beyond, so heavy tails do not leave the dense middle a few wide bins.
-    float32 throughout, on the rows divided by their absmax (no overflow, whatever the weights)."""
-    absmax = data.abs().amax(1, keepdim=True)
-    absmax = torch.where(absmax > 0, absmax, 1.0)
-    scaled = data / absmax
-    if counted is None:
-        std, mean = torch.std_mean(scaled, 1, correction=0, keepdim=True)
-        weight = torch.ones_like(scaled)
-    else:
-        weight = counted.to(torch.float32)
-        total = weight.sum(1, keepdim=True).clamp(min=1)
-        mean = (scaled * weight).sum(1, keepdim=True) / total
-        std = ((scaled - mean).square() * weight).sum(1, keepdim=True).div(total).sqrt()
-    inv_std = torch.where(std > 0, 1 / std, 1.0).clamp(max=torch.finfo(torch.float32).max)
-    warped = torch.asinh((scaled - mean) * inv_std)
-    lo = warped if counted is None else warped.masked_fill(~counted, torch.inf)
-    hi = warped if counted is None else warped.masked_fill(~counted, -torch.inf)
-    lo, hi = lo.amin(1, keepdim=True), hi.amax(1, keepdim=True)
-    lo = torch.where(hi >= lo, lo, 0.0)  # rows without counted weights: all in bin 0, never counted
-    step = torch.where(hi > lo, bins / (hi - lo), 0.0).nan_to_num(posinf=0.0)
-    index = ((warped - lo) * step).clamp_(0, bins - 1).to(torch.long)
-    counts = scaled.new_zeros(len(data), bins).scatter_add_(1, index, weight)
-    sums = scaled.new_zeros(len(data), bins).scatter_add_(1, index, scaled if counted is None else scaled * weight)
-    means = torch.where(counts > 0, sums / counts.clamp(min=1), -torch.inf).cummax(1).values
-    # bin 0 holds each row's smallest counted weight; rows without any get -1 throughout (never counted)
-    means = torch.where(torch.isfinite(means), means, -1.0).clamp_(-1.0, 1.0) * absmax
-    return _SortedRows(means, counts)
-
-
-def _lloyd_exact(data: torch.Tensor, counted: Optional[torch.Tensor], cent: torch.Tensor, steps: int) -> torch.Tensor:
-    """`steps` Lloyd steps of the sorted centroids cent [R, E] on the (counted) weights of data [R, M]:
-    each weight to its nearest centroid (binary search of the midpoints), then per cluster sums and counts
-    by scatter_add. An empty cluster keeps its centroid."""
-    weight = torch.ones_like(data, dtype=torch.float64) if counted is None else counted.to(torch.float64)
-    x64 = data.to(torch.float64) if counted is None else data.to(torch.float64) * weight
-    for _ in range(steps):
-        mids = (cent[:, :-1] / 2 + cent[:, 1:] / 2).contiguous()
-        nearest = torch.searchsorted(mids, data)
-        counts = weight.new_zeros(cent.shape).scatter_add_(1, nearest, weight)
-        sums = weight.new_zeros(cent.shape).scatter_add_(1, nearest, x64)
-        new = torch.where(counts > 0, sums / counts.clamp(min=1), cent.to(torch.float64)).to(torch.float32)
-        new = torch.sort(new, dim=1).values
-        if torch.equal(new, cent):
-            break
-        cent = new
-    return cent
+def _codes_from_sort(rows: _SortedRows, codebook: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+    """The nearest entries of ascending codebooks [R, E] for the sorted rows, put back in the original
+    order (xs = data.gather(1, order)) -> uint8 [R, M]: the code of sorted index j is the number of
+    cluster starts at or before it (a mark per start, then a running sum). The same codes as
+    assign_codes, ties included: both send a weight equal to a midpoint to the lower entry, and a
+    repeated entry's later copies get empty runs."""
+    r, m = order.shape
+    starts = rows.bounds(codebook[:, None, :])[0][:, 1:]  # [R, E - 1]: the first index of clusters 1..E-1
+    marks = torch.zeros(r, m + 1, dtype=torch.uint8, device=order.device)
+    marks.scatter_add_(1, starts, torch.ones_like(starts, dtype=torch.uint8))
+    codes_sorted = marks[:, :m].cumsum(1, dtype=torch.uint8)
+    return torch.empty_like(codes_sorted).scatter_(1, order, codes_sorted)
 
 
 def _nf4_levels() -> torch.Tensor:
