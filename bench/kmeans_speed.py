@@ -1,7 +1,7 @@
 """k-means codebook speed and error: slimkernels.quant.codebook.kmeans_codebook against an older version
 of the same file (default: the one of git revision 696521e, before the prefix-sum inits), in one run.
 
-    PYTHONPATH=. python bench/kmeans_speed.py [--shapes 4096x4096,...] [--old REV] [--repeats 1]
+    PYTHONPATH=. python bench/kmeans_speed.py [--shapes 4096x4096,...] [--bits 3,4] [--old REV] [--repeats 1]
 
 Per case: wall seconds and CPU seconds of the process (time.process_time: on a machine shared with
 other jobs the CPU time is the steadier figure; each the best of --repeats), the squared error of the reconstructed weight (relative to
@@ -62,7 +62,7 @@ def main():
     parser.add_argument("--shapes", default="4096x4096")
     parser.add_argument("--kinds", default="normal,heavy")
     parser.add_argument("--pers", default="row,layer")
-    parser.add_argument("--bits", type=int, default=4)
+    parser.add_argument("--bits", default="4", help="comma-separated code widths")
     parser.add_argument("--keep-zero", action="store_true")
     parser.add_argument("--old", default="696521e")
     parser.add_argument("--repeats", type=int, default=1)
@@ -72,9 +72,9 @@ def main():
     if args.threads:
         torch.set_num_threads(args.threads)
     old = None if args.skip_old else load_old(args.old)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, bits={args.bits}, keep_zero={args.keep_zero}")
-    print("| shape | weights | per | version | seconds | CPU seconds | rel. sq. error | weighted | output error |")
-    print("|---|---|---|---|---:|---:|---:|---:|---:|")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, keep_zero={args.keep_zero}")
+    print("| shape | weights | per | bits | version | seconds | CPU seconds | rel. sq. error | weighted | output error |")
+    print("|---|---|---|---:|---|---:|---:|---:|---:|---:|")
     for shape in args.shapes.split(","):
         n, k = map(int, shape.split("x"))
         for kind in args.kinds.split(","):
@@ -83,18 +83,18 @@ def main():
             importance = torch.rand(1, k, generator=gen).double() + 0.1
             mix = torch.randn(k, k, generator=gen) / k ** 0.5
             x = torch.randn(256, k, generator=gen) @ mix + 0.3 * torch.randn(256, 1, generator=gen)
-            for per in args.pers.split(","):
+            for per, bits in ((p, int(b)) for p in args.pers.split(",") for b in args.bits.split(",")):
                 for name, module in (("old", old), ("new", new_codebook)):
                     if module is None:
                         continue
                     best, best_cpu = float("inf"), float("inf")
                     for _ in range(args.repeats):
                         start, start_cpu = time.perf_counter(), time.process_time()
-                        codes, codebook = module.kmeans_codebook(w, args.bits, per=per, keep_zero=args.keep_zero)
+                        codes, codebook = module.kmeans_codebook(w, bits, per=per, keep_zero=args.keep_zero)
                         best = min(best, time.perf_counter() - start)
                         best_cpu = min(best_cpu, time.process_time() - start_cpu)
                     plain, weighted, out = errors(w, codes, codebook, importance, x)
-                    print(f"| {shape} | {kind} | {per} | {name} | {best:.2f} | {best_cpu:.2f} | {plain:.6f} | {weighted:.6f} | {out:.6f} |",
+                    print(f"| {shape} | {kind} | {per} | {bits} | {name} | {best:.2f} | {best_cpu:.2f} | {plain:.6f} | {weighted:.6f} | {out:.6f} |",
                           flush=True)
 
 

@@ -55,9 +55,30 @@ def test_pipeline_small_setting():
     assert all(stage in table for stage in STAGES)
 
 
+def test_per_layer_sparsity_and_bits():
+    from slimkernels.demo import load_digits_split
+
+    x_train, y_train, x_test, y_test = load_digits_split(1)
+    rows = run_deep_compression(x_train[:500], y_train[:500], x_test, y_test, epochs=3, prune_epochs=3,
+                                share_epochs=1, prune_rounds=3, sparsity=[0.7, 0.93, 0.35], bits=(4, 3, 2), seed=3,
+                                progress=False)
+    pruned, shared, coded = rows[1:]
+    for zeros, target, numel in zip(pruned["layer_zeros"], (0.7, 0.93, 0.35), (64 * 300, 300 * 100, 100 * 10)):
+        assert abs(zeros - target) <= 1.5 / numel  # each layer at its own fraction (per layer, rounded)
+    assert rows[0]["layer_zeros"] == (0.0, 0.0, 0.0)
+    assert coded["layer_zeros"] == pruned["layer_zeros"]
+    assert "70%/93%/35% (per layer)" in pruned["detail"] and "4/3/2-bit" in shared["detail"]
+    assert coded["accuracy"] == shared["accuracy"] > 0.3
+
+
 def test_bad_arguments():
     x, y = torch.randn(20, 64), torch.randint(0, 10, (20,))
-    for kwargs in ({"sparsity": 1.0}, {"bits": 5}, {"epochs": 0}, {"prune_rounds": 0}):
+    for kwargs in ({"sparsity": 1.0}, {"bits": 5}, {"epochs": 0}, {"prune_rounds": 0}, {"prune_lr": 0},
+                   {"weight_decay": -1e-3}, {"weight_decay": "0.001"}, {"prune_lr": True}):
         with pytest.raises(ValueError):
             run_deep_compression(x, y, x, y, progress=False, **{"epochs": 1, **kwargs})
+    for name, value in (("sparsity", (0.9, 0.9)), ("sparsity", (0.9, 1.0, 0.5)), ("sparsity", (0.9, "0.9", 0.5)),
+                        ("sparsity", True), ("bits", (4, 4)), ("bits", (4, 5, 4)), ("bits", (4, True, 4))):
+        with pytest.raises(ValueError, match=f"{name} must be .*one per linear layer"):
+            run_deep_compression(x, y, x, y, progress=False, epochs=1, **{name: value})
     assert [m.out_features for m in build_lenet() if isinstance(m, nn.Linear)] == [300, 100, 10]
