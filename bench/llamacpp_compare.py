@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""llama.cpp's CPU kernels (ggml Q4_0 / Q8_0, as llama.cpp runs them: repacked for this CPU) against
+"""llama.cpp's CPU kernels (ggml Q4_0 / Q8_0 / Q4_K, in the CPU_REPACK layouts llama.cpp uses on x86) against
 slimkernels' weight-only int4 g128 / 4-bit codebook / W8A8 and FBGEMM dynamic int8, in one process,
 interleaved.
 
@@ -24,7 +24,8 @@ import torch.nn as nn
 import slimkernels
 from slimkernels.bench.machine import cpu_name
 
-GGML_TYPES = {"ggml Q4_0": 2, "ggml Q8_0": 8, "ggml Q4_K": 12}
+# ggml type id, and whether its CPU_REPACK layout is used (Q8_0's crashed in ggml here: plain layout)
+GGML_TYPES = {"ggml Q4_0": (2, True), "ggml Q8_0": (8, False), "ggml Q4_K": (12, True)}
 
 
 class GgmlStack:
@@ -83,7 +84,8 @@ def main() -> None:
     p.add_argument("--layers", type=int, default=8)
     p.add_argument("--reps", type=int, default=7)
     p.add_argument("--no-repack", action="store_true",
-                   help="ggml's plain layout (no AMX / repacked buffer), as on CPUs without them")
+                   help="ggml's plain layout (no CPU_REPACK buffer)")
+    p.add_argument("--skip-ggml", action="store_true", help="only ours and the torch anchors (a control run)")
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -96,16 +98,16 @@ def main() -> None:
     ours = {
         "slimkernels int4 g128": torch_stack(weights, slimkernels.Int4WeightOnlyConfig(group_size=128)),
         "slimkernels int4 g32": torch_stack(weights, slimkernels.Int4WeightOnlyConfig(group_size=32)),
-        "slimkernels codebook 4-bit": torch_stack(weights, slimkernels.CodebookConfig(bits=4)),
         "slimkernels W8A8": torch_stack(weights, slimkernels.Int8DynamicConfig()),
         "FBGEMM dynamic int8": fbgemm_stack(weights),
         "fp32 nn.Linear": torch_stack(weights),
         "bf16 nn.Linear": torch_stack(weights, dtype=torch.bfloat16),
     }
     print(f"# {cpu_name()}, torch {torch.__version__}, threads {args.threads}, {n}x{k} x {args.layers} layers, "
-          f"ggml {'plain layout' if args.no_repack else 'repacked (AMX or CPU_REPACK buffer) where it has one'}")
+          f"ggml {'plain layout' if args.no_repack else 'CPU_REPACK layouts where it has them'}")
     print("| candidate | M | median us/layer | min..max | vs FBGEMM | rel. error |")
     print("|---|---|---|---|---|---|")
+    keep = []
     with torch.inference_mode():
         for m in ms:
             x = torch.randn(m, k, generator=gen)
@@ -116,7 +118,8 @@ def main() -> None:
                 xin = x.to(torch.bfloat16) if name.startswith("bf16") else x
                 runs[name] = (lambda s=stack, xin=xin: [layer(xin) for layer in s])
                 errors[name] = ((stack[0](xin).double() - exact).norm() / exact.norm()).item()
-            ggml = {name: GgmlStack(lib, t, weights, m, args.threads, not args.no_repack) for name, t in GGML_TYPES.items()}
+            ggml = {} if args.skip_ggml else {name: GgmlStack(lib, t, weights, m, args.threads, repack and not args.no_repack)
+                    for name, (t, repack) in GGML_TYPES.items()}
             y0 = torch.empty(m, n)
             for name, stack in ggml.items():
                 runs[name] = (lambda s=stack: s(x))
@@ -138,8 +141,7 @@ def main() -> None:
                 tag = f" (repacked: {ggml[name].repacked})" if name in ggml else ""
                 print(f"| {name}{tag} | {m} | {med:.0f} | {min(times[name]):.0f}..{max(times[name]):.0f} | "
                       f"{base / med:.2f}x | {errors[name]:.4f} |", flush=True)
-            for stack in ggml.values():
-                stack.close()
+            keep.extend(ggml.values())  # freed at exit: freeing a repacked (AMX) stack then building another crashed
 
 
 if __name__ == "__main__":

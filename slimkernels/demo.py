@@ -212,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     print(format_table(rows, n_test))
     print(f"\nsave -> load of the W8A8 model gives identical outputs: {rows[1]['save_load_identical']}")
     print("Latency is the median of 30 forwards of the whole model. Layers this small sit in the cache and "
-          "take microseconds,\nso batch-1 latency here is per-call overhead (~30 us per quantized layer), "
+          "take microseconds,\nso batch-1 latency here is mostly per-call overhead (a few us per layer: eager QuantLinear calls its kernel directly), "
           "not kernel speed: `slimkernels bench`\nmeasures the kernels on LLM-sized layers (bench/results/). "
           "The pruned rows are one-shot (no fine-tuning); a pruned layer runs\ndense where its sparse kernel "
           "would be slower (below the measured crossover), and its file still holds only the kept weights.")

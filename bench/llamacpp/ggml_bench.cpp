@@ -3,7 +3,7 @@
 // shared library and driven from bench/llamacpp_compare.py (ctypes), so its timings interleave with
 // ours and FBGEMM's in one process.
 //
-// Weights go into the CPU backend's "extra" buffer type when it has one (the repacked Q4_0/Q8_0
+// Weights go into the CPU backend's CPU_REPACK buffer type when it has one (the repacked Q4_0/Q8_0
 // layouts llama.cpp itself uses on AVX2/AVX-512 CPUs), else into the plain CPU buffer: repack=0 forces
 // the plain layout.
 #include <cstdint>
@@ -30,14 +30,17 @@ struct Stack {
   bool repacked = false;
 };
 
-ggml_backend_buffer_type_t repack_buffer_type(ggml_backend_t backend) {
+// The extra buffer type whose name contains `want` ("REPACK": the AVX2/AVX-512 repacked Q4_0/Q8_0 layouts
+// llama.cpp uses on most x86 CPUs; "AMX": its AMX layouts), or null.
+ggml_backend_buffer_type_t extra_buffer_type(ggml_backend_t backend, const char* want) {
   ggml_backend_dev_t dev = ggml_backend_get_device(backend);
   ggml_backend_reg_t reg = ggml_backend_dev_backend_reg(dev);
   auto get_extra = reinterpret_cast<ggml_backend_dev_get_extra_bufts_t>(
       ggml_backend_reg_get_proc_address(reg, "ggml_backend_dev_get_extra_bufts"));
   if (!get_extra) return nullptr;
-  ggml_backend_buffer_type_t* extra = get_extra(dev);
-  return extra ? extra[0] : nullptr;
+  for (ggml_backend_buffer_type_t* extra = get_extra(dev); extra && *extra; ++extra)
+    if (std::strstr(ggml_backend_buft_name(*extra), want)) return *extra;
+  return nullptr;
 }
 
 void quiet(ggml_log_level level, const char* text, void*) {
@@ -61,7 +64,9 @@ void* gb_create(int type, int64_t layers, int64_t n, int64_t k, int64_t m, const
   s->weights_ctx = ggml_init(wp);
   std::vector<ggml_tensor*> ws;
   for (int64_t l = 0; l < layers; ++l) ws.push_back(ggml_new_tensor_2d(s->weights_ctx, ggml_type(type), k, n));
-  ggml_backend_buffer_type_t buft = repack ? repack_buffer_type(s->backend) : nullptr;
+  // repack 1: the CPU_REPACK layouts; 2: AMX (crashed here at M > 1 outside llama.cpp's scheduler); 0: plain.
+  ggml_backend_buffer_type_t buft =
+      repack == 1 ? extra_buffer_type(s->backend, "REPACK") : repack == 2 ? extra_buffer_type(s->backend, "AMX") : nullptr;
   if (buft) s->weights_buf = ggml_backend_alloc_ctx_tensors_from_buft(s->weights_ctx, buft);
   s->repacked = s->weights_buf != nullptr;
   if (!s->weights_buf)
