@@ -22,7 +22,6 @@ import inspect
 import os
 import re
 import sys
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -30,6 +29,8 @@ from typing import Any, Callable, Optional
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .bench.timing import median_call_ms
 
 PROG = "slimkernels compress"
 DEFAULT_SAMPLES = 128
@@ -266,13 +267,7 @@ def latency_ms(model: nn.Module, batch) -> Optional[float]:
     """Median wall time of one forward on `batch` (after one warm-up call), in ms."""
     if batch is None:
         return None
-    _call(model, batch)
-    times = []
-    for _ in range(LATENCY_REPEATS):
-        start = time.perf_counter()
-        _call(model, batch)
-        times.append(time.perf_counter() - start)
-    return 1e3 * sorted(times)[len(times) // 2]
+    return median_call_ms(lambda: _call(model, batch), LATENCY_REPEATS)
 
 
 # ---- the command ----------------------------------------------------------------------------------

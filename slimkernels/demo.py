@@ -11,9 +11,7 @@ import argparse
 import copy
 import json
 import os
-import statistics
 import tempfile
-import time
 from typing import Callable, Optional
 
 import torch
@@ -22,6 +20,7 @@ from tqdm.auto import tqdm
 
 from . import (CodebookConfig, Int4WeightOnlyConfig, Int8DynamicConfig, Int8WeightOnlyConfig, SparsityConfig,
                convert_, load, prepare_qat_, quantize_, save, sparsify_)
+from .bench.timing import median_call_ms
 from .compress import module_bytes
 
 # The first layer has 64 inputs, so int4 groups are 64 wide (128 would leave it in float).
@@ -95,14 +94,7 @@ def train(model, x, y, epochs: int, seed: Optional[int], progress: bool, lr: flo
 
 @torch.inference_mode()
 def latency_ms(model, x, repeats: int = 30) -> float:
-    for _ in range(3):
-        model(x)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        model(x)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
+    return median_call_ms(lambda: model(x), repeats, warmup=3)
 
 
 def file_bytes(model) -> int:

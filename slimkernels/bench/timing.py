@@ -16,6 +16,19 @@ GPU_GRAPH_MAX_M = 128  # CUDA-graph replays are timed for M up to this (launch o
 
 
 # ---- CPU ---------------------------------------------------------------------------------------------
+def median_call_ms(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
+    """Median wall time of fn() in ms, after `warmup` untimed calls (first-call allocations, packing).
+    The quick whole-model figure of the demo and of `slimkernels compress`; kernels use time_calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e3
+
+
 def cycle(calls: list[Callable[[], object]]) -> Callable[[], object]:
     """One callable that runs the next layer of the stack each time it is called."""
     it = itertools.cycle(calls)

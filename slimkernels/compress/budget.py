@@ -36,8 +36,6 @@ from __future__ import annotations
 
 import copy
 import math
-import statistics
-import time
 import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Optional, Sequence
@@ -257,13 +255,9 @@ def _input_rows(model, run, targets) -> dict[str, int]:
 @torch.inference_mode()
 def _latency_us(module: nn.Module, rows: int, like: torch.Tensor) -> float:
     x = torch.randn(rows, like.shape[1], dtype=like.dtype, device=like.device)
-    module(x)  # warm-up: first-call allocations and packing
-    times = []
-    for _ in range(LATENCY_REPEATS):
-        start = time.perf_counter()
-        module(x)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e6
+    from ..bench.timing import median_call_ms  # lazily: slimkernels.bench imports the package
+
+    return median_call_ms(lambda: module(x), LATENCY_REPEATS) * 1e3
 
 
 # ---- choosing -------------------------------------------------------------------------------------
