@@ -36,6 +36,7 @@ from typing import ClassVar, NamedTuple, Optional
 import torch
 
 from .. import _native, ops
+from .._switch import CPU_BF16
 from ..backends import BACKEND, CPU_AMX, CPU_ISA
 from ..backends.quantize import quantize_rows_int8
 from ..ops import _checks
@@ -461,7 +462,10 @@ class FastPath:
     def __call__(self, x: torch.Tensor) -> Optional[torch.Tensor]:
         if (type(x) is not torch.Tensor or x.dtype is not torch.float32 or not x.is_cpu or not x.dim()
                 or x.shape[-1] != self.k or not x.is_contiguous() or torch._C._is_torch_function_mode_enabled()
-                or torch._C._len_torch_dispatch_stack() or BACKEND.get() not in (None, "native")):
+                or torch._C._len_torch_dispatch_stack() or BACKEND.get() not in (None, "native")
+                or CPU_BF16.get() == "on"):
+            # cpu_bf16 "on" picks other kernels (backends/lowbit.weight_only_isa); "auto" picks none yet
+            # (its thresholds are None): a threshold set there must be mirrored here.
             return None
         if torch.is_grad_enabled() and (x.requires_grad or any(t.requires_grad for t in self.float_tensors)):
             return None  # the op's autograd (and its error for a weight that asks for a gradient)

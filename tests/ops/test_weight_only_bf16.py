@@ -192,3 +192,17 @@ def test_switch_validation():
     with slimkernels.use_backend("native"), use_cpu_bf16("on"), slimkernels.use_cpu_isa("avx2"):
         with pytest.raises(ValueError, match="cpu_bf16='on' needs the avx512_vnni"):
             ops.dequant_mm_int8(x, q8, s8)
+
+
+def test_quant_linear_eager_fast_path_follows_cpu_bf16():
+    # The eager fast path must not bypass a forced bf16 path: same bits as the op under "on".
+    torch.manual_seed(7)
+    model = torch.nn.Sequential(torch.nn.Linear(96, 40))
+    slimkernels.quantize_(model, slimkernels.Int4WeightOnlyConfig(group_size=32), progress=False)
+    x = torch.randn(3, 96)
+    with torch.inference_mode(), slimkernels.use_cpu_bf16("on"):
+        eager = model(x)
+        with slimkernels.use_backend("native"):
+            through_op = slimkernels.ops.dequant_mm_int4(x, model[0].qweight, model[0].weight_scale,
+                                                         model[0].weight_zero, 32, model[0].bias)
+    assert torch.equal(eager, through_op)
