@@ -282,19 +282,10 @@ class LowRankConv2d(CompressedModule, layer_type="LowRankConv2d"):
 
     @classmethod
     def matches_float(cls, module: nn.Module, cfg: dict) -> bool:
-        if type(module) is not nn.Conv2d or module.groups != 1 or module.padding_mode != "zeros":
-            return False
-        from .sparse_conv import resolve_padding
+        from .sparse_conv import conv_matches_config
 
-        try:
-            padding = resolve_padding(module)
-        except ValueError:
-            return False
-        mine = (module.in_channels, module.out_channels, list(module.kernel_size), list(module.stride), list(padding),
-                list(module.dilation), module.bias is not None)
-        return mine == tuple(list(v) if isinstance(v, (tuple, list)) else v for v in (
-            cfg["in_channels"], cfg["out_channels"], cfg["kernel_size"], cfg["stride"], cfg["padding"],
-            cfg["dilation"], cfg["bias"]))
+        return getattr(module, "groups", None) == 1 and conv_matches_config(
+            module, cfg, ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "bias"))
 
     def config_fields(self) -> dict:
         return {"in_channels": self.in_channels, "out_channels": self.out_channels,

@@ -71,6 +71,24 @@ def _value_dtype(values, weight: Optional[torch.Tensor] = None) -> torch.dtype:
     return dtype
 
 
+def conv_matches_config(conv: nn.Module, cfg: dict, keys: tuple[str, ...]) -> bool:
+    """Whether a float nn.Conv2d (zero padding) has the geometry a saved layer config records under
+    `keys` (names of nn.Conv2d attributes, "bias" meaning bias present): what load checks before
+    restoring a compressed conv into it."""
+    if type(conv) is not nn.Conv2d or conv.padding_mode != "zeros":
+        return False
+    try:
+        padding = resolve_padding(conv)
+    except ValueError:
+        return False
+    mine = {"padding": list(padding), "bias": conv.bias is not None}
+    for key in keys:
+        if key not in mine:
+            value = getattr(conv, key)
+            mine[key] = list(value) if isinstance(value, tuple) else value
+    return all(mine[k] == (list(cfg[k]) if isinstance(cfg[k], (tuple, list)) else cfg[k]) for k in keys)
+
+
 def resolve_padding(conv: nn.Conv2d) -> tuple[int, int]:
     """nn.Conv2d's padding as ints: "valid" is 0; "same" is dilation*(k-1)/2 per side, which needs an
     even total (odd totals pad asymmetrically, which sparse_conv2d does not: ValueError)."""
@@ -193,17 +211,8 @@ class SparseConv2d(CompressedModule, layer_type="SparseConv2d"):
 
     @classmethod
     def matches_float(cls, module: nn.Module, cfg: dict) -> bool:
-        if type(module) is not nn.Conv2d or module.padding_mode != "zeros":
-            return False
-        try:
-            padding = resolve_padding(module)
-        except ValueError:
-            return False
-        mine = (module.in_channels, module.out_channels, list(module.kernel_size), list(module.stride), list(padding),
-                list(module.dilation), module.groups, module.bias is not None)
-        theirs = tuple(cfg[k] for k in ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation",
-                                        "groups", "bias"))
-        return mine == tuple(list(v) if isinstance(v, tuple) else v for v in theirs)
+        return conv_matches_config(module, cfg, ("in_channels", "out_channels", "kernel_size", "stride", "padding",
+                                                 "dilation", "groups", "bias"))
 
     # ---- state --------------------------------------------------------------------------------------
     def config_fields(self) -> dict:
