@@ -14,6 +14,7 @@
   X(sparse)                  \
   X(sparse_conv)             \
   X(hashed)                  \
+  X(kmeans)                  \
   X(low_rank)
 
 namespace slim {

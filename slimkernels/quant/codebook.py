@@ -8,7 +8,9 @@ Three ways to pick the codebook, all followed by nearest-entry assignment (`assi
 - pow2: 0 and +-absmax * 2^-i, logarithmic levels that suit bell-shaped weights.
 
 Codes come back UNPACKED (uint8 [N, K]); `lowbit.pack_codes(codes, bits)` makes the indices the ops
-take. Pure torch, on w's device, no loop over rows.
+take. Pure torch, on w's device, no loop over rows; k-means of a CPU weight runs natively
+(slimkernels._C.kmeans_codebook, csrc/cpu/kmeans.cpp: the same steps one row per thread, equal results up
+to the rounding of float64 sums) unless KMEANS_NATIVE is False.
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ PER = ("row", "layer")
 KMEANS_CHUNK = 1 << 22  # weights per k-means batch: bounds memory to ~40 bytes per weight of one batch
 KMEANS_MAX_SAMPLES = 1 << 24  # per="layer" fits the codebook on a seeded sample of a bigger layer
 KMEANS_RESTARTS = 3  # k-means++ seedings tried besides the two fixed inits
+KMEANS_NATIVE = True  # k-means of CPU weights in slimkernels._C when built; False: the torch code below
 
 
 def _check_common(fn: str, w: torch.Tensor, bits: int, per: str) -> None:
@@ -189,17 +192,20 @@ def _quantile_points(data: _SortedRows, probs: torch.Tensor) -> torch.Tensor:
     return data.xs.gather(1, index)
 
 
-def _kmeanspp_inits(data: _SortedRows, entries: int, restarts: int, gen: torch.Generator) -> torch.Tensor:
+def _kmeanspp_inits(data: _SortedRows, entries: int, uniforms: torch.Tensor) -> torch.Tensor:
     """`restarts` k-means++ seedings (Arthur & Vassilvitskii 2007) of every row at once -> [R, restarts,
     entries], sorted. Each next centroid is a weight drawn with probability proportional to its squared
     distance to the nearest centroid so far, without a pass over the weights: a cluster (a run of the
     sorted row) is drawn by its squared error, exact from the prefix sums, then a weight inside the run
     by inverse CDF, the run's cumulative squared error up to index j (again from the prefix sums, and
-    non-decreasing in j) binary-searched. Each draw costs O(R restarts (E + log M)). Draws use `gen`
-    (CPU), so any device gives the same seeds."""
+    non-decreasing in j) binary-searched. Each draw costs O(R restarts (E + log M)). The draws read
+    uniforms [R, restarts, 2 entries - 1] (float64, drawn up front from the seeded generator, so any device
+    and the native code see the same numbers): [..., 0] the first centroid, [..., 2 t - 1] and [..., 2 t]
+    the run and the weight of centroid t."""
     r, m = data.xs.shape
     device = data.xs.device
-    shape = (r, restarts)
+    uniforms = uniforms.to(device)
+    shape = uniforms.shape[:2]
     steps = max(1, m.bit_length())
 
     def flat(t):  # [R, C, ...] -> [R, C * ...] for the gathers of _SortedRows.runs
@@ -209,9 +215,9 @@ def _kmeanspp_inits(data: _SortedRows, entries: int, restarts: int, gen: torch.G
         count, total, squares = data.between(first, data.at(j))
         return torch.where(uniform, count, squares - 2 * c * total + c * c * count)
 
-    def draw(start, end, c, uniform):  # [R, C] each -> a weight of each run drawn by its mass, [R, C]
+    def draw(start, end, c, uniform, u):  # [R, C] each -> a weight of each run drawn by its mass, [R, C]
         first = data.at(start)
-        u = torch.rand(shape, generator=gen, dtype=torch.float64).to(device) * mass_before(first, end, c, uniform)
+        u = u * mass_before(first, end, c, uniform)
         lo, hi = start.clone(), end.clone()  # binary search: the first j whose prefix mass up to j + 1 exceeds u
         for _ in range(steps):
             mid = (lo + hi) // 2
@@ -223,8 +229,9 @@ def _kmeanspp_inits(data: _SortedRows, entries: int, restarts: int, gen: torch.G
 
     start = torch.zeros(shape, dtype=torch.long, device=device)
     everywhere = torch.ones(shape, dtype=torch.bool, device=device)
-    cent = draw(start, torch.full_like(start, m), start.to(torch.float64), everywhere)[..., None]  # uniform first
-    for _ in range(entries - 1):
+    cent = draw(start, torch.full_like(start, m), start.to(torch.float64), everywhere,
+                uniforms[..., 0])[..., None]  # uniform first
+    for t in range(1, entries):
         cent = torch.sort(cent, dim=2).values
         lo, hi = (t.view(cent.shape) for t in data.bounds(cent))
         c64 = cent.to(torch.float64)
@@ -232,20 +239,21 @@ def _kmeanspp_inits(data: _SortedRows, entries: int, restarts: int, gen: torch.G
         mass = (squares - 2 * c64 * total + c64 * c64 * count).clamp(min=0)
         placed = mass.sum(2) <= 0  # every weight is a centroid already (few distinct values): uniform
         cdf = torch.where(placed[..., None], count, mass).cumsum(2)
-        u = torch.rand(r, restarts, 1, generator=gen, dtype=torch.float64).to(device) * cdf[..., -1:]
+        u = uniforms[..., 2 * t - 1:2 * t] * cdf[..., -1:]
         which = torch.searchsorted(cdf.contiguous(), u, right=True).clamp_(max=cent.shape[2] - 1)
         run_lo, run_hi, run_c = (t.gather(2, which)[..., 0] for t in (lo, hi, c64))
-        cent = torch.cat([cent, draw(run_lo, run_hi, run_c, placed)[..., None]], 2)
+        cent = torch.cat([cent, draw(run_lo, run_hi, run_c, placed, uniforms[..., 2 * t])[..., None]], 2)
     return torch.sort(cent, dim=2).values
 
 
-def _kmeans_rows(data: _SortedRows, entries: int, iters: int, gen: torch.Generator) -> torch.Tensor:
+def _kmeans_rows(data: _SortedRows, entries: int, iters: int, uniforms: torch.Tensor) -> torch.Tensor:
     """Best (per row) of Lloyd runs from several inits, [R, entries]: 1-D k-means has many poor local
     optima. Inits: the (j + 1/2) / E quantiles, the Lloyd-Max levels of a normal fit (mean + sqrt(3) std
     ndtri((j + 1/2) / E): optimal levels are spread like density^(1/3)), and KMEANS_RESTARTS k-means++
-    seedings; all run together, and each row keeps the fit of least squared error (the first on ties)."""
+    seedings (from uniforms, see _kmeanspp_inits); all run together, and each row keeps the fit of least
+    squared error (the first on ties)."""
     xs = data.xs
-    probs = (torch.arange(entries, device=xs.device, dtype=torch.float64) + 0.5) / entries
+    probs = _init_probs(entries, xs.device)
     count, total, squares = data.runs(torch.zeros_like(data.total, dtype=torch.long),
                                       torch.full_like(data.total, xs.shape[1], dtype=torch.long))
     mean = total / count.clamp(min=1)
@@ -253,7 +261,7 @@ def _kmeans_rows(data: _SortedRows, entries: int, iters: int, gen: torch.Generat
     normal = (mean + std * (3 ** 0.5) * torch.special.ndtri(probs)).to(xs.dtype)
     normal = torch.minimum(torch.maximum(normal, xs[:, :1]), xs[:, -1:])  # keep_zero pads with the row's max
     inits = torch.cat([_quantile_points(data, probs)[:, None], normal[:, None],
-                       _kmeanspp_inits(data, entries, KMEANS_RESTARTS, gen)], 1)
+                       _kmeanspp_inits(data, entries, uniforms)], 1)
     cent = _lloyd_sorted(data, inits, iters)
     best = data.sse(cent).argmin(1)  # argmin returns the first of equal minima
     return cent[torch.arange(len(cent), device=xs.device), best]
@@ -265,10 +273,11 @@ def kmeans_codebook(w: torch.Tensor, bits: int, per: str = "row", iters: int = 2
 
     Lloyd iterations (at most `iters`, stopped early when the centroids stop moving) from several
     inits, keeping each row's best (see _kmeans_rows); empty clusters are re-seeded at the
-    worst-fitted weights. Rows are batched (in chunks of KMEANS_CHUNK weights). A per="layer" fit on
-    more than KMEANS_MAX_SAMPLES weights uses that many weights drawn with `seed`. `seed` drives the
-    k-means++ draws: same input, seed and device, same output. A row with fewer distinct values than
-    entries gets repeated entries (all finite).
+    worst-fitted weights. A CPU weight is fitted natively (one row per thread; see KMEANS_NATIVE), any
+    other in torch with the rows batched (in chunks of KMEANS_CHUNK weights). A per="layer" fit on more
+    than KMEANS_MAX_SAMPLES weights uses that many weights drawn with `seed`. `seed` drives the k-means++
+    draws: same input, seed and device, same output, for any thread count. A row with fewer distinct
+    values than entries gets repeated entries (all finite).
 
     keep_zero: one entry is exactly 0 and the other 2^bits - 1 are fitted to the nonzero weights only, so
     pruned weights stay exactly 0 (Deep Compression's sharing after pruning). One fit per row (per="row")
@@ -287,34 +296,85 @@ def kmeans_codebook(w: torch.Tensor, bits: int, per: str = "row", iters: int = 2
     if sampled:
         pick = torch.randint(data.shape[1], (KMEANS_MAX_SAMPLES,), generator=gen).to(data.device)
         data = data[:, pick]
-    chunk_rows = max(1, KMEANS_CHUNK // data.shape[1])
-    # the sort that fits the codebook also gives the codes, unless the fit saw other data than w
-    with_codes = not (sampled or keep_zero)
-    fits = [_fit_rows(part, entries, iters, gen, keep_zero, with_codes) for part in data.split(chunk_rows)]
-    codebook = torch.cat([book for book, _ in fits])
-    if not with_codes:
+    # every random number of the call, drawn up front: the torch and the native fits read the same ones
+    fitted = entries - 1 if keep_zero else entries
+    uniforms = torch.rand(data.shape[0], KMEANS_RESTARTS, 2 * fitted - 1, generator=gen, dtype=torch.float64)
+    native = _native_kmeans() if data.device.type == "cpu" else None
+    if native is not None:
+        codebook, codes = _fit_native(native, data, entries, iters, uniforms, keep_zero, with_codes=not sampled)
+    else:
+        codebook, codes = _fit_torch(data, entries, iters, uniforms, keep_zero, with_codes=not sampled)
+    if codes is None:  # the fit saw a sample of w
         return assign_codes(w, codebook), codebook
-    return torch.cat([codes for _, codes in fits]).view(n, k), codebook
+    return codes.view(n, k), codebook
 
 
-def _fit_rows(data: torch.Tensor, entries: int, iters: int, gen: torch.Generator, keep_zero: bool, with_codes: bool):
+def _native_kmeans():
+    """slimkernels._C when it is built with kmeans_codebook and KMEANS_NATIVE is on, else None."""
+    if not KMEANS_NATIVE:
+        return None
+    from .. import _native
+
+    return _native._C if hasattr(_native._C, "kmeans_codebook") else None
+
+
+def _init_probs(entries: int, device=None) -> torch.Tensor:
+    """(j + 1/2) / entries, float64: the quantiles of the quantile and normal inits."""
+    return (torch.arange(entries, device=device, dtype=torch.float64) + 0.5) / entries
+
+
+def _fit_native(lib, data: torch.Tensor, entries: int, iters: int, uniforms: torch.Tensor, keep_zero: bool,
+                with_codes: bool):
+    """_fit_torch on the CPU in slimkernels._C (one row per thread; one long row: its fits in parallel)."""
+    data = data.contiguous()
+    r, m = data.shape
+    fitted = entries - 1 if keep_zero else entries
+    uniforms = uniforms.to(torch.float64).contiguous()
+    if data.dtype != torch.float32 or uniforms.shape != (r, KMEANS_RESTARTS, 2 * fitted - 1):
+        raise ValueError(f"kmeans_codebook: the native fit takes float32 [R, M] data and float64 uniforms "
+                         f"[{r}, {KMEANS_RESTARTS}, {2 * fitted - 1}], got {data.dtype} and {tuple(uniforms.shape)}")
+    normal_z = torch.special.ndtri(_init_probs(fitted))
+    codebook = torch.empty(r, entries, dtype=torch.float32)
+    codes = torch.empty(r, m, dtype=torch.uint8) if with_codes else None
+    lib.kmeans_codebook(data.data_ptr(), r, m, entries, iters, KMEANS_RESTARTS, uniforms.data_ptr(),
+                        normal_z.data_ptr(), keep_zero, codebook.data_ptr(), 0 if codes is None else codes.data_ptr(),
+                        max(1, torch.get_num_threads()))
+    return codebook, codes
+
+
+def _fit_torch(data: torch.Tensor, entries: int, iters: int, uniforms: torch.Tensor, keep_zero: bool,
+               with_codes: bool):
+    """(codebooks [R, entries] of the rows of data [R, M], ascending; with_codes: the codes of data under
+    them, uint8 [R, M], else None), in chunks of KMEANS_CHUNK weights; uniforms [R, KMEANS_RESTARTS,
+    2 F - 1] feed the k-means++ seedings (F the fitted entries)."""
+    chunk_rows = max(1, KMEANS_CHUNK // data.shape[1])
+    fits = [_fit_rows(part, entries, iters, u, keep_zero, with_codes)
+            for part, u in zip(data.split(chunk_rows), uniforms.split(chunk_rows))]
+    codebook = torch.cat([book for book, _ in fits])
+    return codebook, (torch.cat([codes for _, codes in fits]) if with_codes else None)
+
+
+def _fit_rows(data: torch.Tensor, entries: int, iters: int, uniforms: torch.Tensor, keep_zero: bool,
+              with_codes: bool):
     """(codebooks [R, entries] of the rows of data [R, M], ascending; with_codes: the codes of data under
     them, uint8 [R, M], else None). keep_zero: 0 and entries - 1 centroids of the row's nonzero weights
     (all 0 for a row without any): the nonzero weights are sorted to the front of the row and the rest
-    filled with uncounted copies of the largest, so the rows stay sorted and of one length."""
+    filled with uncounted copies of the largest, so the rows stay sorted and of one length; the codes then
+    come from assign_codes."""
     if not keep_zero:
         xs, order = torch.sort(data, dim=1)
         rows = _SortedRows(xs)
-        codebook = _kmeans_rows(rows, entries, iters, gen)
+        codebook = _kmeans_rows(rows, entries, iters, uniforms)
         return codebook, (_codes_from_sort(rows, codebook, order) if with_codes else None)
     nonzero = data != 0
     values = torch.sort(torch.where(nonzero, data, torch.inf), dim=1).values
     kept = nonzero.sum(1, keepdim=True)
     counted = torch.arange(data.shape[1], device=data.device) < kept
     largest = torch.where(kept > 0, values.gather(1, (kept - 1).clamp(min=0)), 0.0)
-    cent = _kmeans_rows(_SortedRows(torch.where(counted, values, largest), counted), entries - 1, iters, gen)
+    cent = _kmeans_rows(_SortedRows(torch.where(counted, values, largest), counted), entries - 1, iters, uniforms)
     cent = torch.where(kept > 0, cent, 0.0)
-    return torch.sort(torch.cat([cent.new_zeros(len(cent), 1), cent], 1), dim=1).values, None
+    codebook = torch.sort(torch.cat([cent.new_zeros(len(cent), 1), cent], 1), dim=1).values
+    return codebook, (assign_codes(data, codebook) if with_codes else None)
 
 
 def _codes_from_sort(rows: _SortedRows, codebook: torch.Tensor, order: torch.Tensor) -> torch.Tensor:

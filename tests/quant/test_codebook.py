@@ -332,3 +332,111 @@ def test_quantize_report_has_seconds_per_layer():
     assert all(r.seconds > 0 for r in report.converted)
     assert all("seconds" in r for r in report.to_dict()["layers"])
     assert str(report).count(" s") >= 2
+
+
+# ---- the native k-means (csrc/cpu/kmeans.cpp) against the torch reference ----
+
+needs_native = pytest.mark.skipif(cbk._native_kmeans() is None, reason="slimkernels._C without kmeans_codebook")
+
+
+def _fit(w, bits, native, threads=None, **kwargs):
+    """kmeans_codebook on the native (True) or the torch path (False), on `threads` torch threads."""
+    before_native, before_threads = cbk.KMEANS_NATIVE, torch.get_num_threads()
+    cbk.KMEANS_NATIVE = native
+    try:
+        if threads:
+            torch.set_num_threads(threads)
+        return cbk.kmeans_codebook(w, bits, **kwargs)
+    finally:
+        cbk.KMEANS_NATIVE = before_native
+        torch.set_num_threads(before_threads)
+
+
+def _assert_native_matches_reference(w, bits, **kwargs):
+    """The native fit equals the reference up to the rounding of float64 sums: the squared error per row
+    within 1e-9 relative, and the same codebooks and codes (the sums decide a fit only in near-ties, which
+    these inputs do not have); the same result on 1 and 2 threads."""
+    ref_codes, ref_cb = _fit(w, bits, native=False, **kwargs)
+    one = _fit(w, bits, native=True, threads=1, **kwargs)
+    two = _fit(w, bits, native=True, threads=2, **kwargs)
+    assert torch.equal(one[0], two[0]) and torch.equal(one[1], two[1])
+    codes, cb = one
+    _check_result(w, codes, cb, bits, kwargs.get("per", "row"))
+    rows = (lambda t: t) if kwargs.get("per", "row") == "row" else (lambda t: t.reshape(1, -1))
+    sse, ref_sse = _row_sse(rows(w), rows(codes), cb), _row_sse(rows(w), rows(ref_codes), ref_cb)
+    torch.testing.assert_close(sse, ref_sse, rtol=1e-9, atol=1e-30)
+    assert torch.equal(cb, ref_cb)
+    assert torch.equal(codes, ref_codes)
+    assert torch.equal(codes, cbk.assign_codes(w, cb))
+
+
+def _awkward_rows(n: int, k: int, gen: torch.Generator) -> torch.Tensor:
+    """Normal rows, then (where there are rows enough) heavy tails, few distinct values, repeated values,
+    a constant row, exact midpoints and large magnitudes."""
+    w = torch.randn(n, k, generator=gen)
+    specials = [
+        lambda: w[0] / ((torch.randn(k, 2, generator=gen) ** 2).mean(1)).sqrt(),  # Student-t, 2 degrees of freedom
+        lambda: torch.tensor([1.0, -2.0, 0.5])[torch.randint(0, 3, (k,), generator=gen)],  # 3 distinct values
+        lambda: torch.randint(-6, 7, (k,), generator=gen).float() / 2,  # repeats and midpoints
+        lambda: torch.full((k,), 0.75),
+        lambda: torch.randn(k, generator=gen) * 1e30,
+    ]
+    for row, make in zip(range(1, n), specials):
+        w[row] = make()
+    return w
+
+
+@needs_native
+@pytest.mark.parametrize("bits", [2, 3, 4])
+@pytest.mark.parametrize("shape", [(1, 1), (3, 5), (17, 33), (6, 300)])
+def test_native_kmeans_matches_reference(bits, shape):
+    w = _awkward_rows(*shape, torch.Generator().manual_seed(bits * 100 + shape[1]))
+    _assert_native_matches_reference(w, bits)
+    _assert_native_matches_reference(w, bits, seed=7, iters=3)
+
+
+@needs_native
+@pytest.mark.parametrize("bits", [2, 4])
+@pytest.mark.parametrize("shape", [(1, 1), (3, 5), (17, 33)])
+def test_native_kmeans_matches_reference_per_layer_and_keep_zero(bits, shape):
+    gen = torch.Generator().manual_seed(bits + shape[0])
+    w = _awkward_rows(*shape, gen)
+    _assert_native_matches_reference(w, bits, per="layer")
+    w = w * (torch.rand(shape, generator=gen) > 0.6)
+    if shape[0] > 2:
+        w[2] = 0.0  # a row without nonzero weights
+    for per in ("row", "layer"):
+        _assert_native_matches_reference(w, bits, per=per, keep_zero=True)
+
+
+@needs_native
+def test_native_kmeans_sampled_layer_and_seeds(monkeypatch):
+    gen = torch.Generator().manual_seed(21)
+    w = torch.randn(40, 100, generator=gen) / ((torch.randn(40, 100, 2, generator=gen) ** 2).mean(2)).sqrt()
+    monkeypatch.setattr(cbk, "KMEANS_MAX_SAMPLES", 1000)  # a sampled per-layer fit: codes by assign_codes
+    _assert_native_matches_reference(w, 3, per="layer", seed=4)
+    monkeypatch.undo()
+    a, b = cbk.kmeans_codebook(w, 4, seed=1), cbk.kmeans_codebook(w, 4, seed=1)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert not torch.equal(a[1], cbk.kmeans_codebook(w, 4, seed=2)[1])  # the seed reaches the k-means++ draws
+
+
+@needs_native
+def test_native_kmeans_rejects_bad_arguments():
+    lib = cbk._native_kmeans()
+    data, z = torch.randn(2, 8), torch.zeros(4, dtype=torch.float64)
+    u, book = torch.rand(2, 3, 7, dtype=torch.float64), torch.empty(2, 4)
+
+    def call(**changes):
+        args = dict(data=data.data_ptr(), rows=2, cols=8, entries=4, iters=5, restarts=3, uniforms=u.data_ptr(),
+                    normal_z=z.data_ptr(), keep_zero=False, codebook=book.data_ptr(), codes=0, num_threads=1)
+        args.update(changes)
+        lib.kmeans_codebook(**args)
+
+    call()
+    for changes, message in [({"entries": 0}, "entries must be in 1..256"), ({"entries": 1, "keep_zero": True}, "2..256"),
+                             ({"cols": 0}, "cols must be"), ({"rows": -1}, "rows must be"), ({"iters": -1}, "iters"),
+                             ({"num_threads": 0}, "num_threads"), ({"uniforms": 0}, "uniforms must not be null"),
+                             ({"codebook": 0}, "codebook must not be null")]:
+        with pytest.raises(ValueError, match=message):
+            call(**changes)

@@ -1,0 +1,405 @@
+// 1-D k-means codebooks (slim/kmeans.h). Follows slimkernels/quant/codebook.py (_SortedRows,
+// _kmeanspp_inits, _lloyd_sorted, _reseed_empty, _kmeans_rows, _fit_rows, _codes_from_sort) step for
+// step and in the same float32 / float64 arithmetic, one row at a time per thread, so that a row's
+// sorted weights and prefix sums stay in L1/L2 (the reference gathers from a [rows, M + 1, 5] table
+// of the whole batch). The prefix sums run in the reference's order (torch's cumsum is sequential);
+// only the final sum of a fit's squared error may round differently. No FMA contraction: this file is
+// compiled without ISA flags.
+#include "slim/kmeans.h"
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstring>
+#include <numeric>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "slim/thread_pool.h"
+
+namespace slim {
+namespace {
+
+[[noreturn]] void bad(const std::string& msg) { throw std::invalid_argument("kmeans_codebook: " + msg); }
+
+constexpr int kMaxEntries = 256;
+constexpr double kSqrt3 = 1.7320508075688772;  // the reference's 3 ** 0.5
+
+// The prefix sums at sorted index j: the counted weights before j; the sum and sum of squares of the
+// positives before j, and of the negatives from j on (so that every sum runs outward from 0).
+struct Sums {
+  double count, pos, neg, pos2, neg2;
+};
+
+struct Run {
+  double count, total, squares;
+};
+
+inline Run between(const Sums& a, const Sums& b) {
+  return {b.count - a.count, (b.pos - a.pos) - (b.neg - a.neg), (b.pos2 - a.pos2) - (b.neg2 - a.neg2)};
+}
+
+// Squared error of a run around c, unclamped (the reference's squares - 2 c total + c^2 count).
+inline double run_error(const Run& r, double c) { return r.squares - 2 * c * r.total + c * c * r.count; }
+
+// float32 -> uint32 with the same order (negatives flipped), and back.
+inline uint32_t sort_key(float x) {
+  uint32_t u;
+  std::memcpy(&u, &x, sizeof u);
+  return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+
+inline float key_value(uint32_t k) {
+  const uint32_t u = (k & 0x80000000u) ? (k & 0x7fffffffu) : ~k;
+  float x;
+  std::memcpy(&x, &u, sizeof x);
+  return x;
+}
+
+// One row, sorted, with its prefix sums; the scratch of the sort is kept for the next row.
+class SortedRow {
+ public:
+  int64_t m = 0;
+  std::vector<float> xs;          // [m] ascending
+  std::vector<uint32_t> order;    // [m] xs[j] = row[order[j]] (when built with_order)
+  std::vector<Sums> prefix;       // [m + 1]
+
+  // keep_zero: the nonzero weights sorted to the front and the rest filled with uncounted copies of
+  // the largest (0 when there is none), as the reference pads its rows.
+  void build(const float* row, int64_t cols, bool keep_zero, bool with_order) {
+    m = cols;
+    xs.resize(m);
+    prefix.resize(m + 1);
+    keys_.resize(m);
+    tkeys_.resize(m);
+    int64_t kept = 0;
+    if (keep_zero) {
+      for (int64_t j = 0; j < m; ++j)
+        if (row[j] != 0.f) keys_[kept++] = sort_key(row[j]);
+      radix_sort(kept, nullptr);
+    } else {
+      for (int64_t j = 0; j < m; ++j) keys_[j] = sort_key(row[j]);
+      kept = m;
+      if (with_order) {
+        order.resize(m);
+        tidx_.resize(m);
+        std::iota(order.begin(), order.end(), uint32_t(0));
+      }
+      radix_sort(m, with_order ? order.data() : nullptr);
+    }
+    for (int64_t j = 0; j < kept; ++j) xs[j] = key_value(keys_[j]);
+    std::fill(xs.begin() + kept, xs.end(), kept > 0 ? xs[kept - 1] : 0.f);
+    // uncounted padding adds nothing to the sums (the reference multiplies it by 0)
+    double pos = 0, pos2 = 0;
+    prefix[0].count = prefix[0].pos = prefix[0].pos2 = 0;
+    for (int64_t j = 0; j < m; ++j) {
+      const double x = j < kept && xs[j] > 0 ? double(xs[j]) : 0.0;
+      pos += x;
+      pos2 += x * x;
+      prefix[j + 1].count = double(std::min(j + 1, kept));
+      prefix[j + 1].pos = pos;
+      prefix[j + 1].pos2 = pos2;
+    }
+    double neg = 0, neg2 = 0;
+    prefix[m].neg = prefix[m].neg2 = 0;
+    for (int64_t j = m - 1; j >= 0; --j) {
+      const double x = j < kept && xs[j] < 0 ? double(xs[j]) : 0.0;
+      neg += x;
+      neg2 += x * x;
+      prefix[j].neg = neg;
+      prefix[j].neg2 = neg2;
+    }
+  }
+
+  // The first index whose weight is above v, searched in [from, m) (std::upper_bound without branches
+  // to mispredict: the searches are most of the time of a fit).
+  int64_t upper(float v, int64_t from = 0) const {
+    int64_t len = m - from;
+    if (len <= 0) return m;
+    const float* base = xs.data() + from;
+    while (len > 1) {  // the answer lies in [base, base + len]
+      const int64_t half = len / 2;
+      base = base[half] <= v ? base + half : base;
+      len -= half;
+    }
+    return (base - xs.data()) + (*base <= v);
+  }
+
+  Run run(int64_t lo, int64_t hi) const { return between(prefix[lo], prefix[hi]); }
+
+ private:
+  std::vector<uint32_t> keys_, tkeys_, tidx_;
+  std::vector<int64_t> hist_;
+
+  // LSD radix sort of keys_[0, n) (and idx alongside when not null), 11 bits a pass; a pass whose
+  // digit is the same for all keys is skipped.
+  void radix_sort(int64_t n, uint32_t* idx) {
+    constexpr int kBits = 11, kBuckets = 1 << kBits, kPasses = 3;
+    std::vector<int64_t>& hist = hist_;
+    hist.assign(kPasses * kBuckets, 0);
+    for (int64_t j = 0; j < n; ++j) {
+      const uint32_t k = keys_[j];
+      for (int p = 0; p < kPasses; ++p) ++hist[p * kBuckets + ((k >> (p * kBits)) & (kBuckets - 1))];
+    }
+    uint32_t *src = keys_.data(), *dst = tkeys_.data();
+    uint32_t *isrc = idx, *idst = idx ? tidx_.data() : nullptr;
+    for (int p = 0; p < kPasses; ++p) {
+      int64_t* h = hist.data() + p * kBuckets;
+      if (std::any_of(h, h + kBuckets, [n](int64_t c) { return c == n; })) continue;
+      int64_t sum = 0;
+      for (int b = 0; b < kBuckets; ++b) {
+        const int64_t c = h[b];
+        h[b] = sum;
+        sum += c;
+      }
+      const int shift = p * kBits;
+      for (int64_t j = 0; j < n; ++j) {
+        const int64_t at = h[(src[j] >> shift) & (kBuckets - 1)]++;
+        dst[at] = src[j];
+        if (isrc) idst[at] = isrc[j];
+      }
+      std::swap(src, dst);
+      std::swap(isrc, idst);
+    }
+    if (src != keys_.data()) {
+      std::copy(src, src + n, keys_.data());
+      if (idx) std::copy(isrc, isrc + n, idx);
+    }
+  }
+};
+
+// The runs of the nearest-centroid clusters of sorted centroids c[0, e): edges[0] = 0, edges[e] = m,
+// edges[i] the first index above the midpoint of c[i - 1] and c[i] (a weight exactly halfway goes to
+// the lower entry). The midpoints are nondecreasing, so each search starts at the previous edge.
+void bounds(const SortedRow& row, const float* c, int e, int64_t* edges) {
+  edges[0] = 0;
+  for (int i = 1; i < e; ++i) edges[i] = row.upper(c[i - 1] / 2 + c[i] / 2, edges[i - 1]);
+  edges[e] = row.m;
+}
+
+// _reseed_empty: the empty clusters (in order) move onto the worst-fitted run ends (stable, descending).
+void reseed_empty(const SortedRow& row, float* next, const int64_t* edges, const bool* empty, int e) {
+  float cand[2 * kMaxEntries], err[2 * kMaxEntries];
+  int rank[2 * kMaxEntries];
+  for (int i = 0; i < e; ++i) {
+    const float first = row.xs[std::min(edges[i], row.m - 1)];
+    const float last = row.xs[std::max<int64_t>(edges[i + 1] - 1, 0)];
+    cand[i] = first;
+    cand[e + i] = last;
+    err[i] = empty[i] ? -1.f : std::fabs(next[i] - first);
+    err[e + i] = empty[i] ? -1.f : std::fabs(last - next[i]);
+  }
+  std::iota(rank, rank + 2 * e, 0);
+  std::stable_sort(rank, rank + 2 * e, [&](int a, int b) { return err[a] > err[b]; });
+  for (int i = 0, k = 0; i < e; ++i)
+    if (empty[i]) next[i] = cand[rank[k++]];
+}
+
+// _lloyd_sorted for one fit: at most iters steps, stopped when the sorted centroids stop moving (a
+// fixed point stays one, so this equals the reference's batch-wide stop).
+void lloyd(const SortedRow& row, float* c, int e, int iters) {
+  int64_t edges[kMaxEntries + 1];
+  float next[kMaxEntries];
+  bool empty[kMaxEntries];
+  for (int it = 0; it < iters; ++it) {
+    bounds(row, c, e, edges);
+    bool any_empty = false;
+    for (int i = 0; i < e; ++i) {
+      const Run r = row.run(edges[i], edges[i + 1]);
+      empty[i] = r.count == 0;
+      any_empty |= empty[i];
+      next[i] = r.count > 0 ? float(r.total / std::max(r.count, 1.0)) : c[i];
+    }
+    if (any_empty) reseed_empty(row, next, edges, empty, e);
+    std::sort(next, next + e);
+    if (std::equal(next, next + e, c)) break;
+    std::copy(next, next + e, c);
+  }
+}
+
+// Squared error of the row under sorted centroids c[0, e).
+double fit_error(const SortedRow& row, const float* c, int e) {
+  int64_t edges[kMaxEntries + 1];
+  bounds(row, c, e, edges);
+  double sum = 0;
+  for (int i = 0; i < e; ++i) sum += std::max(run_error(row.run(edges[i], edges[i + 1]), double(c[i])), 0.0);
+  return sum;
+}
+
+// _quantile_points: the weights at the counted quantiles (j + 1/2) / e.
+void quantile_init(const SortedRow& row, int e, float* c) {
+  const double total = row.prefix[row.m].count;
+  for (int j = 0; j < e; ++j) {
+    const double target = (double(j) + 0.5) / e * total;
+    int64_t lo = 0, hi = row.m;  // the first i whose count up to and including i exceeds target
+    while (lo < hi) {
+      const int64_t mid = (lo + hi) / 2;
+      if (row.prefix[mid + 1].count > target)
+        hi = mid;
+      else
+        lo = mid + 1;
+    }
+    c[j] = row.xs[std::min(lo, row.m - 1)];
+  }
+}
+
+// The Lloyd-Max levels of a normal fit, mean + sqrt(3) std z[j], clamped to the row's range.
+void normal_init(const SortedRow& row, int e, const double* z, float* c) {
+  const Run all = row.run(0, row.m);
+  const double count = std::max(all.count, 1.0);
+  const double mean = all.total / count;
+  const double std_dev = std::sqrt(std::max(all.squares / count - mean * mean, 0.0));
+  for (int j = 0; j < e; ++j)
+    c[j] = std::min(std::max(float(mean + std_dev * kSqrt3 * z[j]), row.xs[0]), row.xs[row.m - 1]);
+}
+
+// draw() of _kmeanspp_inits: a weight of the run [start, end) drawn with probability proportional to
+// its count (uniform) or its squared distance to c, by inverse CDF over the prefix sums.
+float draw(const SortedRow& row, int64_t start, int64_t end, double c, bool uniform, double u) {
+  const Sums& first = row.prefix[start];
+  auto mass = [&](int64_t j) {
+    const Run r = between(first, row.prefix[j]);
+    return uniform ? r.count : run_error(r, c);
+  };
+  const double target = u * mass(end);
+  int64_t lo = start, hi = end;  // the first j whose mass up to j + 1 exceeds target
+  while (lo < hi) {
+    const int64_t mid = (lo + hi) / 2;
+    if (mass(std::min(mid + 1, end)) <= target)
+      lo = mid + 1;
+    else
+      hi = mid;
+  }
+  return row.xs[std::max<int64_t>(std::min(lo, end - 1), 0)];
+}
+
+// One k-means++ seeding from the uniforms u[2 e - 1]: u[0] the first centroid, u[2 t - 1] and u[2 t]
+// the cluster and the weight of centroid t.
+void kmeanspp_init(const SortedRow& row, int e, const double* u, float* c) {
+  int64_t edges[kMaxEntries + 1];
+  double weight[kMaxEntries], count[kMaxEntries], cdf[kMaxEntries];
+  c[0] = draw(row, 0, row.m, 0.0, true, u[0]);
+  for (int t = 1; t < e; ++t) {
+    std::sort(c, c + t);
+    bounds(row, c, t, edges);
+    bool placed = true;  // every weight is a centroid already (few distinct values): draw uniformly
+    for (int i = 0; i < t; ++i) {
+      const Run r = row.run(edges[i], edges[i + 1]);
+      weight[i] = std::max(run_error(r, double(c[i])), 0.0);
+      count[i] = r.count;
+      placed &= !(weight[i] > 0);
+    }
+    double acc = 0;
+    for (int i = 0; i < t; ++i) cdf[i] = acc += placed ? count[i] : weight[i];
+    const double target = u[2 * t - 1] * cdf[t - 1];
+    const int which = std::min<int>(int(std::upper_bound(cdf, cdf + t, target) - cdf), t - 1);
+    c[t] = draw(row, edges[which], edges[which + 1], double(c[which]), placed, u[2 * t]);
+  }
+  std::sort(c, c + e);
+}
+
+struct Plan {
+  const KmeansArgs& a;
+  int fitted;  // entries fitted to the data: entries, or entries - 1 beside the kept 0
+  int fits;    // quantile, normal, restarts k-means++ seedings
+
+  // Fit f of row r from its init through Lloyd -> its squared error; cent [fitted].
+  double run_fit(const SortedRow& row, int64_t r, int f, float* cent) const {
+    if (f == 0)
+      quantile_init(row, fitted, cent);
+    else if (f == 1)
+      normal_init(row, fitted, a.normal_z, cent);
+    else
+      kmeanspp_init(row, fitted, a.uniforms + (r * a.restarts + (f - 2)) * (2 * fitted - 1), cent);
+    lloyd(row, cent, fitted, a.iters);
+    return fit_error(row, cent, fitted);
+  }
+
+  // The row's codebook from its best fit, and its codes (codes_row may be null).
+  void finish(const SortedRow& row, const float* data_row, const float* best, float* book, uint8_t* codes_row) const {
+    const int e = a.entries;
+    if (!a.keep_zero) {
+      std::copy(best, best + e, book);
+      if (!codes_row) return;
+      int64_t edges[kMaxEntries + 1];
+      bounds(row, book, e, edges);
+      for (int i = 0; i < e; ++i)
+        for (int64_t j = edges[i]; j < edges[i + 1]; ++j) codes_row[row.order[j]] = uint8_t(i);
+      return;
+    }
+    const bool any = row.prefix[row.m].count > 0;
+    book[0] = 0.f;
+    for (int i = 0; i < fitted; ++i) book[i + 1] = any ? best[i] : 0.f;
+    std::sort(book, book + e);
+    if (!codes_row) return;
+    float mids[kMaxEntries];  // assign_codes: the number of midpoints below the weight
+    for (int i = 0; i + 1 < e; ++i) mids[i] = book[i] / 2 + book[i + 1] / 2;
+    for (int64_t j = 0; j < a.cols; ++j)
+      codes_row[j] = uint8_t(std::lower_bound(mids, mids + e - 1, data_row[j]) - mids);
+  }
+
+  void build(SortedRow& row, int64_t r, bool with_codes) const {
+    row.build(a.data + r * a.cols, a.cols, a.keep_zero, with_codes && !a.keep_zero);
+  }
+};
+
+void validate(const KmeansArgs& a, const float* codebook, int num_threads) {
+  if (a.rows < 0) bad("rows must be >= 0, got " + std::to_string(a.rows));
+  if (a.cols < 1 || a.cols > (int64_t(1) << 31))
+    bad("cols must be in 1..2^31, got " + std::to_string(a.cols));
+  const int lowest = a.keep_zero ? 2 : 1;
+  if (a.entries < lowest || a.entries > kMaxEntries)
+    bad("entries must be in " + std::to_string(lowest) + "..256" + (a.keep_zero ? " with keep_zero" : "") + ", got " +
+        std::to_string(a.entries));
+  if (a.iters < 0) bad("iters must be >= 0, got " + std::to_string(a.iters));
+  if (a.restarts < 0) bad("restarts must be >= 0, got " + std::to_string(a.restarts));
+  if (num_threads < 1) bad("num_threads must be >= 1, got " + std::to_string(num_threads));
+  if (a.rows == 0) return;
+  if (!a.data) bad("data must not be null");
+  if (!codebook) bad("codebook must not be null");
+  if (!a.normal_z) bad("normal_z must not be null");
+  if (a.restarts > 0 && !a.uniforms) bad("uniforms must not be null");
+}
+
+}  // namespace
+
+void kmeans_codebook(const KmeansArgs& a, float* codebook, uint8_t* codes, int num_threads) {
+  validate(a, codebook, num_threads);
+  if (a.rows == 0) return;
+  const Plan plan{a, a.keep_zero ? a.entries - 1 : a.entries, 2 + a.restarts};
+  const bool with_codes = codes != nullptr;
+  if (a.rows == 1 && num_threads > 1) {  // one long row (per="layer"): its fits in parallel
+    SortedRow row;
+    plan.build(row, 0, with_codes);
+    std::vector<float> cents(size_t(plan.fits) * plan.fitted);
+    std::vector<double> errors(plan.fits);
+    std::atomic<int> next{0};
+    parallel_for(std::min(num_threads, plan.fits), [&](int, int) {
+      for (int f; (f = next.fetch_add(1)) < plan.fits;)
+        errors[f] = plan.run_fit(row, 0, f, cents.data() + f * plan.fitted);
+    });
+    const int best = int(std::min_element(errors.begin(), errors.end()) - errors.begin());  // the first of equals
+    plan.finish(row, a.data, cents.data() + best * plan.fitted, codebook, codes);
+    return;
+  }
+  std::atomic<int64_t> next{0};
+  parallel_for(num_threads, [&](int, int) {
+    SortedRow row;
+    float cent[kMaxEntries], best[kMaxEntries];
+    for (int64_t r; (r = next.fetch_add(1, std::memory_order_relaxed)) < a.rows;) {
+      plan.build(row, r, with_codes);
+      double best_error = 0;
+      for (int f = 0; f < plan.fits; ++f) {
+        const double error = plan.run_fit(row, r, f, cent);
+        if (f == 0 || error < best_error) {
+          best_error = error;
+          std::copy(cent, cent + plan.fitted, best);
+        }
+      }
+      plan.finish(row, a.data + r * a.cols, best, codebook + r * a.entries, with_codes ? codes + r * a.cols : nullptr);
+    }
+  });
+}
+
+}  // namespace slim
