@@ -26,8 +26,8 @@ namespace {
 constexpr int kMaxEntries = 256;
 constexpr double kSqrt3 = 1.7320508075688772;  // the reference's 3 ** 0.5
 
-// The prefix sums at sorted index j: the counted weights before j; the sum and sum of squares of the
-// positives before j, and of the negatives from j on (so that every sum runs outward from 0).
+// The reference's five prefix sums at sorted index j: the counted weights before j; the sum and sum of
+// squares of the positives before j, and of the negatives from j on (every sum runs outward from 0).
 struct Sums {
   double count, pos, neg, pos2, neg2;
 };
@@ -58,65 +58,71 @@ inline float key_value(uint32_t k) {
 }
 
 // One row, sorted, with its prefix sums; the scratch of the sort is kept for the next row.
+//
+// The reference's prefix table is stored in 16 bytes an index instead of 40: the count before j is
+// min(j, kept); the positives' sums are 0 up to the end p0 of the negative run and the negatives' sums
+// 0 from there on, so one (sum, sum of squares) pair an index holds whichever is not 0. The values are
+// the reference's, summed in its order.
 class SortedRow {
  public:
   int64_t m = 0;
-  std::vector<float> xs;          // [m] ascending
-  std::vector<uint32_t> order;    // [m] xs[j] = row[order[j]] (when built with_order)
-  std::vector<Sums> prefix;       // [m + 1]
+  int64_t kept = 0;             // counted weights: the first kept of xs (all, unless keep_zero)
+  int64_t p0 = 0;               // counted negative weights: xs[0, p0)
+  std::vector<float> xs;        // [m] ascending
+  std::vector<uint32_t> order;  // [m] xs[j] = row[order[j]] (plain rows)
 
-  // keep_zero: the nonzero weights sorted to the front and the rest filled with uncounted copies of
-  // the largest (0 when there is none), as the reference pads its rows.
-  void build(const float* row, int64_t cols, bool keep_zero, bool with_order) {
+  // keep_zero: the nonzero weights sorted to the front, the rest filled with uncounted copies of the
+  // largest (0 when there is none), as the reference pads its rows.
+  void build(const float* row, int64_t cols, bool keep_zero) {
     m = cols;
     xs.resize(m);
-    prefix.resize(m + 1);
-    keys_.resize(m);
-    tkeys_.resize(m);
-    int64_t kept = 0;
-    if (keep_zero) {
-      for (int64_t j = 0; j < m; ++j)
-        if (row[j] != 0.f) keys_[kept++] = sort_key(row[j]);
-      radix_sort(kept, nullptr);
-    } else {
-      for (int64_t j = 0; j < m; ++j) keys_[j] = sort_key(row[j]);
-      kept = m;
-      if (with_order) {
-        order.resize(m);
-        tidx_.resize(m);
-        std::iota(order.begin(), order.end(), uint32_t(0));
-      }
-      radix_sort(m, with_order ? order.data() : nullptr);
+    order.resize(m);
+    sums_.resize(m + 1);
+    items_.resize(m);
+    titems_.resize(m);
+    kept = 0;
+    for (int64_t j = 0; j < m; ++j)
+      if (!keep_zero || row[j] != 0.f) items_[kept++] = (uint64_t(sort_key(row[j])) << 32) | uint64_t(j);
+    radix_sort(kept);
+    for (int64_t j = 0; j < kept; ++j) {
+      xs[j] = key_value(uint32_t(items_[j] >> 32));
+      order[j] = uint32_t(items_[j]);
     }
-    for (int64_t j = 0; j < kept; ++j) xs[j] = key_value(keys_[j]);
     std::fill(xs.begin() + kept, xs.end(), kept > 0 ? xs[kept - 1] : 0.f);
-    // uncounted padding adds nothing to the sums (the reference multiplies it by 0)
-    double pos = 0, pos2 = 0;
-    prefix[0].count = prefix[0].pos = prefix[0].pos2 = 0;
-    for (int64_t j = 0; j < m; ++j) {
-      const double x = j < kept && xs[j] > 0 ? double(xs[j]) : 0.0;
-      pos += x;
-      pos2 += x * x;
-      prefix[j + 1].count = double(std::min(j + 1, kept));
-      prefix[j + 1].pos = pos;
-      prefix[j + 1].pos2 = pos2;
+    p0 = std::lower_bound(xs.data(), xs.data() + kept, 0.f) - xs.data();
+    // uncounted padding adds nothing (the reference multiplies it by 0), nor do the zeros added before
+    // the first nonzero term of a sum: start each sum where its terms start
+    double sum = 0, squares = 0;
+    sums_[p0] = {0, 0};
+    for (int64_t j = p0 - 1; j >= 0; --j) {
+      const double x = xs[j];
+      sum += x;
+      squares += x * x;
+      sums_[j] = {sum, squares};
     }
-    double neg = 0, neg2 = 0;
-    prefix[m].neg = prefix[m].neg2 = 0;
-    for (int64_t j = m - 1; j >= 0; --j) {
-      const double x = j < kept && xs[j] < 0 ? double(xs[j]) : 0.0;
-      neg += x;
-      neg2 += x * x;
-      prefix[j].neg = neg;
-      prefix[j].neg2 = neg2;
+    sum = squares = 0;
+    for (int64_t j = p0; j < m; ++j) {
+      const double x = j < kept && xs[j] > 0 ? double(xs[j]) : 0.0;
+      sum += x;
+      squares += x * x;
+      sums_[j + 1] = {sum, squares};
     }
   }
 
-  // The first index whose weight is above v, searched in [from, m) (std::upper_bound without branches
-  // to mispredict: the searches are most of the time of a fit).
-  int64_t upper(float v, int64_t from = 0) const {
-    int64_t len = m - from;
-    if (len <= 0) return m;
+  double count(int64_t j) const { return double(std::min(j, kept)); }
+
+  Sums at(int64_t j) const {
+    const Pair& s = sums_[j];
+    return j > p0 ? Sums{count(j), s.sum, 0.0, s.squares, 0.0} : Sums{count(j), 0.0, s.sum, 0.0, s.squares};
+  }
+
+  Run run(int64_t lo, int64_t hi) const { return between(at(lo), at(hi)); }
+
+  // The first index in [from, to) whose weight is above v, or to (std::upper_bound without branches to
+  // mispredict: the searches are most of the time of a fit).
+  int64_t upper(float v, int64_t from, int64_t to) const {
+    int64_t len = to - from;
+    if (len <= 0) return to;
     const float* base = xs.data() + from;
     while (len > 1) {  // the answer lies in [base, base + len]
       const int64_t half = len / 2;
@@ -126,24 +132,59 @@ class SortedRow {
     return (base - xs.data()) + (*base <= v);
   }
 
-  Run run(int64_t lo, int64_t hi) const { return between(prefix[lo], prefix[hi]); }
+  // The same over [from, m), galloping out from a guess (a Lloyd step moves the edges a little).
+  int64_t upper_near(float v, int64_t from, int64_t guess) const {
+    guess = std::max(from, guess);
+    int64_t lo, hi, step = 1;
+    if (guess < m && xs[guess] <= v) {  // the answer is above guess
+      for (lo = guess + 1;; step *= 2) {
+        const int64_t p = lo + step - 1;
+        if (p >= m) {
+          hi = m;
+          break;
+        }
+        if (xs[p] > v) {
+          hi = p;
+          break;
+        }
+        lo = p + 1;
+      }
+    } else {  // at or below guess
+      for (hi = guess;; step *= 2) {
+        const int64_t p = hi - step;
+        if (p < from) {
+          lo = from;
+          break;
+        }
+        if (xs[p] <= v) {
+          lo = p + 1;
+          break;
+        }
+        hi = p;
+      }
+    }
+    return upper(v, lo, hi);
+  }
 
  private:
-  std::vector<uint32_t> keys_, tkeys_, tidx_;
+  struct Pair {
+    double sum, squares;
+  };
+  std::vector<Pair> sums_;                // [m + 1]
+  std::vector<uint64_t> items_, titems_;  // (key << 32) | index
   std::vector<int64_t> hist_;
 
-  // LSD radix sort of keys_[0, n) (and idx alongside when not null), 11 bits a pass; a pass whose
-  // digit is the same for all keys is skipped.
-  void radix_sort(int64_t n, uint32_t* idx) {
-    constexpr int kBits = 11, kBuckets = 1 << kBits, kPasses = 3;
+  // LSD radix sort of items_[0, n) by their keys, 8 bits a pass (256 buckets: the scatter stays in
+  // L1); a pass whose digit is the same for all items is skipped.
+  void radix_sort(int64_t n) {
+    constexpr int kBits = 8, kBuckets = 1 << kBits, kPasses = 4;
     std::vector<int64_t>& hist = hist_;
     hist.assign(kPasses * kBuckets, 0);
     for (int64_t j = 0; j < n; ++j) {
-      const uint32_t k = keys_[j];
+      const uint64_t k = items_[j] >> 32;
       for (int p = 0; p < kPasses; ++p) ++hist[p * kBuckets + ((k >> (p * kBits)) & (kBuckets - 1))];
     }
-    uint32_t *src = keys_.data(), *dst = tkeys_.data();
-    uint32_t *isrc = idx, *idst = idx ? tidx_.data() : nullptr;
+    uint64_t *src = items_.data(), *dst = titems_.data();
     for (int p = 0; p < kPasses; ++p) {
       int64_t* h = hist.data() + p * kBuckets;
       if (std::any_of(h, h + kBuckets, [n](int64_t c) { return c == n; })) continue;
@@ -153,28 +194,24 @@ class SortedRow {
         h[b] = sum;
         sum += c;
       }
-      const int shift = p * kBits;
-      for (int64_t j = 0; j < n; ++j) {
-        const int64_t at = h[(src[j] >> shift) & (kBuckets - 1)]++;
-        dst[at] = src[j];
-        if (isrc) idst[at] = isrc[j];
-      }
+      const int shift = 32 + p * kBits;
+      for (int64_t j = 0; j < n; ++j) dst[h[(src[j] >> shift) & (kBuckets - 1)]++] = src[j];
       std::swap(src, dst);
-      std::swap(isrc, idst);
     }
-    if (src != keys_.data()) {
-      std::copy(src, src + n, keys_.data());
-      if (idx) std::copy(isrc, isrc + n, idx);
-    }
+    if (src != items_.data()) std::copy(src, src + n, items_.data());
   }
 };
 
 // The runs of the nearest-centroid clusters of sorted centroids c[0, e): edges[0] = 0, edges[e] = m,
 // edges[i] the first index above the midpoint of c[i - 1] and c[i] (a weight exactly halfway goes to
-// the lower entry). The midpoints are nondecreasing, so each search starts at the previous edge.
-void bounds(const SortedRow& row, const float* c, int e, int64_t* edges) {
+// the lower entry). The midpoints are nondecreasing, so each search starts at the previous edge;
+// with guesses (the edges of nearby centroids) each gallops out from its guess.
+void bounds(const SortedRow& row, const float* c, int e, int64_t* edges, const int64_t* guesses = nullptr) {
   edges[0] = 0;
-  for (int i = 1; i < e; ++i) edges[i] = row.upper(c[i - 1] / 2 + c[i] / 2, edges[i - 1]);
+  for (int i = 1; i < e; ++i) {
+    const float mid = c[i - 1] / 2 + c[i] / 2;
+    edges[i] = guesses ? row.upper_near(mid, edges[i - 1], guesses[i]) : row.upper(mid, edges[i - 1], row.m);
+  }
   edges[e] = row.m;
 }
 
@@ -197,13 +234,17 @@ void reseed_empty(const SortedRow& row, float* next, const int64_t* edges, const
 }
 
 // _lloyd_sorted for one fit: at most iters steps, stopped when the sorted centroids stop moving (a
-// fixed point stays one, so this equals the reference's batch-wide stop).
-void lloyd(const SortedRow& row, float* c, int e, int iters) {
-  int64_t edges[kMaxEntries + 1];
+// fixed point stays one, so this equals the reference's batch-wide stop). edges [e + 1]: the runs of the
+// last centroids searched; state: kNoEdges, kNearEdges (of the step before: guesses) or kExactEdges (of c).
+enum EdgeState { kNoEdges, kNearEdges, kExactEdges };
+
+void lloyd(const SortedRow& row, float* c, int e, int iters, int64_t* edges, EdgeState& state) {
   float next[kMaxEntries];
   bool empty[kMaxEntries];
+  state = kNoEdges;
   for (int it = 0; it < iters; ++it) {
-    bounds(row, c, e, edges);
+    bounds(row, c, e, edges, state == kNoEdges ? nullptr : edges);
+    state = kExactEdges;
     bool any_empty = false;
     for (int i = 0; i < e; ++i) {
       const Run r = row.run(edges[i], edges[i + 1]);
@@ -215,13 +256,13 @@ void lloyd(const SortedRow& row, float* c, int e, int iters) {
     std::sort(next, next + e);
     if (std::equal(next, next + e, c)) break;
     std::copy(next, next + e, c);
+    state = kNearEdges;
   }
 }
 
-// Squared error of the row under sorted centroids c[0, e).
-double fit_error(const SortedRow& row, const float* c, int e) {
-  int64_t edges[kMaxEntries + 1];
-  bounds(row, c, e, edges);
+// Squared error of the row under sorted centroids c[0, e); edges as lloyd leaves them.
+double fit_error(const SortedRow& row, const float* c, int e, int64_t* edges, EdgeState state) {
+  if (state != kExactEdges) bounds(row, c, e, edges, state == kNearEdges ? edges : nullptr);
   double sum = 0;
   for (int i = 0; i < e; ++i) sum += std::max(run_error(row.run(edges[i], edges[i + 1]), double(c[i])), 0.0);
   return sum;
@@ -229,13 +270,13 @@ double fit_error(const SortedRow& row, const float* c, int e) {
 
 // _quantile_points: the weights at the counted quantiles (j + 1/2) / e.
 void quantile_init(const SortedRow& row, int e, float* c) {
-  const double total = row.prefix[row.m].count;
+  const double total = row.count(row.m);
   for (int j = 0; j < e; ++j) {
     const double target = (double(j) + 0.5) / e * total;
     int64_t lo = 0, hi = row.m;  // the first i whose count up to and including i exceeds target
     while (lo < hi) {
       const int64_t mid = (lo + hi) / 2;
-      if (row.prefix[mid + 1].count > target)
+      if (row.count(mid + 1) > target)
         hi = mid;
       else
         lo = mid + 1;
@@ -257,9 +298,9 @@ void normal_init(const SortedRow& row, int e, const double* z, float* c) {
 // draw() of _kmeanspp_inits: a weight of the run [start, end) drawn with probability proportional to
 // its count (uniform) or its squared distance to c, by inverse CDF over the prefix sums.
 float draw(const SortedRow& row, int64_t start, int64_t end, double c, bool uniform, double u) {
-  const Sums& first = row.prefix[start];
+  const Sums first = row.at(start);
   auto mass = [&](int64_t j) {
-    const Run r = between(first, row.prefix[j]);
+    const Run r = between(first, row.at(j));
     return uniform ? r.count : run_error(r, c);
   };
   const double target = u * mass(end);
@@ -312,8 +353,10 @@ struct Plan {
       normal_init(row, fitted, a.normal_z, cent);
     else
       kmeanspp_init(row, fitted, a.uniforms + (r * a.restarts + (f - 2)) * (2 * fitted - 1), cent);
-    lloyd(row, cent, fitted, a.iters);
-    return fit_error(row, cent, fitted);
+    int64_t edges[kMaxEntries + 1];
+    EdgeState state;
+    lloyd(row, cent, fitted, a.iters, edges, state);
+    return fit_error(row, cent, fitted, edges, state);
   }
 
   // The row's codebook from its best fit, and its codes (codes_row may be null).
@@ -328,7 +371,7 @@ struct Plan {
         for (int64_t j = edges[i]; j < edges[i + 1]; ++j) codes_row[row.order[j]] = uint8_t(i);
       return;
     }
-    const bool any = row.prefix[row.m].count > 0;
+    const bool any = row.kept > 0;
     book[0] = 0.f;
     for (int i = 0; i < fitted; ++i) book[i + 1] = any ? best[i] : 0.f;
     std::sort(book, book + e);
@@ -339,9 +382,7 @@ struct Plan {
       codes_row[j] = uint8_t(std::lower_bound(mids, mids + e - 1, data_row[j]) - mids);
   }
 
-  void build(SortedRow& row, int64_t r, bool with_codes) const {
-    row.build(a.data + r * a.cols, a.cols, a.keep_zero, with_codes && !a.keep_zero);
-  }
+  void build(SortedRow& row, int64_t r) const { row.build(a.data + r * a.cols, a.cols, a.keep_zero); }
 };
 
 void validate(const KmeansArgs& a, const float* codebook, int num_threads) {
@@ -371,7 +412,7 @@ void kmeans_codebook(const KmeansArgs& a, float* codebook, uint8_t* codes, int n
   const bool with_codes = codes != nullptr;
   if (a.rows == 1 && num_threads > 1) {  // one long row (per="layer"): its fits in parallel
     SortedRow row;
-    plan.build(row, 0, with_codes);
+    plan.build(row, 0);
     std::vector<float> cents(size_t(plan.fits) * plan.fitted);
     std::vector<double> errors(plan.fits);
     std::atomic<int> next{0};
@@ -388,7 +429,7 @@ void kmeans_codebook(const KmeansArgs& a, float* codebook, uint8_t* codes, int n
     SortedRow row;
     float cent[kMaxEntries], best[kMaxEntries];
     for (int64_t r; (r = next.fetch_add(1, std::memory_order_relaxed)) < a.rows;) {
-      plan.build(row, r, with_codes);
+      plan.build(row, r);
       double best_error = 0;
       for (int f = 0; f < plan.fits; ++f) {
         const double error = plan.run_fit(row, r, f, cent);
