@@ -57,6 +57,23 @@ inline float key_value(uint32_t k) {
   return x;
 }
 
+// fn(task) for task in [0, tasks) on up to `threads` threads (inline for one): the split into tasks is
+// fixed by the caller, whatever number of threads the runtime gives.
+template <class Fn>
+void run_tasks(int tasks, int threads, const Fn& fn) {
+  if (threads <= 1 || tasks <= 1) {
+    for (int t = 0; t < tasks; ++t) fn(t);
+    return;
+  }
+  std::atomic<int> next{0};
+  parallel_for(std::min(threads, tasks), [&](int, int) {
+    for (int t; (t = next.fetch_add(1)) < tasks;) fn(t);
+  });
+}
+
+// [begin, end) of slice t of n items cut into `slices`.
+inline int64_t slice_start(int64_t n, int t, int slices) { return n * t / slices; }
+
 // One row, sorted, with its prefix sums; the scratch of the sort is kept for the next row.
 //
 // The reference's prefix table is stored in 16 bytes an index instead of 40: the count before j is
@@ -71,42 +88,63 @@ class SortedRow {
   std::vector<float> xs;        // [m] ascending
   std::vector<uint32_t> order;  // [m] xs[j] = row[order[j]] (plain rows)
 
+  bool has_order = false;       // order is filled
+
   // keep_zero: the nonzero weights sorted to the front, the rest filled with uncounted copies of the
-  // largest (0 when there is none), as the reference pads its rows.
-  void build(const float* row, int64_t cols, bool keep_zero) {
+  // largest (0 when there is none), as the reference pads its rows. with_order: keep the sort's
+  // permutation (for the codes; plain rows only). threads > 1: one long row, sorted on several threads.
+  void build(const float* row, int64_t cols, bool keep_zero, bool with_order, int threads) {
     m = cols;
     xs.resize(m);
-    order.resize(m);
     sums_.resize(m + 1);
-    items_.resize(m);
-    titems_.resize(m);
     kept = 0;
-    for (int64_t j = 0; j < m; ++j)
-      if (!keep_zero || row[j] != 0.f) items_[kept++] = (uint64_t(sort_key(row[j])) << 32) | uint64_t(j);
-    radix_sort(kept);
-    for (int64_t j = 0; j < kept; ++j) {
-      xs[j] = key_value(uint32_t(items_[j] >> 32));
-      order[j] = uint32_t(items_[j]);
+    has_order = with_order && !keep_zero;
+    if (has_order) {  // (key << 32) | index
+      order.resize(m);
+      items_.resize(m);
+      titems_.resize(m);
+      for (int64_t j = 0; j < m; ++j) items_[j] = (uint64_t(sort_key(row[j])) << 32) | uint64_t(j);
+      kept = m;
+      const uint64_t* sorted = radix_sort(items_.data(), titems_.data(), m, 32, 1);
+      for (int64_t j = 0; j < m; ++j) {
+        xs[j] = key_value(uint32_t(sorted[j] >> 32));
+        order[j] = uint32_t(sorted[j]);
+      }
+    } else {
+      keys_.resize(m);
+      tkeys_.resize(m);
+      for (int64_t j = 0; j < m; ++j)
+        if (!keep_zero || row[j] != 0.f) keys_[kept++] = sort_key(row[j]);
+      const uint32_t* sorted = radix_sort(keys_.data(), tkeys_.data(), kept, 0, threads);
+      const int slices = threads;
+      run_tasks(slices, threads, [&](int t) {
+        for (int64_t j = slice_start(kept, t, slices), end = slice_start(kept, t + 1, slices); j < end; ++j)
+          xs[j] = key_value(sorted[j]);
+      });
     }
     std::fill(xs.begin() + kept, xs.end(), kept > 0 ? xs[kept - 1] : 0.f);
     p0 = std::lower_bound(xs.data(), xs.data() + kept, 0.f) - xs.data();
     // uncounted padding adds nothing (the reference multiplies it by 0), nor do the zeros added before
-    // the first nonzero term of a sum: start each sum where its terms start
-    double sum = 0, squares = 0;
-    sums_[p0] = {0, 0};
-    for (int64_t j = p0 - 1; j >= 0; --j) {
-      const double x = xs[j];
-      sum += x;
-      squares += x * x;
-      sums_[j] = {sum, squares};
-    }
-    sum = squares = 0;
-    for (int64_t j = p0; j < m; ++j) {
-      const double x = j < kept && xs[j] > 0 ? double(xs[j]) : 0.0;
-      sum += x;
-      squares += x * x;
-      sums_[j + 1] = {sum, squares};
-    }
+    // the first nonzero term of a sum: each sum starts where its terms start, the two independently
+    run_tasks(2, threads, [&](int side) {
+      double sum = 0, squares = 0;
+      if (side == 0) {
+        sums_[p0] = {0, 0};
+        for (int64_t j = p0 - 1; j >= 0; --j) {
+          const double x = xs[j];
+          sum += x;
+          squares += x * x;
+          sums_[j] = {sum, squares};
+        }
+        return;
+      }
+      for (int64_t j = p0; j < m; ++j) {
+        const double x = j < kept && xs[j] > 0 ? double(xs[j]) : 0.0;
+        sum += x;
+        squares += x * x;
+        sums_[j + 1] = {sum, squares};
+      }
+    });
   }
 
   double count(int64_t j) const { return double(std::min(j, kept)); }
@@ -172,33 +210,47 @@ class SortedRow {
   };
   std::vector<Pair> sums_;                // [m + 1]
   std::vector<uint64_t> items_, titems_;  // (key << 32) | index
+  std::vector<uint32_t> keys_, tkeys_;
   std::vector<int64_t> hist_;
 
-  // LSD radix sort of items_[0, n) by their keys, 8 bits a pass (256 buckets: the scatter stays in
-  // L1); a pass whose digit is the same for all items is skipped.
-  void radix_sort(int64_t n) {
+  // LSD radix sort of items[0, n) by their 32 bits from key_shift up, 8 bits a pass (256 buckets: the
+  // scatter stays in L1), a pass whose digit is the same for all items skipped; tmp [n] is scratch.
+  // threads > 1: each pass counts and scatters slices of the items on their own threads (stable: slice
+  // t's items go after slice t - 1's in every bucket). -> the sorted items (items or tmp).
+  template <class T>
+  const T* radix_sort(T* items, T* tmp, int64_t n, int key_shift, int threads) {
     constexpr int kBits = 8, kBuckets = 1 << kBits, kPasses = 4;
-    std::vector<int64_t>& hist = hist_;
-    hist.assign(kPasses * kBuckets, 0);
-    for (int64_t j = 0; j < n; ++j) {
-      const uint64_t k = items_[j] >> 32;
-      for (int p = 0; p < kPasses; ++p) ++hist[p * kBuckets + ((k >> (p * kBits)) & (kBuckets - 1))];
-    }
-    uint64_t *src = items_.data(), *dst = titems_.data();
+    const int slices = n >= (int64_t(1) << 16) ? threads : 1;
+    hist_.resize(size_t(slices) * kBuckets);
+    T *src = items, *dst = tmp;
     for (int p = 0; p < kPasses; ++p) {
-      int64_t* h = hist.data() + p * kBuckets;
-      if (std::any_of(h, h + kBuckets, [n](int64_t c) { return c == n; })) continue;
-      int64_t sum = 0;
-      for (int b = 0; b < kBuckets; ++b) {
-        const int64_t c = h[b];
-        h[b] = sum;
-        sum += c;
+      const int shift = key_shift + p * kBits;
+      run_tasks(slices, threads, [&](int t) {
+        int64_t* h = hist_.data() + t * kBuckets;
+        std::fill(h, h + kBuckets, 0);
+        for (int64_t j = slice_start(n, t, slices), end = slice_start(n, t + 1, slices); j < end; ++j)
+          ++h[(src[j] >> shift) & (kBuckets - 1)];
+      });
+      int64_t sum = 0;  // bucket b of slice t starts after the smaller buckets and slice t - 1's
+      bool constant = false;
+      for (int b = 0; b < kBuckets && !constant; ++b) {
+        const int64_t before = sum;
+        for (int t = 0; t < slices; ++t) {
+          const int64_t c = hist_[t * kBuckets + b];
+          hist_[t * kBuckets + b] = sum;
+          sum += c;
+        }
+        constant = sum - before == n;  // every item in bucket b: the pass would move nothing
       }
-      const int shift = 32 + p * kBits;
-      for (int64_t j = 0; j < n; ++j) dst[h[(src[j] >> shift) & (kBuckets - 1)]++] = src[j];
+      if (constant) continue;
+      run_tasks(slices, threads, [&](int t) {
+        int64_t* h = hist_.data() + t * kBuckets;
+        for (int64_t j = slice_start(n, t, slices), end = slice_start(n, t + 1, slices); j < end; ++j)
+          dst[h[(src[j] >> shift) & (kBuckets - 1)]++] = src[j];
+      });
       std::swap(src, dst);
     }
-    if (src != items_.data()) std::copy(src, src + n, items_.data());
+    return src;
   }
 };
 
@@ -360,29 +412,39 @@ struct Plan {
   }
 
   // The row's codebook from its best fit, and its codes (codes_row may be null).
-  void finish(const SortedRow& row, const float* data_row, const float* best, float* book, uint8_t* codes_row) const {
+  // The row's codebook from its best fit, and its codes (codes_row may be null): off the sort when the
+  // row kept its order, else by searching each weight among the midpoints, as assign_codes (the same
+  // codes: a weight goes to the entry whose run holds it, the lower one at a midpoint).
+  void finish(const SortedRow& row, const float* data_row, const float* best, float* book, uint8_t* codes_row,
+              int threads) const {
     const int e = a.entries;
-    if (!a.keep_zero) {
+    if (a.keep_zero) {
+      book[0] = 0.f;
+      for (int i = 0; i < fitted; ++i) book[i + 1] = row.kept > 0 ? best[i] : 0.f;
+      std::sort(book, book + e);
+    } else {
       std::copy(best, best + e, book);
-      if (!codes_row) return;
+    }
+    if (!codes_row) return;
+    if (row.has_order) {
       int64_t edges[kMaxEntries + 1];
       bounds(row, book, e, edges);
       for (int i = 0; i < e; ++i)
         for (int64_t j = edges[i]; j < edges[i + 1]; ++j) codes_row[row.order[j]] = uint8_t(i);
       return;
     }
-    const bool any = row.kept > 0;
-    book[0] = 0.f;
-    for (int i = 0; i < fitted; ++i) book[i + 1] = any ? best[i] : 0.f;
-    std::sort(book, book + e);
-    if (!codes_row) return;
-    float mids[kMaxEntries];  // assign_codes: the number of midpoints below the weight
+    float mids[kMaxEntries];  // the number of midpoints below a weight is its code
     for (int i = 0; i + 1 < e; ++i) mids[i] = book[i] / 2 + book[i + 1] / 2;
-    for (int64_t j = 0; j < a.cols; ++j)
-      codes_row[j] = uint8_t(std::lower_bound(mids, mids + e - 1, data_row[j]) - mids);
+    const int slices = threads;
+    run_tasks(slices, threads, [&](int t) {
+      for (int64_t j = slice_start(a.cols, t, slices), end = slice_start(a.cols, t + 1, slices); j < end; ++j)
+        codes_row[j] = uint8_t(std::lower_bound(mids, mids + e - 1, data_row[j]) - mids);
+    });
   }
 
-  void build(SortedRow& row, int64_t r) const { row.build(a.data + r * a.cols, a.cols, a.keep_zero); }
+  void build(SortedRow& row, int64_t r, bool with_codes, int threads) const {
+    row.build(a.data + r * a.cols, a.cols, a.keep_zero, with_codes && threads == 1, threads);
+  }
 };
 
 void validate(const KmeansArgs& a, const float* codebook, int num_threads) {
@@ -412,7 +474,7 @@ void kmeans_codebook(const KmeansArgs& a, float* codebook, uint8_t* codes, int n
   const bool with_codes = codes != nullptr;
   if (a.rows == 1 && num_threads > 1) {  // one long row (per="layer"): its fits in parallel
     SortedRow row;
-    plan.build(row, 0);
+    plan.build(row, 0, with_codes, num_threads);
     std::vector<float> cents(size_t(plan.fits) * plan.fitted);
     std::vector<double> errors(plan.fits);
     std::atomic<int> next{0};
@@ -421,7 +483,7 @@ void kmeans_codebook(const KmeansArgs& a, float* codebook, uint8_t* codes, int n
         errors[f] = plan.run_fit(row, 0, f, cents.data() + f * plan.fitted);
     });
     const int best = int(std::min_element(errors.begin(), errors.end()) - errors.begin());  // the first of equals
-    plan.finish(row, a.data, cents.data() + best * plan.fitted, codebook, codes);
+    plan.finish(row, a.data, cents.data() + best * plan.fitted, codebook, codes, num_threads);
     return;
   }
   std::atomic<int64_t> next{0};
@@ -429,7 +491,7 @@ void kmeans_codebook(const KmeansArgs& a, float* codebook, uint8_t* codes, int n
     SortedRow row;
     float cent[kMaxEntries], best[kMaxEntries];
     for (int64_t r; (r = next.fetch_add(1, std::memory_order_relaxed)) < a.rows;) {
-      plan.build(row, r);
+      plan.build(row, r, with_codes, 1);
       double best_error = 0;
       for (int f = 0; f < plan.fits; ++f) {
         const double error = plan.run_fit(row, r, f, cent);
@@ -438,7 +500,8 @@ void kmeans_codebook(const KmeansArgs& a, float* codebook, uint8_t* codes, int n
           std::copy(cent, cent + plan.fitted, best);
         }
       }
-      plan.finish(row, a.data + r * a.cols, best, codebook + r * a.entries, with_codes ? codes + r * a.cols : nullptr);
+      plan.finish(row, a.data + r * a.cols, best, codebook + r * a.entries, with_codes ? codes + r * a.cols : nullptr,
+                  1);
     }
   });
 }

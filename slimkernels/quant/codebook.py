@@ -296,9 +296,7 @@ def kmeans_codebook(w: torch.Tensor, bits: int, per: str = "row", iters: int = 2
     if sampled:
         pick = torch.randint(data.shape[1], (KMEANS_MAX_SAMPLES,), generator=gen).to(data.device)
         data = data[:, pick]
-    # every random number of the call, drawn up front: the torch and the native fits read the same ones
-    fitted = entries - 1 if keep_zero else entries
-    uniforms = torch.rand(data.shape[0], KMEANS_RESTARTS, 2 * fitted - 1, generator=gen, dtype=torch.float64)
+    uniforms = _kmeanspp_uniforms(data.shape, entries - 1 if keep_zero else entries, gen)
     native = _native_kmeans() if data.device.type == "cpu" else None
     if native is not None:
         codebook, codes = _fit_native(native, data, entries, iters, uniforms, keep_zero, with_codes=not sampled)
@@ -307,6 +305,17 @@ def kmeans_codebook(w: torch.Tensor, bits: int, per: str = "row", iters: int = 2
     if codes is None:  # the fit saw a sample of w
         return assign_codes(w, codebook), codebook
     return codes.view(n, k), codebook
+
+
+def _kmeanspp_uniforms(shape, fitted: int, gen: torch.Generator) -> torch.Tensor:
+    """Every random number of the k-means++ seedings of rows of `shape` [R, M] with `fitted` entries, drawn
+    up front (the torch and the native fits read the same ones) -> float64 [R, KMEANS_RESTARTS, 2 fitted - 1].
+    Drawn chunk by chunk and draw by draw (the order the batched torch fit used to draw them in), so the
+    seeded codebooks stay those of earlier versions."""
+    rows, m = shape
+    chunk_rows = max(1, KMEANS_CHUNK // m)
+    return torch.cat([torch.rand(2 * fitted - 1, min(chunk_rows, rows - start), KMEANS_RESTARTS, generator=gen,
+                                 dtype=torch.float64).permute(1, 2, 0) for start in range(0, rows, chunk_rows)]).contiguous()
 
 
 def _native_kmeans():

@@ -410,6 +410,16 @@ def test_native_kmeans_matches_reference_per_layer_and_keep_zero(bits, shape):
 
 
 @needs_native
+def test_native_kmeans_long_layer_row():
+    """A layer of more than 2^16 weights: sorted on several threads, codes by search instead of the sort."""
+    gen = torch.Generator().manual_seed(13)
+    w = torch.randn(300, 256, generator=gen) / ((torch.randn(300, 256, 2, generator=gen) ** 2).mean(2)).sqrt()
+    w[:, :7] = 0.0
+    _assert_native_matches_reference(w, 4, per="layer")
+    _assert_native_matches_reference(w, 3, per="layer", keep_zero=True)
+
+
+@needs_native
 def test_native_kmeans_sampled_layer_and_seeds(monkeypatch):
     gen = torch.Generator().manual_seed(21)
     w = torch.randn(40, 100, generator=gen) / ((torch.randn(40, 100, 2, generator=gen) ** 2).mean(2)).sqrt()
