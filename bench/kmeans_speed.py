@@ -1,7 +1,8 @@
 """k-means codebook speed and error: slimkernels.quant.codebook.kmeans_codebook against an older version
-of the same file (default: the one of git revision 696521e, before the prefix-sum inits), in one run.
+of the same file (default: the one of git revision 696521e, before the prefix-sum inits; --old torch: this
+version's torch path, KMEANS_NATIVE off), in one run.
 
-    PYTHONPATH=. python bench/kmeans_speed.py [--shapes 4096x4096,...] [--bits 3,4] [--old REV] [--repeats 1]
+    PYTHONPATH=. python bench/kmeans_speed.py [--shapes 4096x4096,...] [--bits 3,4] [--old REV|torch] [--repeats 1]
 
 Per case: wall seconds and CPU seconds of the process (time.process_time: on a machine shared with
 other jobs the CPU time is the steadier figure; each the best of --repeats), the squared error of the reconstructed weight (relative to
@@ -21,7 +22,21 @@ import torch
 from slimkernels.quant import codebook as new_codebook
 
 
+class TorchPath:
+    """This version of the module with the native fit switched off."""
+
+    @staticmethod
+    def kmeans_codebook(*args, **kwargs):
+        before, new_codebook.KMEANS_NATIVE = new_codebook.KMEANS_NATIVE, False
+        try:
+            return new_codebook.kmeans_codebook(*args, **kwargs)
+        finally:
+            new_codebook.KMEANS_NATIVE = before
+
+
 def load_old(rev: str):
+    if rev == "torch":
+        return TorchPath
     source = subprocess.run(["git", "show", f"{rev}:slimkernels/quant/codebook.py"], capture_output=True, text=True,
                             check=True).stdout
     source = source.replace("from .int4", "from slimkernels.quant.int4").replace("from .lowbit", "from slimkernels.quant.lowbit")

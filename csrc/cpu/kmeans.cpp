@@ -3,9 +3,15 @@
 // step and in the same float32 / float64 arithmetic, one row at a time per thread, so that a row's
 // sorted weights and prefix sums stay in L1/L2 (the reference gathers from a [rows, M + 1, 5] table
 // of the whole batch). The prefix sums run in the reference's order (torch's cumsum is sequential);
-// only the final sum of a fit's squared error may round differently. No FMA contraction: this file is
-// compiled without ISA flags.
+// only the final sum of a fit's squared error may round differently. No FMA contraction (the reference
+// rounds every product): x86-64 without ISA flags has no FMA, and the pragmas below keep it off elsewhere.
 #include "slim/kmeans.h"
+
+#if defined(__clang__)
+#pragma STDC FP_CONTRACT OFF
+#elif defined(__GNUC__)
+#pragma GCC optimize("fp-contract=off")
+#endif
 
 #include <algorithm>
 #include <atomic>
@@ -412,10 +418,11 @@ struct Plan {
   }
 
   // The row's codebook from its best fit, and its codes (codes_row may be null).
-  // The row's codebook from its best fit, and its codes (codes_row may be null): off the sort when the
-  // row kept its order, else by searching each weight among the midpoints, as assign_codes (the same
-  // codes: a weight goes to the entry whose run holds it, the lower one at a midpoint).
-  void finish(const SortedRow& row, const float* data_row, const float* best, float* book, uint8_t* codes_row,
+  // The row's codebook from its best fit, and the codes of row r of code_data (codes_row may be null):
+  // off the sort when the row kept its order, else by searching each weight among the midpoints, as
+  // assign_codes (the same codes: a weight goes to the entry whose run holds it, the lower one at a
+  // midpoint).
+  void finish(const SortedRow& row, int64_t r, const float* best, float* book, uint8_t* codes_row,
               int threads) const {
     const int e = a.entries;
     if (a.keep_zero) {
@@ -435,10 +442,12 @@ struct Plan {
     }
     float mids[kMaxEntries];  // the number of midpoints below a weight is its code
     for (int i = 0; i + 1 < e; ++i) mids[i] = book[i] / 2 + book[i + 1] / 2;
+    const float* data_row = a.code_data ? a.code_data + r * a.code_cols : a.data + r * a.cols;
+    const int64_t cols = a.code_data ? a.code_cols : a.cols;
     const int slices = threads;
     run_tasks(slices, threads, [&](int t) {
       constexpr int64_t kBlock = 4096;  // codes counted midpoint by midpoint over a block (vectorizes)
-      for (int64_t j0 = slice_start(a.cols, t, slices), end = slice_start(a.cols, t + 1, slices); j0 < end;
+      for (int64_t j0 = slice_start(cols, t, slices), end = slice_start(cols, t + 1, slices); j0 < end;
            j0 += kBlock) {
         const int64_t n = std::min(kBlock, end - j0);
         const float* x = data_row + j0;
@@ -452,8 +461,9 @@ struct Plan {
     });
   }
 
+  // The codes come off the sort for rows fitted one a thread to the weights they code.
   void build(SortedRow& row, int64_t r, bool with_codes, int threads) const {
-    row.build(a.data + r * a.cols, a.cols, a.keep_zero, with_codes && threads == 1, threads);
+    row.build(a.data + r * a.cols, a.cols, a.keep_zero, with_codes && threads == 1 && !a.code_data, threads);
   }
 };
 
@@ -473,6 +483,7 @@ void validate(const KmeansArgs& a, const float* codebook, int num_threads) {
   if (!codebook) bad("codebook must not be null");
   if (!a.normal_z) bad("normal_z must not be null");
   if (a.restarts > 0 && !a.uniforms) bad("uniforms must not be null");
+  if (a.code_data && a.code_cols < 1) bad("code_cols must be >= 1, got " + std::to_string(a.code_cols));
 }
 
 }  // namespace
@@ -493,7 +504,7 @@ void kmeans_codebook(const KmeansArgs& a, float* codebook, uint8_t* codes, int n
         errors[f] = plan.run_fit(row, 0, f, cents.data() + f * plan.fitted);
     });
     const int best = int(std::min_element(errors.begin(), errors.end()) - errors.begin());  // the first of equals
-    plan.finish(row, a.data, cents.data() + best * plan.fitted, codebook, codes, num_threads);
+    plan.finish(row, 0, cents.data() + best * plan.fitted, codebook, codes, num_threads);
     return;
   }
   std::atomic<int64_t> next{0};
@@ -510,8 +521,8 @@ void kmeans_codebook(const KmeansArgs& a, float* codebook, uint8_t* codes, int n
           std::copy(cent, cent + plan.fitted, best);
         }
       }
-      plan.finish(row, a.data + r * a.cols, best, codebook + r * a.entries, with_codes ? codes + r * a.cols : nullptr,
-                  1);
+      const int64_t code_cols = a.code_data ? a.code_cols : a.cols;
+      plan.finish(row, r, best, codebook + r * a.entries, with_codes ? codes + r * code_cols : nullptr, 1);
     }
   });
 }

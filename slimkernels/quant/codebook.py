@@ -298,12 +298,12 @@ def kmeans_codebook(w: torch.Tensor, bits: int, per: str = "row", iters: int = 2
         data = data[:, pick]
     uniforms = _kmeanspp_uniforms(data.shape, entries - 1 if keep_zero else entries, gen)
     native = _native_kmeans() if data.device.type == "cpu" else None
-    if native is not None:
-        codebook, codes = _fit_native(native, data, entries, iters, uniforms, keep_zero, with_codes=not sampled)
+    if native is not None:  # the codes of w, also when the fit saw a sample of it
+        codebook, codes = _fit_native(native, data, entries, iters, uniforms, keep_zero, _rows(w, per))
     else:
         codebook, codes = _fit_torch(data, entries, iters, uniforms, keep_zero, with_codes=not sampled)
-    if codes is None:  # the fit saw a sample of w
-        return assign_codes(w, codebook), codebook
+        if codes is None:  # the fit saw a sample of w
+            return assign_codes(w, codebook), codebook
     return codes.view(n, k), codebook
 
 
@@ -333,21 +333,25 @@ def _init_probs(entries: int, device=None) -> torch.Tensor:
 
 
 def _fit_native(lib, data: torch.Tensor, entries: int, iters: int, uniforms: torch.Tensor, keep_zero: bool,
-                with_codes: bool):
-    """_fit_torch on the CPU in slimkernels._C (one row per thread; one long row: its fits in parallel)."""
-    data = data.contiguous()
+                coded: torch.Tensor):
+    """_fit_torch on the CPU in slimkernels._C (one row per thread; one long row: its fits in parallel), and
+    the codes of coded [R, M'] (data itself or the weights it samples) under the codebooks."""
+    data, coded = data.contiguous(), coded.contiguous()
     r, m = data.shape
     fitted = entries - 1 if keep_zero else entries
     uniforms = uniforms.to(torch.float64).contiguous()
-    if data.dtype != torch.float32 or uniforms.shape != (r, KMEANS_RESTARTS, 2 * fitted - 1):
-        raise ValueError(f"kmeans_codebook: the native fit takes float32 [R, M] data and float64 uniforms "
-                         f"[{r}, {KMEANS_RESTARTS}, {2 * fitted - 1}], got {data.dtype} and {tuple(uniforms.shape)}")
+    if data.dtype != torch.float32 or coded.dtype != torch.float32 or coded.shape[0] != r \
+            or uniforms.shape != (r, KMEANS_RESTARTS, 2 * fitted - 1):
+        raise ValueError(f"kmeans_codebook: the native fit takes float32 data [R, M] and coded [R, M'] and float64 "
+                         f"uniforms [{r}, {KMEANS_RESTARTS}, {2 * fitted - 1}], got {data.dtype} {tuple(data.shape)}, "
+                         f"{coded.dtype} {tuple(coded.shape)} and {tuple(uniforms.shape)}")
     normal_z = torch.special.ndtri(_init_probs(fitted))
     codebook = torch.empty(r, entries, dtype=torch.float32)
-    codes = torch.empty(r, m, dtype=torch.uint8) if with_codes else None
+    codes = torch.empty(coded.shape, dtype=torch.uint8)
+    same = coded.data_ptr() == data.data_ptr() and coded.shape == data.shape
     lib.kmeans_codebook(data.data_ptr(), r, m, entries, iters, KMEANS_RESTARTS, uniforms.data_ptr(),
-                        normal_z.data_ptr(), keep_zero, codebook.data_ptr(), 0 if codes is None else codes.data_ptr(),
-                        max(1, torch.get_num_threads()))
+                        normal_z.data_ptr(), keep_zero, codebook.data_ptr(), codes.data_ptr(),
+                        max(1, torch.get_num_threads()), 0 if same else coded.data_ptr(), coded.shape[1])
     return codebook, codes
 
 

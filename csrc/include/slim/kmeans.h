@@ -21,10 +21,12 @@ struct KmeansArgs {
   const double* uniforms;   // [rows, restarts, 2 F - 1] in [0, 1), F = the fitted entries (below)
   const double* normal_z;   // [F]: ndtri((j + 1/2) / F), the normal quantiles of the Lloyd-Max init
   bool keep_zero;           // one entry exactly 0, the F = entries - 1 others fitted to the nonzero weights
+  const float* code_data;   // [rows, code_cols]: the weights to give codes (null: data itself)
+  int64_t code_cols;        // (ignored when code_data is null) e.g. a whole layer fitted on a sample
 };
 
-// codebook: float32 [rows, entries], ascending. codes: uint8 [rows, cols], the nearest entry of each
-// weight of data (a weight exactly halfway goes to the lower entry, as assign_codes), or null for none.
+// codebook: float32 [rows, entries], ascending. codes: uint8 [rows, code_cols], the nearest entry of each
+// weight of code_data (a weight exactly halfway goes to the lower entry, as assign_codes), or null for none.
 // std::invalid_argument (naming the argument) on bad sizes or null pointers.
 void kmeans_codebook(const KmeansArgs& args, float* codebook, uint8_t* codes, int num_threads);
 
