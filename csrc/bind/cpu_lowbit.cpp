@@ -1,11 +1,12 @@
 // slimkernels._C: weight-only int4 and 2/3/4-bit codebook matmul, the ops dequant_mm_int4 and lut_mm
-// (csrc/cpu/lowbit*.cpp).
+// (csrc/cpu/lowbit*.cpp), and W4A8, dequant_mm_int4_a8 (csrc/cpu/lowbit_a8*.cpp).
 #include <cstdint>
 #include <string>
 
 #include "bind_common.h"
 #include "slim/cpu_isa.h"
 #include "slim/lowbit.h"
+#include "slim/lowbit_a8.h"
 #include "slim/quantize.h"
 
 namespace slim {
@@ -26,6 +27,17 @@ void lowbit_mm(uintptr_t x, int64_t ldx, const std::string& x_kind, uintptr_t co
   slim::lowbit_mm(g, num_threads, i, a);
 }
 
+void dequant_mm_int4_a8(uintptr_t x, int64_t ldx, const std::string& x_kind, uintptr_t qweight, uintptr_t scales,
+                        uintptr_t zeros, int64_t group_size, uintptr_t bias, uintptr_t y, int64_t ldy, int64_t M,
+                        int64_t N, int64_t K, int num_threads, const std::string& isa) {
+  slim::LowbitA8Args g{ptr<const void>(x), ldx, slim::parse_in_kind(x_kind, "x_kind"), ptr<const uint8_t>(qweight),
+                       ptr<const float>(scales), ptr<const uint8_t>(zeros), group_size, ptr<const float>(bias),
+                       ptr<void>(y), ldy, M, N, K};
+  const slim::CpuIsa i = slim::resolve_isa(isa, "isa");
+  py::gil_scoped_release nogil;
+  slim::dequant_mm_int4_a8(g, num_threads, i);
+}
+
 }  // namespace
 
 void bind_lowbit(py::module_& m) {
@@ -40,6 +52,13 @@ void bind_lowbit(py::module_& m) {
         "of x_kind 'float32' | 'float16' | 'bfloat16', float32 accumulation, RNE output. amx: 'auto' (AMX-BF16 "
         "tiles from 6 rows of x for int4 and 16 for 2- and 4-bit codebooks, where supported), 'on' (at any "
         "M; an error where unsupported) or 'off'.");
+  m.def("dequant_mm_int4_a8", &dequant_mm_int4_a8, py::arg("x"), py::arg("ldx"), py::arg("x_kind"),
+        py::arg("qweight"), py::arg("scales"), py::arg("zeros"), py::arg("group_size"), py::arg("bias"), py::arg("y"),
+        py::arg("ldy"), py::arg("M"), py::arg("N"), py::arg("K"), py::arg("num_threads"), py::arg("isa") = "",
+        "W4A8: x[M, K] quantized per token to int8 (as quantize_per_token_int8), times int4 group-wise weights "
+        "(qweight uint8 [N, ceil(K/2)], scales float32 [N, K/group_size], zeros uint8 or 0 = zero point 8) "
+        "with exact int32 sums per group: y = sx[m] * sum_g s[n, g] * (sum q * xq - z * sum xq) + bias[n] "
+        "(bias 0 = none). x and y of x_kind 'float32' | 'float16' | 'bfloat16'.");
 }
 
 }  // namespace bind

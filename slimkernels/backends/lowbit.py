@@ -12,7 +12,7 @@ from .._switch import CPU_BF16
 from ..quant import lowbit
 from . import register, row_stride
 from ._common import KIND, cpu_amx, cpu_isa, cuda_stream, f32, linear_f32, ptr, threads
-from .quantize import ALL_DEVICES
+from .quantize import ALL_DEVICES, quantize_rows_int8
 
 
 # ---- reference: the spec ---------------------------------------------------------------------------
@@ -20,6 +20,29 @@ from .quantize import ALL_DEVICES
 def dequant_mm_int4_reference(x, qweight, scales, zeros, group_size, bias):
     """x @ dequantize_int4(...).T + bias: weights dequantized in float32, the GEMM in float32."""
     return linear_f32(x, lowbit.dequantize_int4(qweight, scales, zeros, group_size, x.shape[1]), bias)
+
+
+@register("dequant_mm_int4_a8", "reference", ALL_DEVICES)
+def dequant_mm_int4_a8_reference(x, qweight, scales, zeros, group_size, bias):
+    """x quantized per token (quantize_per_token_int8's spec), exact integer sums per group,
+    D[g] = q_g @ xq_g - z_g * sum(xq_g), then in float32, g ascending: acc = acc + s[:, g] * D[g],
+    y = acc * sx + bias, returned in x.dtype (the scalar kernel's arithmetic, step by step)."""
+    m, k = x.shape
+    n, groups = scales.shape
+    xq, sx = quantize_rows_int8(x)
+    # int64 holds every sum; off the CPU (no integer bmm) float64 does (|sum| < 2^53).
+    exact = torch.int64 if x.device.type == "cpu" else torch.float64
+    q = lowbit.unpack_codes(qweight, 4, k).to(exact).view(n, groups, group_size).permute(1, 2, 0)  # [G, gs, N]
+    xg = xq.to(exact).view(m, groups, group_size).transpose(0, 1)  # [G, M, gs]
+    z = torch.full_like(scales, lowbit.INT4_ZERO_SYMMETRIC) if zeros is None else zeros
+    d = torch.bmm(xg, q) - xg.sum(-1)[:, :, None] * z.to(exact).T[:, None, :]  # [G, M, N]
+    acc = torch.zeros((m, n), dtype=torch.float32, device=x.device)
+    for g in range(groups):
+        acc = acc + scales[:, g][None, :] * d[g].float()
+    y = acc * sx[:, None]
+    if bias is not None:
+        y = y + bias.float()
+    return y.to(x.dtype)
 
 
 @register("lut_mm", "reference", ALL_DEVICES)
@@ -96,6 +119,18 @@ def lut_mm_cpu(x, indices, codebook, bias):
     bits = lowbit.bits_from_codebook(codebook.shape[1])
     return _lowbit_cpu(x, indices, bits, "codebook", indices.shape[0], group_size=x.shape[1], codebook=codebook,
                        bias=bias)
+
+
+@register("dequant_mm_int4_a8", "native", ("cpu",), strided_rows=True)
+def dequant_mm_int4_a8_cpu(x, qweight, scales, zeros, group_size, bias):
+    m, k = x.shape
+    n = qweight.shape[0]
+    bias = f32(bias)
+    y = torch.empty((m, n), dtype=x.dtype)
+    _native.require_cpu().dequant_mm_int4_a8(x.data_ptr(), row_stride(x), KIND[x.dtype], qweight.data_ptr(),
+                                             scales.data_ptr(), ptr(zeros), group_size, ptr(bias), y.data_ptr(), n,
+                                             m, n, k, threads(), cpu_isa())
+    return y
 
 
 # ---- native CUDA -----------------------------------------------------------------------------------

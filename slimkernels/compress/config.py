@@ -81,16 +81,36 @@ class Int8DynamicConfig(QuantizationConfig):
         return "w8a8"
 
 
+ACTS = (None, "int8")  # the weight-only configs' `act`: float activations, or int8 per token
+
+
+def _check_act(cls_name: str, act) -> None:
+    if act not in ACTS:
+        raise ValueError(f"{cls_name}.act must be None (float activations) or 'int8' (activations quantized per "
+                         f"token to int8 at run time, integer dot products), got {act!r}")
+
+
 @dataclass(frozen=True)
 class Int8WeightOnlyConfig(QuantizationConfig):
-    """W8A16: int8 weights per output channel; activations stay float."""
+    """W8A16: int8 weights per output channel; activations stay float.
+
+    act: None (float activations) or "int8": activations quantized per token at run time, which is
+      W8A8 (the same weights; mode "w8a8", like Int8DynamicConfig).
+    """
 
     min_features: int = 1
+    act: Optional[str] = None
 
-    mode = "w8a16"
+    def __post_init__(self):
+        super().__post_init__()
+        _check_act("Int8WeightOnlyConfig", self.act)
+
+    @property
+    def mode(self) -> str:
+        return "w8a8" if self.act == "int8" else "w8a16"
 
     def describe(self) -> str:
-        return "w8a16"
+        return self.mode
 
 
 def _check_min_features(cls_name: str, value) -> None:
@@ -130,6 +150,9 @@ class Int4WeightOnlyConfig(_GPTQKnobs, QuantizationConfig):
       `calibration` batches in quantize_). damp, block_size and act_order are GPTQ's knobs. Calibrate
       on at least 10 x in_features tokens of varied text: a layer whose calibration inputs span too
       few directions gets a larger damp (and a CalibrationWarning; quant.hessian.thin_calibration_damp).
+    act: None (float activations: mode "w4a16") or "int8" (mode "w4a8": the same weights, activations
+      quantized per token to int8 at run time as W8A8 does, integer dot products; faster on CPUs
+      without bf16 dot products or AMX, at some accuracy: see the README).
     """
 
     group_size: int = 128
@@ -139,11 +162,15 @@ class Int4WeightOnlyConfig(_GPTQKnobs, QuantizationConfig):
     damp: float = 0.01
     block_size: int = 128
     act_order: bool = False
+    act: Optional[str] = None
 
-    mode = "w4a16"
+    @property
+    def mode(self) -> str:
+        return "w4a8" if self.act == "int8" else "w4a16"
 
     def __post_init__(self):
         super().__post_init__()
+        _check_act("Int4WeightOnlyConfig", self.act)
         if not isinstance(self.group_size, int) or not (self.group_size == -1 or (self.group_size > 0 and self.group_size % 32 == 0)):
             raise ValueError(f"Int4WeightOnlyConfig.group_size must be a positive multiple of 32 or -1 (per channel), got {self.group_size!r}")
         _check_gptq_knobs("Int4WeightOnlyConfig", self.method, self.damp, self.block_size)
@@ -153,7 +180,7 @@ class Int4WeightOnlyConfig(_GPTQKnobs, QuantizationConfig):
 
     def describe(self) -> str:
         group = "per-channel" if self.group_size == -1 else f"g{self.group_size}"
-        return f"w4a16 {group} {'sym' if self.symmetric else 'asym'} {self.method}"
+        return f"{self.mode} {group} {'sym' if self.symmetric else 'asym'} {self.method}"
 
 
 CODEBOOKS = ("kmeans", "nf4", "pow2")
@@ -185,11 +212,16 @@ class CodebookConfig(_GPTQKnobs, QuantizationConfig):
     block_size: int = 128
     act_order: bool = False
     keep_zero: bool = False
+    act: Optional[str] = None
 
     mode = "codebook"
 
     def __post_init__(self):
         super().__post_init__()
+        _check_act("CodebookConfig", self.act)
+        if self.act is not None:
+            raise ValueError(f"CodebookConfig.act={self.act!r}: int8 activations are not supported for codebooks yet; "
+                             "use Int4WeightOnlyConfig(act='int8') (W4A8) or leave act=None")
         if self.bits not in (2, 3, 4):
             raise ValueError(f"CodebookConfig.bits must be 2, 3 or 4, got {self.bits!r}")
         if self.codebook not in CODEBOOKS:
@@ -358,14 +390,16 @@ class SparsityConfig(CompressionConfig):
 
 
 QUANTIZATION_CONFIGS = (Int8DynamicConfig, Int8WeightOnlyConfig, Int4WeightOnlyConfig, CodebookConfig)
-_BY_MODE = {cls.mode: cls for cls in QUANTIZATION_CONFIGS}
+# mode -> its default config (w4a8: Int4WeightOnlyConfig(act="int8"))
+_BY_MODE = {config.mode: config for config in (Int8DynamicConfig(), Int8WeightOnlyConfig(), Int4WeightOnlyConfig(),
+                                              Int4WeightOnlyConfig(act="int8"), CodebookConfig())}
 
 
 def config_for_mode(mode: str) -> QuantizationConfig:
-    """The default config of a QuantLinear mode: "w8a8", "w8a16", "w4a16" or "codebook"."""
+    """The default config of a QuantLinear mode: "w8a8", "w8a16", "w4a16", "w4a8" or "codebook"."""
     if mode not in _BY_MODE:
         raise ValueError(f"config_for_mode: mode must be one of {sorted(_BY_MODE)}, got {mode!r}")
-    return _BY_MODE[mode]()
+    return _BY_MODE[mode]
 
 
 # ---- "did you mean ...": a config class, or a mode name, where a config object belongs ------------

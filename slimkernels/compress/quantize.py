@@ -123,7 +123,7 @@ def _int4(module: nn.Linear, config: Int4WeightOnlyConfig, hessian: Optional[tor
         codes, scales, zeros = parts
     else:
         codes, scales, zeros = quantize_int4_rtn(w, group_size, config.symmetric)
-    return QuantLinear.from_int4(codes, scales, zeros, group_size, bias)
+    return QuantLinear.from_parts(config.mode, codes, scales, zeros, bias=bias, group_size=group_size)  # w4a16 / w4a8
 
 
 @register_handler(CodebookConfig)

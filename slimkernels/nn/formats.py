@@ -22,6 +22,8 @@ Formats and their saved state (the packed layouts are specified in quant/lowbit.
   "w8a16"    weight-only int8 (dequant_mm_int8): qweight int8 [N, K], weight_scale float32 [N]
   "w4a16"    weight-only int4, group-wise (dequant_mm_int4): qweight uint8 [N, ceil(K/2)],
              weight_scale float32 [N, K/g], weight_zero uint8 [N, K/g] (absent when symmetric)
+  "w4a8"     w4a16's weights (same buffers and saved layout) times activations quantized per token to
+             int8 at run time, integer dot products (dequant_mm_int4_a8)
   "codebook" weight sharing (lut_mm): qweight uint8 [N, ceil(K*bits/8)] packed codes,
              codebook float32 [1 or N, 2^bits]
 
@@ -306,8 +308,12 @@ class W4A16(WeightFormat):
                                (scale, (n, groups), torch.float32), (zero, (n, groups), torch.uint8),
                                (bias, (n,), torch.float32)):
             return None
-        return FastPath(n, k, _lowbit_run(qweight, 4, "int4", n, k, scale, zero, self.group_size, None, bias),
-                        (qweight, scale, zero, bias))
+        return FastPath(n, k, self._native_run(qweight, scale, zero, bias), (qweight, scale, zero, bias))
+
+    def _native_run(self, qweight, scale, zero, bias):
+        """FastPath's call of the native kernel of this format's op."""
+        n, k = self.out_features, self.in_features
+        return _lowbit_run(qweight, 4, "int4", n, k, scale, zero, self.group_size, None, bias)
 
     def dequantize(self, module):
         return lowbit.dequantize_int4(module.qweight, module.weight_scale, module.weight_zero, self.group_size,
@@ -320,7 +326,7 @@ class W4A16(WeightFormat):
 
     def summary(self):
         group = "per-channel" if self.group_size == self.in_features else f"g{self.group_size}"
-        return f"w4a16 {group} {'sym' if self.symmetric else 'asym'}"
+        return f"{self.mode} {group} {'sym' if self.symmetric else 'asym'}"
 
     @classmethod
     def default_config(cls):
@@ -337,6 +343,37 @@ class W4A16(WeightFormat):
         from ..quant.int4 import dequantize_int4_codes
 
         return dequantize_int4_codes(*parts, self.group_size)
+
+
+@register_format
+class W4A8(W4A16):
+    """W4A16's weights, activations quantized per token to int8 as W8A8 quantizes them."""
+
+    mode = "w4a8"
+    description = "int4 group-wise weights x int8 per-token activations"
+
+    def forward(self, module, x):
+        return ops.dequant_mm_int4_a8(x, module.qweight, module.weight_scale, module.weight_zero, self.group_size,
+                                      module.bias)
+
+    def _native_run(self, qweight, scale, zero, bias):
+        n, k, group_size = self.out_features, self.in_features, self.group_size
+        call = _native._C.dequant_mm_int4_a8  # as dequant_mm_int4_a8_cpu (backends/lowbit.py) calls it
+
+        def run(x_ptr, m, out_ptr, threads, isa):
+            call(x_ptr, k, "float32", qweight.data_ptr(), scale.data_ptr(), 0 if zero is None else zero.data_ptr(),
+                 group_size, 0 if bias is None else bias.data_ptr(), out_ptr, n, m, n, k, threads, isa)
+
+        return run
+
+    @classmethod
+    def default_config(cls):
+        from ..compress.config import Int4WeightOnlyConfig
+
+        return Int4WeightOnlyConfig(act="int8")
+
+    def fake_quantize_input(self, x):
+        return fake_quantize_rows_int8(x)
 
 
 @register_format

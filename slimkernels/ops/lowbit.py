@@ -1,5 +1,6 @@
 """The lowbit family: weight-only int4 group-wise (dequant_mm_int4) and 2/3/4-bit codebook weights
-(lut_mm), dequantized inside the kernels. Contracts and public functions; implementations in
+(lut_mm), dequantized inside the kernels, and int4 weights times per-token int8 activations
+(dequant_mm_int4_a8, W4A8). Contracts and public functions; implementations in
 backends/lowbit.py; the canonical packed layouts in quant/lowbit.py."""
 from typing import Optional
 
@@ -29,8 +30,7 @@ def _check_codes(op_name, x, codes, codes_name, bits, bias, n_from):
 
 
 # ---- dequant_mm_int4 ----------------------------------------------------------------------------
-def _check_int4(x, qweight, scales, zeros, group_size, bias=None):
-    op_name = "dequant_mm_int4"
+def _check_int4(x, qweight, scales, zeros, group_size, bias=None, op_name="dequant_mm_int4"):
     k = x.shape[-1] if isinstance(x, Tensor) and x.dim() else 0
     check.group_size(op_name, group_size, k)
     check.dtype(op_name, "scales", scales, (torch.float32,))
@@ -53,6 +53,23 @@ def dequant_mm_int4(x: Tensor, qweight: Tensor, scales: Tensor, zeros: Optional[
     group_size == K: per channel). qweight is uint8 [N, ceil(K/2)] (two codes a byte, low nibble
     first; see quant.lowbit)."""
     return linear_rows("dequant_mm_int4", x, qweight.shape[0], qweight, scales, zeros, group_size, bias)
+
+
+# ---- dequant_mm_int4_a8 ----------------------------------------------------------------------------
+def _check_int4_a8(x, qweight, scales, zeros, group_size, bias=None):
+    _check_int4(x, qweight, scales, zeros, group_size, bias, op_name="dequant_mm_int4_a8")
+
+
+@op("dequant_mm_int4_a8", _check_int4_a8, linear_fake(lambda x, qweight, *_: qweight.shape[0]))
+def dequant_mm_int4_a8(x: Tensor, qweight: Tensor, scales: Tensor, zeros: Optional[Tensor], group_size: int,
+                       bias: Optional[Tensor] = None) -> Tensor:
+    """W4A8: dequant_mm_int4's weights (same arguments and layout) times x [..., K] quantized per token
+    to int8 as quantize_per_token_int8 does (sx = absmax/127, xq = round(x/sx)), with exact integer
+    sums per group: y[m, n] = sx[m] * sum_g scales[n, g] * (sum_{k in g} q[n, k] * xq[m, k]
+    - z[n, g] * sum_{k in g} xq[m, k]) + bias[n], z = zeros or 8; [..., N] in x.dtype. Faster than
+    dequant_mm_int4 on CPUs without bf16 dot products or AMX, at the accuracy cost of int8 activations.
+    Differentiable in x (straight-through: grad_x = grad @ W, W the dequantized weight) and bias."""
+    return linear_rows("dequant_mm_int4_a8", x, qweight.shape[0], qweight, scales, zeros, group_size, bias)
 
 
 # ---- lut_mm ---------------------------------------------------------------------------------------
@@ -83,6 +100,7 @@ def lut_mm(x: Tensor, indices: Tensor, codebook: Tensor, bias: Optional[Tensor] 
 
 
 weight_only_autograd(dequant_mm_int4.opdef, lowbit.dequantize_int4, 4)
+weight_only_autograd(dequant_mm_int4_a8.opdef, lowbit.dequantize_int4, 4)
 weight_only_autograd(lut_mm.opdef, lowbit.dequantize_codebook, 2)
 
-__all__ = ["dequant_mm_int4", "lut_mm"]
+__all__ = ["dequant_mm_int4", "dequant_mm_int4_a8", "lut_mm"]

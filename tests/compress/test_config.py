@@ -22,13 +22,15 @@ CONFIGS = (Int8DynamicConfig, Int8WeightOnlyConfig, Int4WeightOnlyConfig, Codebo
 
 def test_existing_configs_keep_fields_order_defaults_and_mode():
     fields = {cls: [(f.name, f.default) for f in dataclasses.fields(cls)] for cls in CONFIGS}
-    assert fields[Int8DynamicConfig] == fields[Int8WeightOnlyConfig] == [("min_features", 1)]
+    # new fields go last (act: int8 activations of the weight-only configs), so positions stay
+    assert fields[Int8DynamicConfig] == [("min_features", 1)]
+    assert fields[Int8WeightOnlyConfig] == [("min_features", 1), ("act", None)]
     assert fields[Int4WeightOnlyConfig] == [("group_size", 128), ("symmetric", False), ("method", "rtn"),
                                             ("min_features", 1), ("damp", 0.01), ("block_size", 128),
-                                            ("act_order", False)]
+                                            ("act_order", False), ("act", None)]
     assert fields[CodebookConfig] == [("bits", 4), ("codebook", "kmeans"), ("per", "row"), ("min_features", 1),
                                       ("seed", 0), ("method", "rtn"), ("damp", 0.01), ("block_size", 128),
-                                      ("act_order", False), ("keep_zero", False)]
+                                      ("act_order", False), ("keep_zero", False), ("act", None)]
     assert Int4WeightOnlyConfig(64, True) == Int4WeightOnlyConfig(group_size=64, symmetric=True)
     assert [cls().mode for cls in CONFIGS] == ["w8a8", "w8a16", "w4a16", "codebook"]
     for cls in CONFIGS:

@@ -14,15 +14,16 @@ LOWBIT_GROUP = 128  # the group size every int4 entry uses (ours and tinygemm)
 
 
 def lowbit_linears(stack: Stack, mode: str) -> list:
-    """QuantLinear w4a16 (RTN, g128, asymmetric) or codebook (4-bit, per row) layers. The codebook's
+    """QuantLinear w4a16 / w4a8 (RTN, g128, asymmetric) or codebook (4-bit, per row) layers. The codebook's
     values do not change the time, so it is random rather than fitted (k-means on hundreds of MB of
     weights would dominate the run)."""
     from ...compress import Int4WeightOnlyConfig
     from ...nn import QuantLinear
 
     def build():
-        if mode == "w4a16":
-            return [QuantLinear.from_float(l, Int4WeightOnlyConfig(group_size=LOWBIT_GROUP)) for l in stack.float_linears()]
+        if mode in ("w4a16", "w4a8"):
+            config = Int4WeightOnlyConfig(group_size=LOWBIT_GROUP, act="int8" if mode == "w4a8" else None)
+            return [QuantLinear.from_float(l, config) for l in stack.float_linears()]
         gen = torch.Generator().manual_seed(7)
         out = []
         for b in stack.biases:
@@ -63,7 +64,7 @@ def _lowbit_layers(mode: str):
     def build(i: Inputs) -> Work:
         m, n, k = i.m, i.n, i.k
         calls = [functools.partial(l, i.x) for l in lowbit_linears(i.stack, mode)]
-        meta = 5 * n * (k // LOWBIT_GROUP) if mode == "w4a16" else 64 * n  # scales + zeros / the codebook rows
+        meta = 5 * n * (k // LOWBIT_GROUP) if mode != "codebook" else 64 * n  # scales + zeros / the codebook rows
         return Work(calls, i.fsize * (m * k + m * n) + n * ((k + 1) // 2) + meta + 4 * n)
 
     return build
@@ -77,18 +78,20 @@ def _tinygemm(i: Inputs) -> Work:
 
 
 @register("lowbit", family="lowbit", op="QuantLinear (low-bit)", aliases=("weight_only",), description=(
-    "low-bit weight-only layers: QuantLinear w4a16 (int4 g128, asymmetric) and 4-bit codebook (per row), "
-    "plus w8a8, through the default dispatch, against float nn.Linear, torch's int4 weight-only kernel "
+    "low-bit weight-only layers: QuantLinear w4a16 (int4 g128, asymmetric), w4a8 (the same weights, int8 "
+    "per-token activations) and 4-bit codebook (per row), plus w8a8, through the default dispatch, against float nn.Linear, torch's int4 weight-only kernel "
     "(tinygemm, g128, bf16 x on CPU) and, on CPU, FBGEMM dynamic int8"))
 def lowbit(case: Case) -> list[EntrySpec]:
     k = case.k
     group_skip = None if k % LOWBIT_GROUP == 0 else f"K={k} is not a multiple of the group size {LOWBIT_GROUP}"
     specs: list[EntrySpec] = []
-    for mode, op in (("w4a16", "dequant_mm_int4"), ("codebook", "lut_mm"), ("w8a8", "int8_dynamic_linear")):
+    for mode, op in (("w4a16", "dequant_mm_int4"), ("w4a8", "dequant_mm_int4_a8"), ("codebook", "lut_mm"),
+                     ("w8a8", "int8_dynamic_linear")):
         impl = case.resolve(op)
         build = int8_layers(mode) if mode == "w8a8" else _lowbit_layers(mode)
         specs += case.ours(f"{mode}:{impl}", f"{mode}_{impl}", build, impl=impl,
-                           skip=group_skip if mode == "w4a16" else None, isa=mode != "w8a8", amx=mode != "w8a8")
+                           skip=group_skip if mode in ("w4a16", "w4a8") else None, isa=mode != "w8a8",
+                           amx=mode not in ("w8a8", "w4a8"))
     specs += float_anchors(case)
     label = "tinygemm int4 (bf16)" if case.device == "cpu" else "tinygemm int4"
     kernel = "_weight_int4pack_mm_for_cpu" if case.device == "cpu" else "_weight_int4pack_mm"
