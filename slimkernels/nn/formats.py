@@ -19,6 +19,8 @@ Formats and their saved state (the packed layouts are specified in quant/lowbit.
              Saved: qweight int8 [N, K], weight_scale float32 [N]. Held: packed_weight (int8_prepack,
              for the device the layer is on) INSTEAD of qweight, which is unpacked from it when saved
              or read (one copy of the weight in memory); relaid out when the layer moves device.
+             Option act_bits: 8, or 7 (activations to |q| <= 63, for the AVX2 kernel's vpmaddubsw path);
+             saved in the layer config only when 7, so layers saved without it load as 8.
   "w8a16"    weight-only int8 (dequant_mm_int8): qweight int8 [N, K], weight_scale float32 [N]
   "w4a16"    weight-only int4, group-wise (dequant_mm_int4): qweight uint8 [N, ceil(K/2)],
              weight_scale float32 [N, K/g], weight_zero uint8 [N, K/g] (absent when symmetric)
