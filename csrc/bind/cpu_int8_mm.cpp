@@ -26,10 +26,10 @@ void int8_mm(uintptr_t a, int64_t lda, uintptr_t packed, int64_t M, int64_t N, i
 
 void int8_dynamic_linear(uintptr_t x, int64_t ldx, const std::string& x_kind, uintptr_t packed, uintptr_t w_scale,
                          uintptr_t bias, int64_t M, int64_t N, int64_t K, uintptr_t out, int64_t ldc, int num_threads,
-                         const std::string& isa) {
+                         const std::string& isa, int act_qmax) {
   slim::Int8DynamicLinearArgs g{ptr<const void>(x), ldx, slim::parse_in_kind(x_kind, "x_kind"),
                                 ptr<const int8_t>(packed), ptr<const float>(w_scale), ptr<const float>(bias), M, N, K,
-                                ptr<void>(out), ldc};
+                                ptr<void>(out), ldc, act_qmax};
   const slim::CpuIsa i = slim::resolve_isa(isa, "isa");
   py::gil_scoped_release nogil;
   slim::int8_dynamic_linear(g, num_threads, i);
@@ -46,9 +46,9 @@ void bind_int8_mm(py::module_& m) {
         "b_scale[n]) + bias[n], bias 0 = none).");
   m.def("int8_dynamic_linear", &int8_dynamic_linear, py::arg("x"), py::arg("ldx"), py::arg("x_kind"), py::arg("packed"),
         py::arg("w_scale"), py::arg("bias"), py::arg("M"), py::arg("N"), py::arg("K"), py::arg("out"), py::arg("ldc"),
-        py::arg("num_threads"), py::arg("isa") = "",
-        "W8A8 linear: per-token quantize of float x [M, K] (scratch), then int8_mm against the packed weight; "
-        "out [M, N] in x's float kind.");
+        py::arg("num_threads"), py::arg("isa") = "", py::arg("act_qmax") = 127,
+        "W8A8 linear: per-token quantize of float x [M, K] to |q| <= act_qmax (127, or 63 for 7-bit activations) "
+        "(scratch), then int8_mm against the packed weight; out [M, N] in x's float kind.");
 }
 
 }  // namespace bind

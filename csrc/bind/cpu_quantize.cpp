@@ -11,9 +11,9 @@ namespace bind {
 namespace {
 
 void quantize_per_token_int8(uintptr_t x, int64_t ldx, int64_t M, int64_t K, const std::string& x_kind, uintptr_t q,
-                             int64_t ldq, uintptr_t scale, int num_threads, const std::string& isa) {
+                             int64_t ldq, uintptr_t scale, int num_threads, const std::string& isa, int qmax) {
   slim::QuantizeArgs g{ptr<const void>(x), ldx, M, K, slim::parse_in_kind(x_kind, "x_kind"), ptr<int8_t>(q), ldq,
-                       ptr<float>(scale)};
+                       ptr<float>(scale), qmax};
   const slim::CpuIsa i = slim::resolve_isa(isa, "isa");
   py::gil_scoped_release nogil;
   slim::quantize_per_token_int8(g, num_threads, i);
@@ -24,9 +24,9 @@ void quantize_per_token_int8(uintptr_t x, int64_t ldx, int64_t M, int64_t K, con
 void bind_quantize(py::module_& m) {
   m.def("quantize_per_token_int8", &quantize_per_token_int8, py::arg("x"), py::arg("ldx"), py::arg("M"),
         py::arg("K"), py::arg("x_kind"), py::arg("q"), py::arg("ldq"), py::arg("scale"), py::arg("num_threads"),
-        py::arg("isa") = "",
-        "Per-row symmetric int8: scale = amax / 127 (NaN for non-finite rows, 1 for zero rows), q = "
-        "clamp(rint(x / scale), -127, 127).");
+        py::arg("isa") = "", py::arg("qmax") = 127,
+        "Per-row symmetric int8: scale = amax / qmax (NaN for non-finite rows, 1 for zero rows), q = "
+        "clamp(rint(x / scale), -qmax, qmax); qmax 127, or 63 for 7-bit activations.");
 }
 
 }  // namespace bind

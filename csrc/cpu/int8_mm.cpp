@@ -36,7 +36,7 @@ Kernels kernels_for(CpuIsa isa) {
 #ifdef SLIM_X86
   if (isa == CpuIsa::kAvx512Vnni)
     return {int8_mm_stage_bytes_avx512_vnni, int8_mm_stage_avx512_vnni, int8_mm_block_avx512_vnni, 3, 8};
-  if (isa == CpuIsa::kAvx2) return {int8_mm_stage_bytes_avx2, int8_mm_stage_avx2, int8_mm_block_avx2, 1, 2};
+  if (isa == CpuIsa::kAvx2) return {int8_mm_stage_bytes_avx2, int8_mm_stage_avx2, int8_mm_block_avx2, 1, 6};
 #endif
   (void)isa;
   return {int8_mm_stage_bytes_scalar, int8_mm_stage_scalar, int8_mm_block_scalar, 1, 4};

@@ -26,10 +26,10 @@ void quantize_rows_scalar(const QuantizeArgs& g, int64_t m0, int64_t m1) {
     uint32_t amax = 0;
     for (int64_t k = 0; k < g.K; ++k) amax = std::max(amax, abs_bits(load_as_f32(row, g.x_kind, k)));
     float scale;
-    if (!row_scale(amax, &scale)) {
+    if (!row_scale(amax, g.qmax, &scale)) {
       for (int64_t k = 0; k < g.K; ++k) q[k] = 0;
     } else {
-      for (int64_t k = 0; k < g.K; ++k) q[k] = quant_one(load_as_f32(row, g.x_kind, k), scale);
+      for (int64_t k = 0; k < g.K; ++k) q[k] = quant_one(load_as_f32(row, g.x_kind, k), scale, g.qmax);
     }
     g.scale[m] = scale;
   }
@@ -44,6 +44,7 @@ void quantize_per_token_int8(const QuantizeArgs& g, int num_threads, CpuIsa isa)
   if (g.K < 0) bad("K must be >= 0, got " + std::to_string(g.K));
   if (g.ldx < g.K) bad("ldx must be >= K (" + std::to_string(g.K) + "), got " + std::to_string(g.ldx));
   if (g.ldq < g.K) bad("ldq must be >= K (" + std::to_string(g.K) + "), got " + std::to_string(g.ldq));
+  if (g.qmax < 1 || g.qmax > 127) bad("qmax must be in [1, 127], got " + std::to_string(g.qmax));
   if (num_threads < 1) bad("num_threads must be >= 1, got " + std::to_string(num_threads));
   if (!isa_supported(isa)) bad(std::string("isa '") + isa_name(isa) + "' is not supported on this CPU/build");
   if (g.M == 0) return;

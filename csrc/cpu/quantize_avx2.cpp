@@ -38,12 +38,12 @@ void quantize_rows_avx2(const QuantizeArgs& g, int64_t m0, int64_t m1) {
       amax_bits = b > amax_bits ? b : amax_bits;
     }
     float scale;
-    if (!row_scale(amax_bits, &scale)) {
+    if (!row_scale(amax_bits, g.qmax, &scale)) {
       for (int64_t k = 0; k < g.K; ++k) q[k] = 0;
     } else if (scale == 0.0f) {
-      for (int64_t k = 0; k < g.K; ++k) q[k] = quant_one(load_as_f32(row, g.x_kind, k), scale);
+      for (int64_t k = 0; k < g.K; ++k) q[k] = quant_one(load_as_f32(row, g.x_kind, k), scale, g.qmax);
     } else {
-      const __m256 s = _mm256_set1_ps(scale), lo = _mm256_set1_ps(-127.f), hi = _mm256_set1_ps(127.f);
+      const __m256 s = _mm256_set1_ps(scale), lo = _mm256_set1_ps(-float(g.qmax)), hi = _mm256_set1_ps(float(g.qmax));
       int64_t k = 0;
       for (; k < K8; k += 8) {
         __m256 v = _mm256_div_ps(load8(row, g.x_kind, k), s);
@@ -53,7 +53,7 @@ void quantize_rows_avx2(const QuantizeArgs& g, int64_t m0, int64_t m1) {
         const __m128i i16 = _mm_packs_epi32(_mm256_castsi256_si128(i32), _mm256_extracti128_si256(i32, 1));
         _mm_storel_epi64(reinterpret_cast<__m128i*>(q + k), _mm_packs_epi16(i16, i16));
       }
-      for (; k < g.K; ++k) q[k] = quant_one(load_as_f32(row, g.x_kind, k), scale);
+      for (; k < g.K; ++k) q[k] = quant_one(load_as_f32(row, g.x_kind, k), scale, g.qmax);
     }
     g.scale[m] = scale;
   }

@@ -34,15 +34,15 @@ void quantize_rows_avx512_vnni(const QuantizeArgs& g, int64_t m0, int64_t m1) {
       amax = _mm512_max_epu32(amax, _mm512_and_si512(_mm512_castps_si512(v), absmask));
     }
     float scale;
-    if (!row_scale(uint32_t(_mm512_reduce_max_epu32(amax)), &scale)) {
+    if (!row_scale(uint32_t(_mm512_reduce_max_epu32(amax)), g.qmax, &scale)) {
       for (int64_t k = 0; k < g.K; k += 64) {
         const int64_t n = g.K - k;
         _mm512_mask_storeu_epi8(q + k, n >= 64 ? ~__mmask64(0) : (__mmask64(1) << n) - 1, _mm512_setzero_si512());
       }
-    } else if (scale == 0.0f) {  // amax so tiny that amax / 127 underflowed: rare, keep it simple
-      for (int64_t k = 0; k < g.K; ++k) q[k] = quant_one(load_as_f32(row, g.x_kind, k), scale);
+    } else if (scale == 0.0f) {  // amax so tiny that amax / qmax underflowed: rare, keep it simple
+      for (int64_t k = 0; k < g.K; ++k) q[k] = quant_one(load_as_f32(row, g.x_kind, k), scale, g.qmax);
     } else {
-      const __m512 s = _mm512_set1_ps(scale), lo = _mm512_set1_ps(-127.f), hi = _mm512_set1_ps(127.f);
+      const __m512 s = _mm512_set1_ps(scale), lo = _mm512_set1_ps(-float(g.qmax)), hi = _mm512_set1_ps(float(g.qmax));
       for (int64_t k = 0; k < g.K; k += 16) {
         const __mmask16 msk = tail_mask(g.K - k);
         __m512 v = _mm512_div_ps(load16(row, g.x_kind, k, msk), s);

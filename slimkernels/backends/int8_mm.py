@@ -7,7 +7,7 @@ from .. import _native
 from ..quant import packing
 from . import register
 from ._common import KIND, cpu_isa, cuda_stream, f32, pad_k, ptr, threads
-from .quantize import ALL_DEVICES, quantize_rows_int8, quantize_rows_int8_cuda, quantize_rows_int8_triton
+from .quantize import ALL_DEVICES, act_qmax, quantize_rows_int8, quantize_rows_int8_cuda, quantize_rows_int8_triton
 
 
 # ---- reference: the spec ---------------------------------------------------------------------------
@@ -45,11 +45,13 @@ def int8_scaled_mm_packed_reference(a, a_scale, b_packed, b_scale, bias, out_dty
 
 
 def register_dynamic_linear(impl, devices, quantize_rows, scaled_mm_packed):
-    """int8_dynamic_linear for an implementation = its own per-token quantize + its packed GEMM."""
+    """int8_dynamic_linear for an implementation = its own per-token quantize + its packed GEMM. 7-bit
+    activations (act_bits=7) are quantized by the reference: the same bits by spec, and these
+    implementations' quantize kernels are 8-bit only."""
 
     @register("int8_dynamic_linear", impl, devices)
-    def int8_dynamic_linear(x, w_packed, w_scale, bias):
-        q, scale = quantize_rows(x)
+    def int8_dynamic_linear(x, w_packed, w_scale, bias, act_bits):
+        q, scale = quantize_rows(x) if act_bits == 8 else quantize_rows_int8(x, act_qmax(act_bits))
         return scaled_mm_packed(q, scale, w_packed, w_scale, bias, x.dtype)
 
     return int8_dynamic_linear
@@ -115,13 +117,14 @@ register_dynamic_linear("native", ("cuda",), quantize_rows_int8_cuda, _scaled_mm
 # One native call (quantize into scratch, then the GEMM) rather than the quantize + GEMM composition
 # other backends use: at M <= 8 the Python round trips cost more than the quantization itself.
 @register("int8_dynamic_linear", "native", ("cpu",))
-def int8_dynamic_linear_cpu(x, w_packed, w_scale, bias):
+def int8_dynamic_linear_cpu(x, w_packed, w_scale, bias, act_bits):
     m, k = x.shape
     n = w_scale.shape[0]
     out = torch.empty((m, n), dtype=x.dtype)
     bias = f32(bias)
     _native.require_cpu().int8_dynamic_linear(x.data_ptr(), k, KIND[x.dtype], w_packed.data_ptr(), w_scale.data_ptr(),
-                                              ptr(bias), m, n, k, out.data_ptr(), n, threads(), cpu_isa())
+                                              ptr(bias), m, n, k, out.data_ptr(), n, threads(), cpu_isa(),
+                                              act_qmax(act_bits))
     return out
 
 

@@ -9,13 +9,19 @@ from ._common import KIND, cpu_isa, cuda_stream, threads
 ALL_DEVICES = ("cpu", "cuda", "mps", "xpu", "meta")
 
 
+def act_qmax(bits: int) -> int:
+    """The largest |q| of `bits`-bit symmetric activations: 127 for 8, 63 for 7."""
+    return (1 << (bits - 1)) - 1
+
+
 @register("quantize_per_token_int8", "reference", ALL_DEVICES)
-def quantize_rows_int8(x: torch.Tensor):
+def quantize_rows_int8(x: torch.Tensor, qmax: int = 127):
     """x [M, K] -> (q int8 [M, K], scale float32 [M]). The spec:
 
-    scale = absmax / 127 in float32; all-zero rows get scale 1 and q = 0; a row holding NaN or Inf
+    scale = absmax / qmax in float32; all-zero rows get scale 1 and q = 0; a row holding NaN or Inf
     gets scale NaN and q = 0, so the NaN reaches that row of any output built from it.
-    q = clamp(round_half_even(x / scale), -127, 127) with a true division: kernels match it bitwise.
+    q = clamp(round_half_even(x / scale), -qmax, qmax) with a true division: kernels match it bitwise.
+    qmax is 127 (the op), or 63 for the 7-bit activations of int8_dynamic_linear(act_bits=7).
     """
     m, k = x.shape
     xf = x.float()
@@ -23,20 +29,20 @@ def quantize_rows_int8(x: torch.Tensor):
         return torch.empty((m, 0), dtype=torch.int8, device=x.device), torch.ones(m, device=x.device)
     amax = xf.abs().amax(dim=1)
     finite = torch.isfinite(amax)
-    scale = torch.where(amax > 0, amax / 127.0, torch.ones_like(amax))
+    scale = torch.where(amax > 0, amax / float(qmax), torch.ones_like(amax))
     scale = torch.where(finite, scale, torch.full_like(amax, float("nan")))
-    q = torch.round(xf / scale[:, None]).clamp_(-127, 127)
+    q = torch.round(xf / scale[:, None]).clamp_(-qmax, qmax)
     q = torch.where(finite[:, None], q, torch.zeros_like(q))
     return q.to(torch.int8), scale
 
 
 @register("quantize_per_token_int8", "native", ("cpu",))
-def quantize_rows_int8_cpu(x):
+def quantize_rows_int8_cpu(x, qmax: int = 127):
     m, k = x.shape
     q = torch.empty((m, k), dtype=torch.int8)
     scale = torch.empty((m,), dtype=torch.float32)
     _native.require_cpu().quantize_per_token_int8(x.data_ptr(), k, m, k, KIND[x.dtype], q.data_ptr(), k,
-                                                  scale.data_ptr(), threads(), cpu_isa())
+                                                  scale.data_ptr(), threads(), cpu_isa(), qmax)
     return q, scale
 
 

@@ -71,14 +71,25 @@ class Int8DynamicConfig(QuantizationConfig):
 
     min_features: layers with fewer input or output features are left in float (tiny layers gain
     nothing and lose the most accuracy).
+    act_bits: 8 (default), or 7: activations quantized to |q| <= 63 (scale = amax / 63) on every CPU
+    and device alike, which lets CPUs without AVX-512 VNNI (AVX2 only) run the int8 GEMM with
+    vpmaddubsw, about 1.6x the exact 8-bit AVX2 path (FBGEMM's AVX2 scheme, torch's reduce_range),
+    for half the activation resolution (accuracy on all-MiniLM-L6-v2: bench/results/2026-11-30-w8a8-avx2.md).
+    Elsewhere it gains nothing. Saved in the checkpoint; older checkpoints load as 8.
     """
 
     min_features: int = 1
+    act_bits: int = 8
 
     mode = "w8a8"
 
+    def __post_init__(self):
+        super().__post_init__()
+        if type(self.act_bits) is not int or self.act_bits not in (7, 8):
+            raise ValueError(f"Int8DynamicConfig.act_bits must be 7 or 8, got {self.act_bits!r}")
+
     def describe(self) -> str:
-        return "w8a8"
+        return "w8a8" if self.act_bits == 8 else f"w8a8 act{self.act_bits}"
 
 
 ACTS = (None, "int8")  # the weight-only configs' `act`: float activations, or int8 per token

@@ -26,6 +26,7 @@ from torch import nn
 from .. import ops
 from ..integrations import on_model_compressed
 from ..nn import QuantLinear
+from ..nn.formats import weight_format
 from ..quant.hessian import CALIBRATION_TOKENS_PER_INPUT, hessian_rank, layer_output_error, thin_calibration_damp
 from .calibration import CalibrationWarning
 from .config import CodebookConfig, CompressionConfig, Int4WeightOnlyConfig, Int8DynamicConfig, Int8WeightOnlyConfig, \
@@ -56,7 +57,8 @@ def _int8(module: nn.Linear, config, hessian: Optional[torch.Tensor] = None, **_
     """Symmetric int8 per output channel (the Hessian, if given, is not used)."""
     w, bias = _weight_and_bias(module)
     qweight, scale = ops.quantize_per_channel_int8(w)
-    return QuantLinear.from_int8(qweight, scale, bias, config.mode)
+    return QuantLinear.from_parts(config.mode, qweight, scale, bias=bias,
+                                  **weight_format(config.mode).options_from_config(config))
 
 
 THIN_CALIBRATION = "calibration data too thin for GPTQ"

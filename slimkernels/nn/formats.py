@@ -19,6 +19,8 @@ Formats and their saved state (the packed layouts are specified in quant/lowbit.
              Saved: qweight int8 [N, K], weight_scale float32 [N]. Held: packed_weight (int8_prepack,
              for the device the layer is on) INSTEAD of qweight, which is unpacked from it when saved
              or read (one copy of the weight in memory); relaid out when the layer moves device.
+             Option act_bits: 8, or 7 (activations to |q| <= 63, for the AVX2 kernel's vpmaddubsw path);
+             saved in the layer config only when 7, so layers saved without it load as 8.
   "w8a16"    weight-only int8 (dequant_mm_int8): qweight int8 [N, K], weight_scale float32 [N]
   "w4a16"    weight-only int4, group-wise (dequant_mm_int4): qweight uint8 [N, ceil(K/2)],
              weight_scale float32 [N, K/g], weight_zero uint8 [N, K/g] (absent when symmetric)
@@ -40,7 +42,7 @@ import torch
 from .. import _native, ops
 from .._switch import CPU_BF16
 from ..backends import BACKEND, CPU_AMX, CPU_ISA
-from ..backends.quantize import quantize_rows_int8
+from ..backends.quantize import act_qmax, quantize_rows_int8
 from ..ops import _checks
 from ..quant import lowbit
 from ..quant.packing import int8_packed_shape
@@ -189,9 +191,15 @@ class W8A8(_Int8PerChannel):
     mode = "w8a8"
     description = "int8 per-token activations x int8 per-channel weights"
     packed = ("packed_weight",)
+    options = ("act_bits",)
 
-    def __init__(self, in_features, out_features):
+    def __init__(self, in_features, out_features, act_bits: int = 8):
+        """act_bits=7: activations quantized to |q| <= 63 (int8_dynamic_linear(act_bits=7)); checkpoints
+        saved before the option load as 8."""
         super().__init__(in_features, out_features)
+        if type(act_bits) is not int or act_bits not in (7, 8):
+            raise ValueError(f"QuantLinear: w8a8 act_bits must be 7 or 8, got {act_bits!r}")
+        self.act_bits = act_bits
         n, k = out_features, in_features
         self._packed_state = {"qweight": PackedState("packed_weight", (n, k), torch.int8, ops.int8_prepack,
                                                      functools.partial(ops.int8_unpack, n=n, k=k))}
@@ -200,7 +208,7 @@ class W8A8(_Int8PerChannel):
         return self._packed_state
 
     def forward(self, module, x):
-        return ops.int8_dynamic_linear(x, module.packed_weight, module.weight_scale, module.bias)
+        return ops.int8_dynamic_linear(x, module.packed_weight, module.weight_scale, module.bias, self.act_bits)
 
     def fast_path(self, module):
         packed, scale, bias = module.packed_weight, module.weight_scale, module.bias
@@ -209,11 +217,11 @@ class W8A8(_Int8PerChannel):
                                (bias, (n,), torch.float32)):
             return None
         # the binding int8_dynamic_linear_cpu (backends/int8_mm.py) calls: the same kernel, the same result
-        call = _native._C.int8_dynamic_linear
+        call, qmax = _native._C.int8_dynamic_linear, act_qmax(self.act_bits)
 
         def run(x_ptr, m, out_ptr, threads, isa):  # pointers read per call: `.data =` may swap a storage
             call(x_ptr, k, "float32", packed.data_ptr(), scale.data_ptr(), 0 if bias is None else bias.data_ptr(),
-                 m, n, k, out_ptr, n, threads, isa)
+                 m, n, k, out_ptr, n, threads, isa, qmax)
 
         return FastPath(n, k, run, (packed, scale, bias))
 
@@ -235,7 +243,14 @@ class W8A8(_Int8PerChannel):
         return Int8DynamicConfig()
 
     def fake_quantize_input(self, x):
-        return fake_quantize_rows_int8(x)
+        return fake_quantize_rows_int8(x, act_qmax(self.act_bits))
+
+    def summary(self):
+        return "w8a8" if self.act_bits == 8 else f"w8a8 act{self.act_bits}"
+
+    def config_fields(self):
+        # the default is not written: 8-bit layers keep the layer config they had before the option
+        return {} if self.act_bits == 8 else {"act_bits": self.act_bits}
 
 
 @register_format
@@ -448,10 +463,10 @@ class Codebook(WeightFormat):
         return torch.gather(codebook.to(codes.device).expand(codes.shape[0], -1), 1, codes.long())
 
 
-def fake_quantize_rows_int8(x: torch.Tensor) -> torch.Tensor:
-    """Per-row symmetric int8 quantize + dequantize (the rounding of quantize_per_token_int8)."""
+def fake_quantize_rows_int8(x: torch.Tensor, qmax: int = 127) -> torch.Tensor:
+    """Per-row symmetric int8 quantize + dequantize (the rounding of quantize_per_token_int8; |q| <= qmax)."""
     rows = x.reshape(-1, x.shape[-1]) if x.dim() != 2 else x
-    q, scale = quantize_rows_int8(rows.detach())
+    q, scale = quantize_rows_int8(rows.detach(), qmax)
     return (q.float() * scale[:, None]).reshape(x.shape).to(x.dtype)
 
 

@@ -23,7 +23,7 @@ CONFIGS = (Int8DynamicConfig, Int8WeightOnlyConfig, Int4WeightOnlyConfig, Codebo
 def test_existing_configs_keep_fields_order_defaults_and_mode():
     fields = {cls: [(f.name, f.default) for f in dataclasses.fields(cls)] for cls in CONFIGS}
     # new fields go last (act: int8 activations of the weight-only configs), so positions stay
-    assert fields[Int8DynamicConfig] == [("min_features", 1)]
+    assert fields[Int8DynamicConfig] == [("min_features", 1), ("act_bits", 8)]
     assert fields[Int8WeightOnlyConfig] == [("min_features", 1), ("act", None)]
     assert fields[Int4WeightOnlyConfig] == [("group_size", 128), ("symmetric", False), ("method", "rtn"),
                                             ("min_features", 1), ("damp", 0.01), ("block_size", 128),

@@ -19,6 +19,7 @@ import torch
 import slimkernels
 import slimkernels.triton as slim_triton
 from slimkernels import _native, ops
+from slimkernels.backends.quantize import quantize_rows_int8
 from slimkernels.quant.packing import pack_int8_cpu
 from slimkernels.testing import (
     Case, assert_same, cases, extreme_int8, forced, int8_mm_exact, int8_scaled_inputs, opcheck, quantize_rows_exact,
@@ -219,6 +220,71 @@ def test_w8a8_composition_approximates_float_linear(case):
     assert (out.float().cpu() - exact).abs().max() < 0.05 * (exact - bias.cpu()).abs().max()
 
 
+# ---- 7-bit activations: the AVX2 kernel's vpmaddubsw path (every a in [-64, 63]) ----------------------
+@pytest.mark.parametrize("case", cases("int8_mm"))
+def test_int8_mm_7bit_range_bit_exact(case):
+    """Activations in [-64, 63] (the AVX2 kernel then takes its vpmaddubsw path) against full-range and
+    extreme weights; one value outside the range, in the K tail or the body, sends the call back to
+    the full-range path: exact either way."""
+    outliers = [None, (-1, -1, -65)] if case.small else [None, (-1, -1, -65), (0, None, 64), (None, 0, -128)]
+    for m, n, k in shapes_for(case)[:4 if case.small else 12]:
+        gen = torch.Generator().manual_seed(m * 31 + n * 7 + k)
+        a = torch.randint(-64, 64, (m, k), generator=gen, dtype=torch.int8)
+        a[0, : k // 2] = -64  # the extremes of the range
+        a[-1, k // 2:] = 63
+        for b in (rand_int8(n, k, gen=gen), extreme_int8("mix", n, k, gen=gen), extreme_int8("min", n, k)):
+            for outlier in outliers:
+                a_case = a.clone()
+                if outlier is not None:  # (row, column, value), None: the middle
+                    row, col, value = outlier
+                    a_case[m // 2 if row is None else row, k // 2 if col is None else col] = value
+                a_case, b_case = a_case.to(case.device), b.to(case.device)
+                with forced(case):
+                    got = ops.int8_mm(a_case, b_case)
+                assert_same(got, int8_mm_exact(a_case, b_case), f"shape {(m, n, k)} outlier {outlier}")
+
+
+@pytest.mark.parametrize("dtype", FLOAT_OUT, ids=dtype_id)
+@pytest.mark.parametrize("case", cases("int8_dynamic_linear"))
+def test_int8_dynamic_linear_7bit_activations(case, dtype):
+    """act_bits=7: activations quantized to |q| <= 63 (scale amax / 63), then the same exact GEMM and
+    epilogue, bit for bit on every implementation and instruction set."""
+    shapes = [(1, 5, 33), (3, 17, 13)] if case.small else [(1, 33, 13), (8, 49, 4), (17, 33, 13), (33, 50, 257),
+                                                           (64, 300, 520), (8, 300, 4096)]
+    for m, n, k in shapes:
+        gen = torch.Generator().manual_seed(m * 5 + n + k)
+        x = rand_rows(m, k, dtype, device=case.device, gen=gen, spread=True) * 2
+        w, w_scale = rand_int8(n, k, device=case.device, gen=gen), (torch.rand(n, generator=gen) * 0.01).to(case.device)
+        bias = torch.randn(n, generator=gen).to(case.device)
+        q, s = quantize_rows_int8(x.cpu(), 63)
+        assert q.abs().max() <= 63 and torch.equal(s, x.cpu().float().abs().amax(1) / 63)
+        expected = scaled_epilogue_exact(int8_mm_exact(q, w.cpu()), s, w_scale.cpu(), bias.cpu(), dtype)
+        with forced(case):
+            got = ops.int8_dynamic_linear(x.reshape(1, m, k), ops.int8_prepack(w), w_scale, bias, 7)
+        assert_same(got, expected.reshape(1, m, n).to(case.device), f"shape {(m, n, k)}")
+
+
+def test_int8_dynamic_linear_7bit_autograd():
+    """The same straight-through gradients as with 8-bit activations, act_bits passed or not."""
+    gen = torch.Generator().manual_seed(23)
+    b, w_scale = rand_int8(12, 40, gen=gen), torch.rand(12, generator=gen) * 0.01 + 0.001
+    packed, w = ops.int8_prepack(b), b.float() * w_scale[:, None]
+    grad = torch.randn(2, 3, 12, generator=gen)
+    for args in [(), (7,), (8,)]:
+        x = rand_rows(6, 40, gen=gen).reshape(2, 3, 40).requires_grad_()
+        bias = torch.randn(12, generator=gen).requires_grad_()
+        ops.int8_dynamic_linear(x, packed, w_scale, bias, *args).backward(grad)
+        torch.testing.assert_close(x.grad, grad @ w, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(bias.grad, grad.sum((0, 1)), rtol=1e-5, atol=1e-5)
+
+
+def test_int8_dynamic_linear_rejects_bad_act_bits():
+    packed, scale = ops.int8_prepack(torch.ones(3, 8, dtype=torch.int8)), torch.ones(3)
+    for bad in (6, 9, True):
+        with pytest.raises(ValueError, match="act_bits must be 7 or 8"):
+            ops.int8_dynamic_linear(torch.randn(2, 8), packed, scale, None, bad)
+
+
 # ---- empty problems: answered by dispatch, whatever the implementation ---------------------------------
 @pytest.mark.parametrize("case", cases("int8_scaled_mm_packed"))
 @pytest.mark.parametrize("m,n,k", [(0, 7, 12), (5, 0, 12), (5, 7, 0), (0, 0, 0)])
@@ -254,6 +320,7 @@ def test_opcheck(case):
         (torch.ops.slimkernels.int8_scaled_mm.default, (a, a_scale, b, b_scale, bias, torch.bfloat16)),
         (torch.ops.slimkernels.int8_scaled_mm_packed.default, (a, a_scale, packed, b_scale, None, torch.float32)),
         (torch.ops.slimkernels.int8_dynamic_linear.default, (x, packed, b_scale, bias)),
+        (torch.ops.slimkernels.int8_dynamic_linear.default, (x, packed, b_scale, bias, 7)),
     ]
     if case.impl == "reference":  # the packing does not depend on the implementation
         checks.append((torch.ops.slimkernels.int8_prepack.default, (b,)))
@@ -446,6 +513,11 @@ def test_binding_bad_arguments_raise_value_error():
             C.int8_mm(**{**good, **bad})
     with pytest.raises(ValueError, match="lda"):
         C.int8_mm(**{**good, "lda": 7})
+    x = torch.randn(2, 8)
+    for qmax in (0, 128):
+        with pytest.raises(ValueError, match="act_qmax"):
+            C.int8_dynamic_linear(x.data_ptr(), 8, "float32", packed.data_ptr(), sc.data_ptr(), 0, 2, 3, 8,
+                                  out.data_ptr(), 3, 1, "", qmax)
 
 
 @needs_native

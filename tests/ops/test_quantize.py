@@ -188,13 +188,32 @@ def test_binding_empty(isa):
 
 
 @needs_native
+@pytest.mark.parametrize("isa", ISAS)
+def test_binding_7bit_qmax(isa):
+    """qmax = 63 (W8A8 act_bits=7): scale = amax / 63, |q| <= 63, ties to even; the reference's bits."""
+    gen = torch.Generator().manual_seed(8)
+    for dtype in DTYPES:
+        for x in (rand_rows(37, 270, dtype, gen=gen, spread=True), special_rows(dtype, 37)):
+            qbuf, scale = torch.empty(x.shape, dtype=torch.int8), torch.empty(x.shape[0])
+            C.quantize_per_token_int8(x.data_ptr(), x.shape[1], x.shape[0], x.shape[1], KIND[dtype], qbuf.data_ptr(),
+                                      x.shape[1], scale.data_ptr(), 2, isa, 63)
+            q_ref, s_ref = quantize_rows_int8(x, 63)
+            assert_same(scale, s_ref, f"{dtype} scale")
+            assert_same(qbuf, q_ref, f"{dtype} q")
+            assert qbuf.abs().max() <= 63
+    ties = torch.arange(-63, 63.5, 0.5).reshape(1, -1)  # amax 63: scale 1, every other value a tie
+    q, s = quantize_rows_int8(ties, 63)
+    assert s.item() == 1.0 and torch.equal(q[0].float(), torch.round(ties[0]))
+
+
+@needs_native
 def test_binding_bad_arguments_raise_value_error():
     x, q, sc = torch.ones(2, 8), torch.empty(2, 8, dtype=torch.int8), torch.ones(2)
     good = dict(x=x.data_ptr(), ldx=8, M=2, K=8, x_kind="float32", q=q.data_ptr(), ldq=8, scale=sc.data_ptr(),
                 num_threads=1)
     C.quantize_per_token_int8(**good)
     for bad in [dict(M=-1), dict(K=-1), dict(ldx=7), dict(ldq=7), dict(x_kind="int8"), dict(x=0), dict(q=0),
-                dict(scale=0), dict(num_threads=0), dict(isa="nope")]:
+                dict(scale=0), dict(num_threads=0), dict(isa="nope"), dict(qmax=0), dict(qmax=128)]:
         with pytest.raises(ValueError):
             C.quantize_per_token_int8(**{**good, **bad})
 

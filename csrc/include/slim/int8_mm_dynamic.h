@@ -20,6 +20,7 @@ struct Int8DynamicLinearArgs {
   int64_t M, N, K;
   void* out;             // [M, N] row stride ldc
   int64_t ldc;
+  int act_qmax = 127;    // activations to |q| <= act_qmax: 127, or 63 (7-bit, act_bits=7)
 };
 
 void int8_dynamic_linear(const Int8DynamicLinearArgs& args, int num_threads, CpuIsa isa);

@@ -1,6 +1,7 @@
 // Symmetric per-row (per-token / per-output-channel) int8 quantization:
-// scale = amax / 127 (NaN when the row holds NaN/Inf, 1 when it is all zero),
-// q = clamp(rint(x / scale), -127, 127) with a true float32 division, round half to even.
+// scale = amax / qmax (NaN when the row holds NaN/Inf, 1 when it is all zero),
+// q = clamp(rint(x / scale), -qmax, qmax) with a true float32 division, round half to even.
+// qmax = 127 (int8), or 63 for 7-bit activations (W8A8 act_bits=7: the AVX2 GEMM's vpmaddubsw path).
 #pragma once
 #include <cstdint>
 #include <string>
@@ -20,6 +21,7 @@ struct QuantizeArgs {
   int8_t* q;       // [M, K] row stride ldq
   int64_t ldq;
   float* scale;    // [M]
+  int qmax = 127;  // 1..127
 };
 
 void quantize_per_token_int8(const QuantizeArgs& args, int num_threads, CpuIsa isa);
