@@ -23,7 +23,7 @@ void dequant_int8_amx_mm(const DequantInt8Args& g, bool round, int num_threads) 
         const __m512 lo = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(amx_head_mask(avail), w + st * 32)));
         const __m512 hi =
             _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(amx_head_mask(avail - 16), w + st * 32 + 16)));
-        _mm512_store_si512(dst + st * 2 * kAmxTileElems, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
+        _mm512_store_si512(dst + st * kAmxStepElems, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
       }
     }, m0, m1, n0, n1);
   });

@@ -143,7 +143,7 @@ void int4_block(const LowbitMmArgs& g, bool round, const AmxGemm& a, int64_t m0,
       for (int64_t st = grp * gsteps; st < std::min(steps, (grp + 1) * gsteps); ++st) {
         __m512i v = decode4(codes + st * 16, rb - st * 16, table);
         if (st == steps - 1) v = _mm512_and_si512(v, tail);
-        _mm512_store_si512(dst + st * 2 * kAmxTileElems, v);
+        _mm512_store_si512(dst + st * kAmxStepElems, v);
       }
     }
   }, m0, m1, n0, n1);
@@ -169,7 +169,7 @@ void codebook_block(const LowbitMmArgs& g, const AmxGemm& a, int64_t m0, int64_t
         const uint8_t* c = codes + st * step_bytes;
         __m512i v = g.bits == 4 ? decode4(c, rb - st * step_bytes, t[q]) : decode2(c, rb - st * step_bytes, t[q]);
         if (st == steps - 1) v = _mm512_and_si512(v, tail);
-        _mm512_store_si512(dst + q * wps + st * 2 * kAmxTileElems, v);
+        _mm512_store_si512(dst + q * wps + st * kAmxStepElems, v);
       }
   }, m0, m1, n0, n1);
 }

@@ -3,11 +3,12 @@
 //
 // Tiles (C += A * B, 16 x 16 float32): A = 16 weight rows x 32 k of decoded weights (bfloat16,
 // row-major), B = 16 rows of x in the pair-interleaved layout (16 k pairs x 16 rows x 2), C[n][m].
-// A thread decodes a panel of kAmxPanelRows weight rows (two A tiles) over all of K once per block of
-// x rows, then runs the block's 16-row x tiles against it two at a time: per 32-k step four C tiles
-// (2 weight tiles x 2 x tiles), so every tile load feeds two products. The steps go in chunks whose
-// weight tiles stay in L1 while the x tiles pass; the sums wait in memory between chunks.
-// Tile registers: 0-1 weights, 2-3 x, 4-7 sums (4: n tile 0 x m tile 0, 5: n1 m0, 6: n0 m1, 7: n1 m1).
+// A thread decodes a panel of kAmxPanelRows weight rows (four A tiles) over all of K once per block of
+// x rows (L2), then runs the block's 16-row x tiles against it one at a time: per 32-k step four C
+// tiles, so each x tile (read from L2) feeds four products, and each weight tile is read from L1: the
+// steps go in chunks whose weight tiles stay in L1 while the x tiles pass; the sums wait in memory
+// between chunks. (Two x tiles x two weight tiles would read x twice as often from L2: measured slower.)
+// Tile registers: 0-2 the pieces of x, 3 (and 2 when free) weights, 4-7 the sums of the four n tiles.
 //
 // Numerics. Exact: x split into P bfloat16 pieces by truncation (hi + mid + lo: 3 for float32, 2 for
 // float16, 1 for bfloat16), the weights into Q (1 where they are exact in bfloat16, 3 for float32
@@ -28,7 +29,8 @@
 namespace slim {
 
 constexpr int64_t kAmxTileElems = 512;  // bfloat16s per 16 x 64-byte tile
-constexpr int64_t kAmxPanelRows = 32;   // weight rows per decoded panel: the unit of the N split
+constexpr int64_t kAmxPanelRows = 64;   // weight rows per decoded panel (four A tiles): the unit of the N split
+constexpr int64_t kAmxStepElems = 4 * kAmxTileElems;  // one 32-k step of a panel
 
 // x in the B-tile layout: [piece][m tile][step][k pair 16][m 16][2] bfloat16, zero past M and K.
 struct AmxX {
@@ -120,69 +122,73 @@ inline void amx_transpose16(__m512i (&r)[16]) {
   for (int i = 0; i < 16; ++i) r[i] = t[i];
 }
 
-// Products of weight piece q (tiles 0, 1) with the x pieces p = PP.. (tile 2, and 3 when MT = 2) where
-// q + p <= 2. xs: piece 0 of the step's first x tile; xps: the piece stride; xms: the m-tile stride.
-template <int MT, int P, int q, int PP = 0>
-inline void amx_products(const uint16_t* xs, int64_t xps, int64_t xms) {
-  if constexpr (PP < P && PP + q <= 2) {
-    _tile_loadd(2, xs + PP * xps, 64);
-    if constexpr (MT == 2) _tile_loadd(3, xs + PP * xps + xms, 64);
-    _tile_dpbf16ps(4, 0, 2);
-    _tile_dpbf16ps(5, 1, 2);
-    if constexpr (MT == 2) {
-      _tile_dpbf16ps(6, 0, 3);
-      _tile_dpbf16ps(7, 1, 3);
-    }
-    amx_products<MT, P, q, PP + 1>(xs, xps, xms);
-  }
-}
+// Piece q of the step's weight tile C - 4 (in tile W) against the P pieces of x (tiles 0..P-1), into
+// sum tile C. Only the products of pieces at most 2^-16 apart in scale are kept: q + p <= 2. A macro:
+// the tile intrinsics take their tile numbers as literal text.
+#define SLIM_AMX_TILE_PRODUCTS(C, W)                                  \
+  do {                                                                \
+    _tile_loadd(W, ws + q * wps + ((C) - 4) * kAmxTileElems, 64);     \
+    _tile_dpbf16ps(C, W, 0);                                          \
+    if constexpr (P > 1 && q < 2) _tile_dpbf16ps(C, W, 1);            \
+    if constexpr (P > 2 && q < 1) _tile_dpbf16ps(C, W, 2);            \
+  } while (0)
 
-template <int MT, int P, int Q, int q = 0>
-inline void amx_step(const uint16_t* ws, int64_t wps, const uint16_t* xs, int64_t xps, int64_t xms) {
+// One 32-k step: the weight pieces q.. of the panel's four tiles against the x tile's pieces. The
+// weights alternate between tiles 3 and 2 where x leaves 2 free, so a load need not wait on the
+// products still reading the other.
+template <int P, int Q, int q = 0>
+inline void amx_step(const uint16_t* ws, int64_t wps) {
   if constexpr (q < Q) {
-    _tile_loadd(0, ws + q * wps, 64);
-    _tile_loadd(1, ws + q * wps + kAmxTileElems, 64);
-    amx_products<MT, P, q>(xs, xps, xms);
-    amx_step<MT, P, Q, q + 1>(ws, wps, xs, xps, xms);
+    if constexpr (P < 3) {
+      SLIM_AMX_TILE_PRODUCTS(4, 3);
+      SLIM_AMX_TILE_PRODUCTS(5, 2);
+      SLIM_AMX_TILE_PRODUCTS(6, 3);
+      SLIM_AMX_TILE_PRODUCTS(7, 2);
+    } else {
+      SLIM_AMX_TILE_PRODUCTS(4, 3);
+      SLIM_AMX_TILE_PRODUCTS(5, 3);
+      SLIM_AMX_TILE_PRODUCTS(6, 3);
+      SLIM_AMX_TILE_PRODUCTS(7, 3);
+    }
+    amx_step<P, Q, q + 1>(ws, wps);
   }
 }
+#undef SLIM_AMX_TILE_PRODUCTS
 
-// ns steps of MT (1 or 2) x tiles against the panel's two weight tiles. c: the four sums
-// [m tile][n tile][16 n][16 m], read first unless `fresh`, written back at the end.
-template <int MT, int P, int Q>
-void amx_chunk(const uint16_t* xs, int64_t xps, int64_t xms, const uint16_t* ws, int64_t wps, int64_t ns, float* c,
-               bool fresh) {
+// ns steps of one x tile (xs: piece 0 of its first step; xps: the piece stride) against the panel
+// (ws: its first step; wps: the piece stride). c: the four sums [n tile 4][16 n][16 m], read first
+// unless `fresh`, written back at the end.
+template <int P, int Q>
+void amx_chunk(const uint16_t* xs, int64_t xps, const uint16_t* ws, int64_t wps, int64_t ns, float* c, bool fresh) {
   if (fresh) {
     _tile_zero(4);
     _tile_zero(5);
-    if constexpr (MT == 2) {
-      _tile_zero(6);
-      _tile_zero(7);
-    }
+    _tile_zero(6);
+    _tile_zero(7);
   } else {
     _tile_loadd(4, c, 64);
     _tile_loadd(5, c + 256, 64);
-    if constexpr (MT == 2) {
-      _tile_loadd(6, c + 512, 64);
-      _tile_loadd(7, c + 768, 64);
-    }
+    _tile_loadd(6, c + 512, 64);
+    _tile_loadd(7, c + 768, 64);
   }
-  for (int64_t st = 0; st < ns; ++st)
-    amx_step<MT, P, Q>(ws + st * 2 * kAmxTileElems, wps, xs + st * kAmxTileElems, xps, xms);
+  for (int64_t st = 0; st < ns; ++st) {
+    const uint16_t* x = xs + st * kAmxTileElems;
+    _tile_loadd(0, x, 64);
+    if constexpr (P > 1) _tile_loadd(1, x + xps, 64);
+    if constexpr (P > 2) _tile_loadd(2, x + 2 * xps, 64);
+    amx_step<P, Q>(ws + st * kAmxStepElems, wps);
+  }
   _tile_stored(4, c, 64);
   _tile_stored(5, c + 256, 64);
-  if constexpr (MT == 2) {
-    _tile_stored(6, c + 512, 64);
-    _tile_stored(7, c + 768, 64);
-  }
+  _tile_stored(6, c + 512, 64);
+  _tile_stored(7, c + 768, 64);
 }
 
-using AmxChunkFn = void (*)(const uint16_t*, int64_t, int64_t, const uint16_t*, int64_t, int64_t, float*, bool);
+using AmxChunkFn = void (*)(const uint16_t*, int64_t, const uint16_t*, int64_t, int64_t, float*, bool);
 
-template <int MT>
-AmxChunkFn amx_chunk_for(int P, int Q) {
-  if (Q == 1) return P == 1 ? amx_chunk<MT, 1, 1> : P == 2 ? amx_chunk<MT, 2, 1> : amx_chunk<MT, 3, 1>;
-  return P == 1 ? amx_chunk<MT, 1, 3> : P == 2 ? amx_chunk<MT, 2, 3> : amx_chunk<MT, 3, 3>;
+inline AmxChunkFn amx_chunk_for(int P, int Q) {
+  if (Q == 1) return P == 1 ? amx_chunk<1, 1> : P == 2 ? amx_chunk<2, 1> : amx_chunk<3, 1>;
+  return P == 1 ? amx_chunk<1, 3> : P == 2 ? amx_chunk<2, 3> : amx_chunk<3, 3>;
 }
 
 // y[m, n .. n + count) from 16 sums (count <= 16), scaled, biased and rounded to y's kind.
@@ -202,18 +208,19 @@ inline void amx_store_row(const AmxGemm& a, int64_t m, int64_t n, int64_t count,
 
 // Output rows [m0, m1) (m0 a multiple of 16) x weight rows [n0, n1). decode(row, dst, wps) writes
 // weight row `row` over all K steps: piece q of step st, 32 bfloat16 (zero past K), at
-// dst + q * wps + st * 2 * kAmxTileElems.
+// dst + q * wps + st * kAmxStepElems.
 template <class Decode>
 void amx_gemm_block(const AmxGemm& a, Decode&& decode, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
-  const int64_t steps = amx_steps(a.K), xms = steps * kAmxTileElems, xps = ((a.M + 15) / 16) * xms;
+  const int64_t steps = amx_steps(a.K), xps = ((a.M + 15) / 16) * steps * kAmxTileElems;
   const int64_t mt0 = m0 / 16, mt1 = (m1 + 15) / 16;
-  const int64_t wps = steps * 2 * kAmxTileElems;  // one piece of the panel: [step][tile 2][row 16][32]
+  const int64_t wps = steps * kAmxStepElems;  // one piece of the panel: [step][tile 4][row 16][32]
   auto* w = static_cast<uint16_t*>(thread_scratch(1, size_t(a.Q * wps) * sizeof(uint16_t)));
-  // sums: [m tile][n tile 2][16 n][16 m]
-  auto* acc = static_cast<float*>(thread_scratch(2, size_t((mt1 - mt0) * 2 * 256) * sizeof(float)));
-  // Steps per chunk: a scale group, or those whose weight tiles (2 KB per piece and step) fit in L1.
-  const int64_t cs = a.gsteps ? a.gsteps : std::max<int64_t>(1, 16 / a.Q);
-  const AmxChunkFn one = amx_chunk_for<1>(a.P, a.Q), two = amx_chunk_for<2>(a.P, a.Q);
+  // sums: [m tile][n tile 4][16 n][16 m]
+  auto* acc = static_cast<float*>(thread_scratch(2, size_t((mt1 - mt0) * 4 * 256) * sizeof(float)));
+  // Steps per chunk: a scale group, or those whose weight tiles (4 KB per piece and step) stay in L1.
+  const int64_t cs = a.gsteps ? a.gsteps : std::max<int64_t>(1, 8 / a.Q);
+  const int64_t groups = a.gsteps ? steps / a.gsteps : 1;
+  const AmxChunkFn chunk = amx_chunk_for(a.P, a.Q);
   alignas(64) float part[4][256];  // a group's sums before its scales
   amx_load_tile_config();
   for (int64_t n = n0; n < n1; n += kAmxPanelRows) {
@@ -224,35 +231,33 @@ void amx_gemm_block(const AmxGemm& a, Decode&& decode, int64_t m0, int64_t m1, i
         continue;
       }
       for (int64_t q = 0; q < a.Q; ++q)
-        for (int64_t st = 0; st < steps; ++st) _mm512_store_si512(dst + q * wps + st * 2 * kAmxTileElems, _mm512_setzero_si512());
+        for (int64_t st = 0; st < steps; ++st) _mm512_store_si512(dst + q * wps + st * kAmxStepElems, _mm512_setzero_si512());
     }
     for (int64_t s0 = 0; s0 < steps; s0 += cs) {
       const int64_t ns = std::min(cs, steps - s0);
-      for (int64_t mt = mt0; mt < mt1; mt += 2) {
-        const int mtn = mt + 1 < mt1 ? 2 : 1;
-        float* c = acc + (mt - mt0) * 512;
-        float* out = a.gsteps ? part[0] : c;
-        (mtn == 2 ? two : one)(a.xb + (mt * steps + s0) * kAmxTileElems, xps, xms, w + s0 * 2 * kAmxTileElems, wps,
-                               ns, out, a.gsteps || s0 == 0);
+      for (int64_t mt = mt0; mt < mt1; ++mt) {
+        float* c = acc + (mt - mt0) * 1024;
+        chunk(a.xb + (mt * steps + s0) * kAmxTileElems, xps, w + s0 * kAmxStepElems, wps, ns,
+              a.gsteps ? part[0] : c, a.gsteps || s0 == 0);
         if (!a.gsteps) continue;
-        // acc (+)= part * the group's scale of each weight row
-        const int64_t grp = s0 / a.gsteps, groups = amx_steps(a.K) / a.gsteps;
-        for (int t = 0; t < 2 * mtn; ++t)
+        // c (+)= part * the group's scale of each weight row
+        const int64_t grp = s0 / a.gsteps;
+        for (int t = 0; t < 4; ++t)
           for (int r = 0; r < 16; ++r) {
-            const int64_t row = n + (t % 2) * 16 + r;
+            const int64_t row = n + t * 16 + r;
             const __m512 s = _mm512_set1_ps(row < n1 ? a.gscale[row * groups + grp] : 0.f);
-            float* ar = c + t * 256 + r * 16;
+            float* cr = c + t * 256 + r * 16;
             const __m512 p = _mm512_mul_ps(_mm512_load_ps(part[t] + r * 16), s);
-            _mm512_store_ps(ar, s0 == 0 ? p : _mm512_add_ps(_mm512_load_ps(ar), p));
+            _mm512_store_ps(cr, s0 == 0 ? p : _mm512_add_ps(_mm512_load_ps(cr), p));
           }
       }
     }
     for (int64_t mt = mt0; mt < mt1; ++mt)
-      for (int t = 0; t < 2; ++t) {
+      for (int t = 0; t < 4; ++t) {
         const int64_t nn = n + t * 16;
         if (nn >= n1) break;
         __m512i rows[16];
-        const float* c = acc + ((mt - mt0) * 2 + t) * 256;
+        const float* c = acc + ((mt - mt0) * 4 + t) * 256;
         for (int r = 0; r < 16; ++r) rows[r] = _mm512_load_si512(c + r * 16);
         amx_transpose16(rows);  // rows[j]: row mt * 16 + j of x against the tile's 16 weight rows
         for (int j = 0; j < 16 && mt * 16 + j < m1; ++j)
@@ -271,7 +276,7 @@ void amx_gemm(const AmxX& xa, AmxGemm a, int num_threads, const Block& block) {
   amx_prepare_x(xa, xb);
   a.xb = xb;
   const int64_t tile_bytes = xb_elems * 2 / ((a.M + 15) / 16);  // all pieces of one 16-row tile of x
-  const int64_t panel_bytes = a.Q * amx_steps(a.K) * 2 * kAmxTileElems * 2;
+  const int64_t panel_bytes = a.Q * amx_steps(a.K) * kAmxStepElems * 2;
   const int64_t budget = std::max<int64_t>(0, (3 << 19) - panel_bytes);  // ~1.5 MB of L2 for both
   const int64_t mblock = 16 * std::max<int64_t>(2, budget / tile_bytes);
   parallel_tiles(a.M, a.N, a.K, mblock, kAmxPanelRows, num_threads,
