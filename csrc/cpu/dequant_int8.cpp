@@ -1,5 +1,5 @@
 // dequant_mm_int8 (W8A16): validation, ISA dispatch, the split over threads, and the scalar kernels.
-// The SIMD kernels live in dequant_int8_{avx2,avx512_vnni}.cpp.
+// The SIMD kernels live in dequant_int8_{avx2,avx512_vnni,avx512_bf16,amx}.cpp.
 #include "slim/dequant_int8.h"
 
 #include <algorithm>
@@ -56,7 +56,7 @@ Kernels kernels_for(CpuIsa isa) {
 }
 }  // namespace
 
-void dequant_mm_int8(const DequantInt8Args& g, int num_threads, CpuIsa isa) {
+void dequant_mm_int8(const DequantInt8Args& g, int num_threads, CpuIsa isa, LowbitAmx amx) {
   if (g.M < 0) bad("M must be >= 0, got " + std::to_string(g.M));
   if (g.N < 0) bad("N must be >= 0, got " + std::to_string(g.N));
   if (g.K < 0) bad("K must be >= 0, got " + std::to_string(g.K));
@@ -83,6 +83,11 @@ void dequant_mm_int8(const DequantInt8Args& g, int num_threads, CpuIsa isa) {
     return;
   }
 
+  if (amx_chosen(isa, amx, g.M, kDequantInt8AmxMinM, "dequant_mm_int8")) {
+#ifdef SLIM_AMX
+    return dequant_int8_amx_mm(g, isa == CpuIsa::kAvx512Bf16, num_threads);
+#endif
+  }
 #ifdef SLIM_AVX512_BF16
   if (isa == CpuIsa::kAvx512Bf16) {  // x rounded to bf16 once (M x K uint16s), shared by all threads
     const int64_t ldxb = (g.K + 31) / 32 * 32;

@@ -111,9 +111,8 @@ void store_bias_only(const LowbitMmArgs& g) {  // K == 0: y = bias (or 0)
 }
 }  // namespace
 
-namespace {
-bool use_amx(const LowbitMmArgs& g, CpuIsa isa, LowbitAmx amx) {
-  if (amx == LowbitAmx::kOff || g.bits == 3) return false;
+bool amx_chosen(CpuIsa isa, LowbitAmx amx, int64_t M, int64_t min_m, const char* op) {
+  if (amx == LowbitAmx::kOff) return false;
 #ifdef SLIM_AMX
   const bool usable = (isa == CpuIsa::kAvx512Vnni || isa == CpuIsa::kAvx512Bf16) && amx_bf16_supported();
 #else
@@ -121,11 +120,10 @@ bool use_amx(const LowbitMmArgs& g, CpuIsa isa, LowbitAmx amx) {
   (void)isa;
 #endif
   if (amx == LowbitAmx::kOn && !usable)
-    bad("amx='on' needs AMX-BF16 (CPU, OS permission and this build) and the avx512_vnni ISA");
-  const int64_t min_m = g.kind == LutKind::kInt4 ? kLowbitAmxMinM : kLowbitAmxCodebookMinM;
-  return usable && (amx == LowbitAmx::kOn || g.M >= min_m);
+    throw std::invalid_argument(std::string(op) +
+                                ": amx='on' needs AMX-BF16 (CPU, OS permission and this build) and the avx512_vnni ISA");
+  return usable && (amx == LowbitAmx::kOn || M >= min_m);
 }
-}  // namespace
 
 void lowbit_mm(const LowbitMmArgs& g, int num_threads, CpuIsa isa, LowbitAmx amx) {
   if (g.M < 0) bad("M must be >= 0, got " + std::to_string(g.M));
@@ -154,22 +152,10 @@ void lowbit_mm(const LowbitMmArgs& g, int num_threads, CpuIsa isa, LowbitAmx amx
   if (g.kind == LutKind::kInt4 && !g.scales) bad("scales must not be null");
   if (g.kind == LutKind::kCodebook && !g.codebook) bad("codebook must not be null");
 
-  if (use_amx(g, isa, amx)) {
+  const int64_t amx_min_m = g.kind == LutKind::kInt4 ? kLowbitAmxMinM : kLowbitAmxCodebookMinM;
+  if (g.bits != 3 && amx_chosen(isa, amx, g.M, amx_min_m, "lowbit_mm")) {
 #ifdef SLIM_AMX
-    const int64_t xb_elems = lowbit_amx_x_elems(g);
-    auto* xb = static_cast<uint16_t*>(thread_scratch(0, size_t(xb_elems) * sizeof(uint16_t) + 64));
-    lowbit_amx_prepare_x(g, xb);
-    // Rows of x per task: 16-row tiles whose bfloat16 pieces stay in L2 (~1 MB) while the task sweeps
-    // its weight rows (each task decodes its weight rows again: fewer, larger row blocks are better).
-    const int64_t tile_bytes = xb_elems * 2 / ((g.M + 15) / 16);
-    const int64_t mblock = 16 * std::max<int64_t>(1, (1 << 20) / tile_bytes);
-    const bool int4 = g.kind == LutKind::kInt4;
-    parallel_tiles(g.M, g.N, g.K, mblock, int4 ? kLowbitAmxInt4Rows : kLowbitAmxCodebookRows, num_threads,
-                   [&](int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
-                     if (int4) lowbit_amx_block_int4(g, xb, m0, m1, n0, n1);
-                     else lowbit_amx_block_codebook(g, xb, m0, m1, n0, n1);
-                   });
-    return;
+    return lowbit_amx_mm(g, isa == CpuIsa::kAvx512Bf16, num_threads);
 #endif
   }
 #ifdef SLIM_AVX512_BF16

@@ -32,9 +32,10 @@ def dequant_mm_int8_cpu(x, qweight, scales, bias):
     n = qweight.shape[0]
     bias = f32(bias)
     y = torch.empty((m, n), dtype=x.dtype)
+    isa, amx = weight_only_isa(m, DEQUANT_INT8_BF16_MIN_M)
     _native.require_cpu().dequant_mm_int8(
         x.data_ptr(), row_stride(x), KIND[x.dtype], qweight.data_ptr(), k, scales.data_ptr(),
-        ptr(bias), y.data_ptr(), n, m, n, k, threads(), weight_only_isa(m, DEQUANT_INT8_BF16_MIN_M)[0],
+        ptr(bias), y.data_ptr(), n, m, n, k, threads(), isa, amx,
     )
     return y
 

@@ -270,7 +270,7 @@ class W8A16(_Int8PerChannel):
 
         def run(x_ptr, m, out_ptr, threads, isa):
             call(x_ptr, k, "float32", qweight.data_ptr(), k, scale.data_ptr(), 0 if bias is None else bias.data_ptr(),
-                 out_ptr, n, m, n, k, threads, isa)
+                 out_ptr, n, m, n, k, threads, isa, CPU_AMX.get())
 
         return FastPath(n, k, run, (qweight, scale, bias))
 

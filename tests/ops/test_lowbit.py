@@ -25,7 +25,8 @@ import torch
 
 import slimkernels
 from slimkernels import _native, ops
-from slimkernels.backends.lowbit import LOWBIT_GEMV_MAX_M, dequant_mm_int4_reference, lut_mm_reference
+from slimkernels.backends.lowbit import (LOWBIT_GEMV_MAX_M, avx512_bf16_supported, dequant_mm_int4_reference,
+                                         lut_mm_reference)
 from slimkernels.quant import lowbit
 from slimkernels.testing import (
     Case, assert_close_linear, cases, forced, make_codebook, make_int4, opcheck, rand_x,
@@ -645,6 +646,53 @@ def test_amx_auto_threshold():
         assert torch.equal(got["auto"][0], got[int4_as][0]), f"int4 M={m}"
         assert torch.equal(got["auto"][1], got[lut_as][1]), f"codebook M={m}"
         assert not torch.equal(got["on"][0], got["off"][0]), f"M={m}: 'on' and 'off' should differ (in rounding)"
+
+
+@needs_amx
+def test_amx_large_m():
+    # Several 16-row tiles per block, an odd tile count and several blocks of x rows (M = 129, 513),
+    # exact on the avx512_vnni tier, for int4 (grouped and per channel) and 2- and 4-bit codebooks.
+    k, n = 320, 37
+    with slimkernels.use_cpu_amx("on"):
+        for m in (129, 513):
+            x = rand_x(m, k, seed=m)
+            for group_size in (64, k):
+                qweight, scales, zeros = make_int4(n, k, group_size, True, seed=m + group_size)
+                run_int4(NATIVE_CPU, x, qweight, scales, zeros, group_size, torch.randn(n), f"M={m} g={group_size}")
+            for bits in (2, 4):
+                indices, codebook = make_codebook(n, k, bits, True, seed=m + bits)
+                run_lut(NATIVE_CPU, x, indices, codebook, None, f"M={m} {bits}-bit")
+
+
+def _bf16(t):
+    return t.float().bfloat16().float()
+
+
+@needs_amx
+@pytest.mark.skipif(not avx512_bf16_supported(), reason="no AVX512-BF16 here (CPU or build)")
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+def test_amx_rounded(dtype):
+    # isa avx512_bf16 with amx 'on': the tiles take x and the weights ((q - z) * s, codebook entries)
+    # rounded to bf16, as the vdpbf16ps kernels do (tests/ops/test_weight_only_bf16.py): compared with
+    # the reference on those rounded operands.
+    def check(y, x, w, bias, what):
+        ref = _bf16(x) @ _bf16(w).T
+        ref = (ref if bias is None else ref + bias).to(dtype)
+        assert_close_linear(y, ref, _bf16(x), _bf16(w), NATIVE_CPU, what)
+
+    for i, (m, n, k) in enumerate([(1, 37, 77), (17, 40, 256), (33, 5, 1000), (129, 70, 192)]):
+        x = rand_x(m, k, dtype, seed=i)
+        bias = torch.randn(n) if i % 2 else None
+        for group_size in {k, 64 if k % 64 == 0 else k}:
+            qweight, scales, zeros = make_int4(n, k, group_size, True, seed=i)
+            y = call(x, qweight, 4, "int4", n, scales=scales, zeros=zeros, group_size=group_size, bias=bias,
+                     threads=1 + i % 2, isa="avx512_bf16", amx="on")
+            check(y, x, lowbit.dequantize_int4(qweight, scales, zeros, group_size, k), bias, f"int4 M={m} g={group_size}")
+        for bits in (2, 4):
+            indices, codebook = make_codebook(n, k, bits, i % 2 == 0, seed=i)
+            y = call(x, indices, bits, "codebook", n, group_size=k, codebook=codebook, bias=bias, threads=2,
+                     isa="avx512_bf16", amx="on")
+            check(y, x, lowbit.dequantize_codebook(indices, codebook, k), bias, f"{bits}-bit M={m}")
 
 
 # ======================================= Triton ========================================================

@@ -9,6 +9,7 @@
 
 #include "slim/cpu_convert.h"
 #include "slim/cpu_isa.h"
+#include "slim/lowbit.h"  // LowbitAmx, amx_chosen: the one AMX switch of the weight-only kernels
 #include "slim/quantize.h"  // InKind, parse_in_kind
 
 namespace slim {
@@ -26,8 +27,12 @@ struct DequantInt8Args {
   int64_t M, N, K;
 };
 
-// Validates (std::invalid_argument naming the argument), then runs on up to num_threads threads.
-void dequant_mm_int8(const DequantInt8Args& args, int num_threads, CpuIsa isa);
+// Validates (std::invalid_argument naming the argument), then runs on up to num_threads threads;
+// amx: as for lowbit_mm (AMX-BF16 tiles from kDequantInt8AmxMinM rows of x under kAuto).
+void dequant_mm_int8(const DequantInt8Args& args, int num_threads, CpuIsa isa, LowbitAmx amx = LowbitAmx::kAuto);
+// Provisional (bench/results/2026-11-30-weight-only-amx.md): int8 weights are exact in bfloat16, so the
+// tiles need no weight pieces; x's pieces (three for float32) make the exact path cost three products.
+constexpr int64_t kDequantInt8AmxMinM = 16;
 
 // Per-ISA kernels; arguments already validated, K > 0.
 // convert: rows [m0, m1) of x -> float32 xf (row stride ldxf).
@@ -52,6 +57,12 @@ constexpr int kDequantInt8Bf16MR = 6, kDequantInt8Bf16NR = 4;
 void dequant_int8_convert_avx512_bf16(const DequantInt8Args& g, uint16_t* xb, int64_t ldxb, int64_t m0, int64_t m1);
 void dequant_int8_block_avx512_bf16(const DequantInt8Args& g, const uint16_t* xb, int64_t ldxb, int64_t m0,
                                     int64_t m1, int64_t n0, int64_t n1);
+#endif
+
+#ifdef SLIM_AMX
+// The AMX path (dequant_int8_amx.cpp on amx_tiles.h); round: x rounded to bfloat16 (isa
+// kAvx512Bf16's numerics), else float32-exact. Arguments already validated, K > 0.
+void dequant_int8_amx_mm(const DequantInt8Args& g, bool round, int num_threads);
 #endif
 
 namespace {

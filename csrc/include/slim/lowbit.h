@@ -53,17 +53,20 @@ struct LowbitMmArgs {
   int64_t M, N, K;
 };
 
-// Whether int4 and 2- and 4-bit codebooks run on AMX-BF16 tiles (lowbit_amx.cpp): kAuto from
-// kLowbitAmxMinM (int4) or kLowbitAmxCodebookMinM rows of x on, when the avx512_vnni (or
-// avx512_bf16) tier is in use
-// and amx_bf16_supported(); kOn at any M (an error where AMX is not supported); kOff never. 3-bit
-// codebooks never do.
+// Whether int4 and 2- and 4-bit codebooks (and dequant_mm_int8) run on AMX-BF16 tiles: kAuto from a
+// minimum number of rows of x on (kLowbitAmxMinM for int4, kLowbitAmxCodebookMinM for codebooks), when
+// the avx512_vnni or avx512_bf16 tier is in use and amx_bf16_supported(); kOn at any M (an error where
+// AMX is not supported); kOff never. 3-bit codebooks never do. Under the avx512_bf16 tier the tiles
+// take x and the weights rounded to bfloat16 (that tier's numerics), else they are float32-exact.
 enum class LowbitAmx { kOff = 0, kOn = 1, kAuto = 2 };
 LowbitAmx parse_lowbit_amx(const std::string& name, const char* arg_name);
 // Measured on 4096 x 4096 (bench/results/2026-11-23-cpu-lowbit.md): AMX wins from M = 6 for int4 g128
 // and from M = 12-16 for 4-bit codebooks (whose decode and tile products cost twice as much).
 constexpr int64_t kLowbitAmxMinM = 6;
 constexpr int64_t kLowbitAmxCodebookMinM = 16;
+// Whether a call with M rows of x takes the tiles (min_m: the kAuto threshold); amx kOn where they
+// cannot run throws std::invalid_argument prefixed with `op`.
+bool amx_chosen(CpuIsa isa, LowbitAmx amx, int64_t M, int64_t min_m, const char* op);
 
 // Validates (std::invalid_argument naming the argument), then runs on up to num_threads threads.
 void lowbit_mm(const LowbitMmArgs& args, int num_threads, CpuIsa isa, LowbitAmx amx = LowbitAmx::kAuto);
@@ -101,17 +104,10 @@ void lowbit_block_avx512_bf16(const LowbitMmArgs& g, const uint16_t* xb, int64_t
                               int64_t n0, int64_t n1);
 #endif
 #ifdef SLIM_AMX
-// The AMX path (int4, and 2- and 4-bit codebooks): x is prepared once per call into xb
-// (lowbit_amx_x_elems(g) uint16s), then blocks of rows [m0, m1) (m0 a multiple of 16) x weight rows
-// [n0, n1) run from any thread.
-constexpr int64_t kLowbitAmxInt4Rows = 48;      // weight rows per unit of the N split: three tiles
-constexpr int64_t kLowbitAmxCodebookRows = 32;  // two tiles
-int64_t lowbit_amx_x_elems(const LowbitMmArgs& g);
-void lowbit_amx_prepare_x(const LowbitMmArgs& g, uint16_t* xb);
-void lowbit_amx_block_int4(const LowbitMmArgs& g, const uint16_t* xb, int64_t m0, int64_t m1, int64_t n0,
-                           int64_t n1);
-void lowbit_amx_block_codebook(const LowbitMmArgs& g, const uint16_t* xb, int64_t m0, int64_t m1, int64_t n0,
-                               int64_t n1);
+// The AMX path (int4, and 2- and 4-bit codebooks; lowbit_amx.cpp on amx_tiles.h): arguments already
+// validated, K > 0. round: x and the weights rounded to bfloat16 (the numerics of the avx512_bf16
+// kernels; taken when isa is kAvx512Bf16), else a float32 GEMM summed in another order.
+void lowbit_amx_mm(const LowbitMmArgs& g, bool round, int num_threads);
 #endif
 
 namespace {
