@@ -19,6 +19,7 @@
 #include <cstdint>
 #include <cstring>
 
+#include "slim/amx_tiles.h"
 #include "slim/lowbit.h"
 #include "slim/scratch.h"
 
@@ -27,13 +28,6 @@ namespace {
 
 constexpr int64_t kTileBytes = 1024;  // 16 rows x 64 bytes
 constexpr int64_t kTileElems = 512;   // bfloat16s per tile
-
-struct alignas(64) TileConfig {
-  uint8_t palette, start_row;
-  uint8_t reserved[14];
-  uint16_t colsb[16];
-  uint8_t rows[16];
-};
 
 int64_t steps_of(int64_t k) { return (k + 31) / 32; }  // 32-k tile steps, the last one zero-padded
 
@@ -175,18 +169,6 @@ void lowbit_amx_prepare_x(const LowbitMmArgs& g, uint16_t* xb) {
       }
     }
 }
-
-namespace {
-void load_tile_config() {
-  TileConfig cfg{};
-  cfg.palette = 1;
-  for (int t = 0; t < 8; ++t) {
-    cfg.rows[t] = 16;
-    cfg.colsb[t] = 64;
-  }
-  _tile_loadconfig(&cfg);
-}
-}  // namespace
 
 void lowbit_amx_block_int4(const LowbitMmArgs& g, const uint16_t* xb, int64_t m0, int64_t m1, int64_t n0,
                            int64_t n1) {

@@ -22,6 +22,7 @@ struct Int8DynamicLinearArgs {
   int64_t ldc;
 };
 
-void int8_dynamic_linear(const Int8DynamicLinearArgs& args, int num_threads, CpuIsa isa);
+// amx: as int8_mm's.
+void int8_dynamic_linear(const Int8DynamicLinearArgs& args, int num_threads, CpuIsa isa, CpuAmx amx = CpuAmx::kAuto);
 
 }  // namespace slim
