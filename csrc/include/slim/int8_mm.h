@@ -51,7 +51,7 @@ void int8_mm_block_avx512_vnni(const Int8MmArgs& g, const void* staged, int64_t 
 // Rows per AMX step (two 16-row A tiles): the unit of the M split, m0 a multiple of it.
 constexpr int64_t kInt8AmxRows = 32;
 // Rows of a from which kAuto takes the AMX kernel (measured: bench/results/2026-11-30-w8a8-amx.md).
-constexpr int64_t kInt8AmxMinM = 8;
+constexpr int64_t kInt8AmxMinM = 4;
 #ifdef SLIM_AMX
 // Staged activations: M rounded to 32 rows x K rounded to 64 bytes, zero-padded.
 size_t int8_mm_stage_bytes_amx(int64_t M, int64_t K);
