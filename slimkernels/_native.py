@@ -106,6 +106,7 @@ def info() -> dict:
         "cpu_isa": cpu_isa(),
         "cpu_isas": list(_C.supported_isas()) if _C is not None else [],
         "cpu_amx_bf16": bool(_C.amx_bf16_supported()) if _C is not None else False,
+        "cpu_amx_int8": bool(_C.amx_int8_supported()) if _C is not None else False,
         "cpu_amx": get_cpu_amx(),
         "cuda_extension": _C_cuda is not None,
         "cuda_extension_error": _C_CUDA_ERROR,

@@ -34,6 +34,16 @@ void bind_runtime(py::module_& m) {
         },
         "Whether this CPU, OS and process can run AMX-BF16 tiles (the low-bit kernels' path for larger M); "
         "False when the build lacks it too.");
+  m.def("amx_int8_supported",
+        [] {
+#ifdef SLIM_AMX
+          return slim::amx_int8_supported();
+#else
+          return false;
+#endif
+        },
+        "Whether this CPU, OS and process can run AMX-INT8 tiles (int8_mm's path for larger M); "
+        "False when the build lacks it too.");
 }
 
 }  // namespace bind

@@ -49,21 +49,28 @@ bool detect_avx512_bf16() {
   if (!detect_avx512_vnni() || !__get_cpuid_count(7, 1, &a, &b, &c, &d)) return false;
   return (a & (1u << 5)) != 0;  // CPUID.(7,1):EAX[5] AVX512-BF16
 }
-bool detect_amx_bf16() {
+// AMX tiles usable: CPUID AMX-TILE plus `feature_bit` of CPUID.(7,0):EDX, the tile state enabled by
+// the OS, and (Linux) this process's permission.
+bool detect_amx(unsigned feature_bit) {
   unsigned a, b, c, d;
   if (!detect_avx512_vnni() || !__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;
-  if (!(d & (1u << 22)) || !(d & (1u << 24))) return false;  // AMX-BF16, AMX-TILE
-  if ((xcr0() & 0x60000) != 0x60000) return false;           // XTILECFG + XTILEDATA state
-  if (!__get_cpuid_count(7, 1, &a, &b, &c, &d) || !(a & (1u << 5))) return false;  // AVX512-BF16
+  if (!(d & (1u << feature_bit)) || !(d & (1u << 24))) return false;  // the feature, AMX-TILE
+  if ((xcr0() & 0x60000) != 0x60000) return false;                     // XTILECFG + XTILEDATA state
 #if defined(__linux__)
   // Linux hands out the 8 KB of tile state only to processes that ask (ARCH_REQ_XCOMP_PERM for
-  // XFEATURE_XTILEDATA); without it the first tile instruction kills the process.
+  // XFEATURE_XTILEDATA); without it the first tile instruction kills the process. Asking twice is harmless.
   constexpr long kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
   return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
 #else
   return false;
 #endif
 }
+bool detect_amx_bf16() {
+  unsigned a, b, c, d;
+  if (!__get_cpuid_count(7, 1, &a, &b, &c, &d) || !(a & (1u << 5))) return false;  // AVX512-BF16
+  return detect_amx(22);                                                             // AMX-BF16
+}
+bool detect_amx_int8() { return detect_amx(25); }  // AMX-INT8
 }  // namespace
 #endif
 
@@ -74,6 +81,22 @@ bool amx_bf16_supported() {
 #else
   return false;
 #endif
+}
+
+bool amx_int8_supported() {
+#ifdef SLIM_X86
+  static const bool ok = detect_amx_int8();
+  return ok;
+#else
+  return false;
+#endif
+}
+
+CpuAmx parse_cpu_amx(const std::string& name, const char* arg_name) {
+  if (name == "auto" || name.empty()) return CpuAmx::kAuto;
+  if (name == "on") return CpuAmx::kOn;
+  if (name == "off") return CpuAmx::kOff;
+  throw std::invalid_argument(std::string(arg_name) + ": expected 'auto', 'on' or 'off', got '" + name + "'");
 }
 
 bool isa_supported(CpuIsa isa) {

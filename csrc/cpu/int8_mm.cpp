@@ -1,5 +1,5 @@
 // int8_mm: argument validation, ISA dispatch and the split of the work over threads.
-// The per-ISA block kernels live in int8_mm_{scalar,avx2,avx512_vnni}.cpp.
+// The per-ISA block kernels live in int8_mm_{scalar,avx2,avx512_vnni,amx}.cpp.
 #include "slim/int8_mm.h"
 
 #include <algorithm>
@@ -41,9 +41,23 @@ Kernels kernels_for(CpuIsa isa) {
   (void)isa;
   return {int8_mm_stage_bytes_scalar, int8_mm_stage_scalar, int8_mm_block_scalar, 1, 4};
 }
+
+// Whether the AMX-INT8 tiles replace the avx512_vnni kernel (see int8_mm.h).
+bool use_amx(const Int8MmArgs& g, CpuIsa isa, CpuAmx amx) {
+  if (amx == CpuAmx::kOff) return false;
+#ifdef SLIM_AMX
+  const bool usable = (isa == CpuIsa::kAvx512Vnni || isa == CpuIsa::kAvx512Bf16) && amx_int8_supported();
+#else
+  const bool usable = false;
+  (void)isa;
+#endif
+  if (amx == CpuAmx::kOn && !usable)
+    bad("amx='on' needs AMX-INT8 (CPU, OS permission and this build) and the avx512_vnni ISA");
+  return usable && (amx == CpuAmx::kOn || g.M >= kInt8AmxMinM);
+}
 }  // namespace
 
-void int8_mm(const Int8MmArgs& g, int num_threads, CpuIsa isa) {
+void int8_mm(const Int8MmArgs& g, int num_threads, CpuIsa isa, CpuAmx amx) {
   if (g.M < 0) bad("M must be >= 0, got " + std::to_string(g.M));
   if (g.N < 0) bad("N must be >= 0, got " + std::to_string(g.N));
   if (g.K < 0) bad("K must be >= 0, got " + std::to_string(g.K));
@@ -60,7 +74,14 @@ void int8_mm(const Int8MmArgs& g, int num_threads, CpuIsa isa) {
     if (!g.b_scale) bad("b_scale must not be null for a float output");
   }
 
+#ifdef SLIM_AMX
+  const Kernels kern = use_amx(g, isa, amx)
+                           ? Kernels{int8_mm_stage_bytes_amx, int8_mm_stage_amx, int8_mm_block_amx, 2, kInt8AmxRows}
+                           : kernels_for(isa);
+#else
+  use_amx(g, isa, amx);  // amx='on' is an error here
   const Kernels kern = kernels_for(isa);
+#endif
   // Activations converted once per call (a few hundred KB at most for LLM shapes), shared read-only.
   void* staged = thread_scratch(0, kern.stage_bytes(g.M, g.K) + 64);
   kern.stage(g, staged);

@@ -9,7 +9,7 @@
 
 namespace slim {
 
-void int8_dynamic_linear(const Int8DynamicLinearArgs& g, int num_threads, CpuIsa isa) {
+void int8_dynamic_linear(const Int8DynamicLinearArgs& g, int num_threads, CpuIsa isa, CpuAmx amx) {
   if (g.M < 0 || g.K < 0) throw std::invalid_argument("int8_dynamic_linear: M and K must be >= 0");
   if (g.ldx < g.K) throw std::invalid_argument("int8_dynamic_linear: ldx must be >= K (" + std::to_string(g.K) + ")");
   if (g.act_qmax < 1 || g.act_qmax > 127)
@@ -22,7 +22,7 @@ void int8_dynamic_linear(const Int8DynamicLinearArgs& g, int num_threads, CpuIsa
   quantize_per_token_int8(QuantizeArgs{g.x, g.ldx, g.M, g.K, g.x_kind, q, g.K, scale, g.act_qmax}, num_threads, isa);
   static constexpr OutKind kOut[] = {OutKind::kFloat32, OutKind::kFloat16, OutKind::kBFloat16};
   int8_mm(Int8MmArgs{q, g.K, g.packed, g.M, g.N, g.K, g.out, g.ldc, kOut[int(g.x_kind)], scale, g.w_scale, g.bias},
-          num_threads, isa);
+          num_threads, isa, amx);
 }
 
 }  // namespace slim

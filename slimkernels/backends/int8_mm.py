@@ -6,7 +6,7 @@ import torch
 from .. import _native
 from ..quant import packing
 from . import register
-from ._common import KIND, cpu_isa, cuda_stream, f32, pad_k, ptr, threads
+from ._common import KIND, cpu_amx, cpu_isa, cuda_stream, f32, pad_k, ptr, threads
 from .quantize import ALL_DEVICES, act_qmax, quantize_rows_int8, quantize_rows_int8_cuda, quantize_rows_int8_triton
 
 
@@ -87,7 +87,7 @@ def gemm_cpu(a, b_packed, n, out_dtype, a_scale=None, b_scale=None, bias=None):
     a_scale, b_scale, bias = f32(a_scale), f32(b_scale), f32(bias)
     _native.require_cpu().int8_mm(
         a.data_ptr(), k, b_packed.data_ptr(), m, n, k, out.data_ptr(), n, KIND[out_dtype],
-        ptr(a_scale), ptr(b_scale), ptr(bias), threads(), cpu_isa(),
+        ptr(a_scale), ptr(b_scale), ptr(bias), threads(), cpu_isa(), cpu_amx(),
     )
     return out
 
@@ -124,7 +124,7 @@ def int8_dynamic_linear_cpu(x, w_packed, w_scale, bias, act_bits):
     bias = f32(bias)
     _native.require_cpu().int8_dynamic_linear(x.data_ptr(), k, KIND[x.dtype], w_packed.data_ptr(), w_scale.data_ptr(),
                                               ptr(bias), m, n, k, out.data_ptr(), n, threads(), cpu_isa(),
-                                              act_qmax(act_bits))
+                                              act_qmax(act_bits), cpu_amx())
     return out
 
 

@@ -221,7 +221,7 @@ class W8A8(_Int8PerChannel):
 
         def run(x_ptr, m, out_ptr, threads, isa):  # pointers read per call: `.data =` may swap a storage
             call(x_ptr, k, "float32", packed.data_ptr(), scale.data_ptr(), 0 if bias is None else bias.data_ptr(),
-                 m, n, k, out_ptr, n, threads, isa, qmax)
+                 m, n, k, out_ptr, n, threads, isa, qmax, CPU_AMX.get())
 
         return FastPath(n, k, run, (packed, scale, bias))
 

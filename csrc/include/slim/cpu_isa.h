@@ -24,5 +24,13 @@ CpuIsa resolve_isa(const std::string& name, const char* arg_name = "isa");
 // in, supported by the CPU, tile state enabled by the OS, and (Linux) the process's permission to use
 // it, requested on the first call. Only the low-bit kernels use it (lowbit_amx.cpp).
 bool amx_bf16_supported();
+// AMX-INT8 tiles (tdpbssd), likewise: the int8 GEMM's path for larger M (int8_mm_amx.cpp).
+bool amx_int8_supported();
+
+// When a kernel family with an AMX path takes it (the cpu_amx switch): kAuto from the family's
+// measured row threshold on, kOn at every M (an error where AMX is not usable), kOff never.
+enum class CpuAmx { kOff = 0, kOn = 1, kAuto = 2 };
+// "auto" (or "") | "on" | "off"; std::invalid_argument naming arg_name otherwise.
+CpuAmx parse_cpu_amx(const std::string& name, const char* arg_name = "amx");
 
 }  // namespace slim

@@ -27,7 +27,10 @@ struct Int8MmArgs {
 };
 
 // Validates (std::invalid_argument naming the argument), then runs on up to num_threads threads.
-void int8_mm(const Int8MmArgs& args, int num_threads, CpuIsa isa);
+// amx: whether the AMX-INT8 kernel (int8_mm_amx.cpp) replaces the avx512_vnni one (or the
+// avx512_bf16 tier's): kAuto from kInt8AmxMinM rows on where amx_int8_supported(), kOn at every M
+// (std::invalid_argument where AMX-INT8 is not usable), kOff never. Same results either way.
+void int8_mm(const Int8MmArgs& args, int num_threads, CpuIsa isa, CpuAmx amx = CpuAmx::kAuto);
 
 // Per-ISA kernels. Arguments are already validated.
 // stage: converts all M rows of a once per call into the kernel's activation format (row stride
@@ -44,6 +47,16 @@ size_t int8_mm_stage_bytes_avx512_vnni(int64_t M, int64_t K);
 void int8_mm_stage_avx512_vnni(const Int8MmArgs& g, void* staged);
 void int8_mm_block_avx512_vnni(const Int8MmArgs& g, const void* staged, int64_t m0, int64_t m1, int64_t p0,
                                int64_t p1);
+#endif
+// Rows per AMX step (two 16-row A tiles): the unit of the M split, m0 a multiple of it.
+constexpr int64_t kInt8AmxRows = 32;
+// Rows of a from which kAuto takes the AMX kernel (measured: bench/results/2026-11-30-w8a8-amx.md).
+constexpr int64_t kInt8AmxMinM = 4;
+#ifdef SLIM_AMX
+// Staged activations: M rounded to 32 rows x K rounded to 64 bytes, zero-padded.
+size_t int8_mm_stage_bytes_amx(int64_t M, int64_t K);
+void int8_mm_stage_amx(const Int8MmArgs& g, void* staged);
+void int8_mm_block_amx(const Int8MmArgs& g, const void* staged, int64_t m0, int64_t m1, int64_t p0, int64_t p1);
 #endif
 
 }  // namespace slim

@@ -23,6 +23,7 @@ struct Int8DynamicLinearArgs {
   int act_qmax = 127;    // activations to |q| <= act_qmax: 127, or 63 (7-bit, act_bits=7)
 };
 
-void int8_dynamic_linear(const Int8DynamicLinearArgs& args, int num_threads, CpuIsa isa);
+// amx: as int8_mm's.
+void int8_dynamic_linear(const Int8DynamicLinearArgs& args, int num_threads, CpuIsa isa, CpuAmx amx = CpuAmx::kAuto);
 
 }  // namespace slim
