@@ -69,7 +69,8 @@ def main():
                 layer(x)
             return clock() - t0
 
-    print(f"N={a.n} K={a.k}, {a.layers} layers, threads {a.threads}, clock {a.clock}, ms per layer (median of {a.reps})")
+    print(f"N={a.n} K={a.k}, {a.layers} layers, threads {a.threads}, clock {a.clock}, "
+          f"ms per layer (median of {a.reps})")
     print("| M | " + " | ".join(names) + " | AMX vs VNNI | AMX vs FBGEMM | AMX vs bf16 |")
     print("|---" * (len(names) + 4) + "|")
     with torch.inference_mode():

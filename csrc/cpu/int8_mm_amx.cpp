@@ -25,11 +25,11 @@
 namespace slim {
 namespace {
 
-constexpr int64_t kStepK = 64;       // k per tile step
-constexpr int64_t kTileBytes = 1024;  // 16 rows x 64 bytes
+constexpr int64_t kStepK = 64;                // k per tile step
+constexpr int64_t kTileBytes = 1024;          // 16 rows x 64 bytes
 constexpr int64_t kChunkBytes = 1024 * 1024;  // staged activations per pass over the panels (L2: 2 MB)
 constexpr int64_t kChunkPairs = 16;           // and at most this many 32-row steps (their sums: 64 KB)
-constexpr int64_t kBlockSteps = 8;           // k steps per block: the panel pair's slice (16 KB) stays in L1
+constexpr int64_t kBlockSteps = 8;            // k steps per block: the panel pair's slice (16 KB) stays in L1
 
 int64_t padded_k(int64_t K) { return (K + kStepK - 1) / kStepK * kStepK; }
 int64_t padded_m(int64_t M) { return (M + kInt8AmxRows - 1) / kInt8AmxRows * kInt8AmxRows; }
@@ -109,8 +109,8 @@ void int8_mm_block_amx(const Int8MmArgs& g, const void* staged, int64_t m0, int6
   // stream past; at M <= 128, K = 4096 that is all rows, so the weights are read once. Within a
   // panel pair, k blocks of kBlockSteps outside, the row steps inside: each block's weights come
   // from L1 for all rows (sums kept in acc between blocks).
-  const int64_t pairs = std::clamp<int64_t>(kChunkBytes / std::max<int64_t>(Ka, 1) / kInt8AmxRows, 1, kChunkPairs);
-  const int64_t mchunk = pairs * kInt8AmxRows;
+  const int64_t mchunk =
+      std::clamp<int64_t>(kChunkBytes / std::max<int64_t>(Ka, 1) / kInt8AmxRows, 1, kChunkPairs) * kInt8AmxRows;
   const int8_t* A = static_cast<const int8_t*>(staged);
   alignas(64) int8_t tail[2 * kTileBytes];  // the last step of the panel pair, zero rows past Kp
   alignas(64) int32_t acc[kChunkPairs][kInt8AmxRows][2 * 16];
@@ -122,17 +122,19 @@ void int8_mm_block_amx(const Int8MmArgs& g, const void* staged, int64_t m0, int6
       const int8_t* B = g.packed + p * pstride;
       if (tail_bytes) {
         std::memset(tail, 0, sizeof(tail));
-        for (int j = 0; j < nb; ++j) std::memcpy(tail + j * kTileBytes, B + j * pstride + steps * kTileBytes, tail_bytes);
+        for (int j = 0; j < nb; ++j)
+          std::memcpy(tail + j * kTileBytes, B + j * pstride + steps * kTileBytes, tail_bytes);
       }
       for (int64_t s0 = 0; s0 == 0 || s0 < steps; s0 += kBlockSteps) {
         const int64_t s1 = std::min(steps, s0 + kBlockSteps);
         const int8_t* t = s1 == steps && tail_bytes ? tail : nullptr;
         for (int64_t m = mc; m < mc1; m += kInt8AmxRows)
-          pick(mc1 - m > 16 ? 2 : 1, nb)(A + m * Ka + s0 * kTileBytes, 16 * Ka, B + s0 * kTileBytes, pstride, s1 - s0, t,
-                                         s0 == 0, acc[(m - mc) / kInt8AmxRows]);
+          pick(mc1 - m > 16 ? 2 : 1, nb)(A + m * Ka + s0 * kTileBytes, 16 * Ka, B + s0 * kTileBytes, pstride,
+                                         s1 - s0, t, s0 == 0, acc[(m - mc) / kInt8AmxRows]);
       }
       const int64_t n0 = p * 16, nvalid = std::min<int64_t>(nb * 16, g.N - n0);
-      for (int64_t m = mc; m < mc1; ++m) epilogue_row(g, m, n0, nvalid, acc[(m - mc) / kInt8AmxRows][(m - mc) % kInt8AmxRows]);
+      for (int64_t m = mc; m < mc1; ++m)
+        epilogue_row(g, m, n0, nvalid, acc[(m - mc) / kInt8AmxRows][(m - mc) % kInt8AmxRows]);
     }
   }
   _tile_release();

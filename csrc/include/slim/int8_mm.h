@@ -53,7 +53,7 @@ constexpr int64_t kInt8AmxRows = 32;
 // Rows of a from which kAuto takes the AMX kernel (measured: bench/results/2026-11-30-w8a8-amx.md).
 constexpr int64_t kInt8AmxMinM = 4;
 #ifdef SLIM_AMX
-// Staged activations: M rounded to 32 rows x K rounded to 64 bytes, zero-padded.
+// Staged activations: whole 16-row x 64-k A tiles, M rounded to 32 and K to 64 with zeros.
 size_t int8_mm_stage_bytes_amx(int64_t M, int64_t K);
 void int8_mm_stage_amx(const Int8MmArgs& g, void* staged);
 void int8_mm_block_amx(const Int8MmArgs& g, const void* staged, int64_t m0, int64_t m1, int64_t p0, int64_t p1);
