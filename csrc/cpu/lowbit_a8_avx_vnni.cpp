@@ -1,8 +1,9 @@
 // dequant_mm_int4_a8, AVX2 kernel with AVX-VNNI (VEX vpdpbusd on ymm: u8 codes x s8 activations into int32,
 // one instruction for vpmaddubsw + vpmaddwd + vpaddd), on lowbit_a8_avx2.h's policy. CMake gives this file no
 // ISA flags: the target pragma compiles it (and the templates it instantiates) for AVX2 + AVX-VNNI, and it runs
-// only where avx_vnni_supported().
-#if defined(SLIM_X86) && (defined(__clang__) ? __clang_major__ >= 12 : (defined(__GNUC__) && __GNUC__ >= 11))
+// only where avx_vnni_supported(). GCC >= 11 only (clang has no `#pragma GCC target`: the vpmaddubsw kernel
+// runs there).
+#if defined(SLIM_X86) && !defined(__clang__) && defined(__GNUC__) && __GNUC__ >= 11
 #define SLIM_A8_AVX_VNNI 1
 #pragma GCC target("avx2,fma,f16c,avxvnni")
 #include "slim/lowbit_a8_avx2.h"
