@@ -29,13 +29,21 @@ void lowbit_mm(uintptr_t x, int64_t ldx, const std::string& x_kind, uintptr_t co
 
 void dequant_mm_int4_a8(uintptr_t x, int64_t ldx, const std::string& x_kind, uintptr_t qweight, uintptr_t scales,
                         uintptr_t zeros, int64_t group_size, uintptr_t bias, uintptr_t y, int64_t ldy, int64_t M,
-                        int64_t N, int64_t K, int num_threads, const std::string& isa) {
+                        int64_t N, int64_t K, int num_threads, const std::string& isa, bool avx_vnni) {
   slim::LowbitA8Args g{ptr<const void>(x), ldx, slim::parse_in_kind(x_kind, "x_kind"), ptr<const uint8_t>(qweight),
                        ptr<const float>(scales), ptr<const uint8_t>(zeros), group_size, ptr<const float>(bias),
                        ptr<void>(y), ldy, M, N, K};
   const slim::CpuIsa i = slim::resolve_isa(isa, "isa");
   py::gil_scoped_release nogil;
-  slim::dequant_mm_int4_a8(g, num_threads, i);
+  slim::dequant_mm_int4_a8(g, num_threads, i, avx_vnni);
+}
+
+bool a8_avx_vnni_supported() {
+#ifdef SLIM_X86
+  return slim::avx_vnni_supported();
+#else
+  return false;
+#endif
 }
 
 }  // namespace
@@ -55,10 +63,14 @@ void bind_lowbit(py::module_& m) {
   m.def("dequant_mm_int4_a8", &dequant_mm_int4_a8, py::arg("x"), py::arg("ldx"), py::arg("x_kind"),
         py::arg("qweight"), py::arg("scales"), py::arg("zeros"), py::arg("group_size"), py::arg("bias"), py::arg("y"),
         py::arg("ldy"), py::arg("M"), py::arg("N"), py::arg("K"), py::arg("num_threads"), py::arg("isa") = "",
+        py::arg("avx_vnni") = true,
         "W4A8: x[M, K] quantized per token to int8 (as quantize_per_token_int8), times int4 group-wise weights "
         "(qweight uint8 [N, ceil(K/2)], scales float32 [N, K/group_size], zeros uint8 or 0 = zero point 8) "
         "with exact int32 sums per group: y = sx[m] * sum_g s[n, g] * (sum q * xq - z * sum xq) + bias[n] "
-        "(bias 0 = none). x and y of x_kind 'float32' | 'float16' | 'bfloat16'.");
+        "(bias 0 = none). x and y of x_kind 'float32' | 'float16' | 'bfloat16'. avx_vnni: the avx2 tier's "
+        "kernel uses AVX-VNNI where the CPU has it (False: vpmaddubsw + vpmaddwd).");
+  m.def("a8_avx_vnni_supported", &a8_avx_vnni_supported,
+        "Whether dequant_mm_int4_a8's avx2 tier runs AVX-VNNI here (CPU and build).");
 }
 
 }  // namespace bind

@@ -1,6 +1,6 @@
 // dequant_mm_int4_a8 (W4A8): validation, the per-token int8 activations (quantize_per_token_int8, then
 // rearranged into blocks, with their group sums), ISA dispatch, the split over threads, and the scalar
-// kernel. The SIMD kernels live in lowbit_a8_{avx2,avx512_vnni}.cpp on the tile loop of lowbit_a8.h.
+// kernel. The SIMD kernels live in lowbit_a8_{avx2,avx_vnni,avx512_vnni}.cpp on the tile loop of lowbit_a8.h.
 #include "slim/lowbit_a8.h"
 
 #include <stdexcept>
@@ -76,7 +76,7 @@ A8Acts prepare(const LowbitA8Args& g, int64_t block, int num_threads, CpuIsa isa
 }
 }  // namespace
 
-void dequant_mm_int4_a8(const LowbitA8Args& g, int num_threads, CpuIsa isa) {
+void dequant_mm_int4_a8(const LowbitA8Args& g, int num_threads, CpuIsa isa, bool avx_vnni) {
   if (g.M < 0) bad("M must be >= 0, got " + std::to_string(g.M));
   if (g.N < 0) bad("N must be >= 0, got " + std::to_string(g.N));
   if (g.K < 0) bad("K must be >= 0, got " + std::to_string(g.K));
@@ -111,7 +111,8 @@ void dequant_mm_int4_a8(const LowbitA8Args& g, int num_threads, CpuIsa isa) {
     kernel = lowbit_a8_block_avx512_vnni;
     block = 128;
   } else if (avx512 || isa == CpuIsa::kAvx2) {
-    kernel = lowbit_a8_block_avx2;
+    static const bool vnni = avx_vnni_supported();
+    kernel = avx_vnni && vnni ? lowbit_a8_block_avx_vnni : lowbit_a8_block_avx2;
     block = one_group || g.group_size % 64 == 0 ? 64 : 32;
   }
 #endif

@@ -178,3 +178,26 @@ def test_threads_many_tiles(case):
     qweight, scales, zeros = make_int4(n, k, gs, True, seed=13)
     x = rand_x(37, k, seed=14)
     check(case, x, (qweight, scales, zeros, gs), torch.randn(n), f"{case.id} threads")
+
+
+AVX2 = C is not None and "avx2" in list(C.supported_isas())
+AVX_VNNI = C is not None and bool(C.a8_avx_vnni_supported())
+
+
+@pytest.mark.skipif(not AVX2, reason="no AVX2 here")
+@pytest.mark.parametrize("avx_vnni", [False, pytest.param(True, marks=pytest.mark.skipif(
+    not AVX_VNNI, reason="no AVX-VNNI here (CPU or compiler)"))], ids=["vpmaddubsw", "avx_vnni"])
+def test_avx2_dot_products(avx_vnni):
+    """The avx2 tier's two int8 dot products (the op takes AVX-VNNI where the CPU has it; the binding can
+    turn it off), through both step widths (groups of 32 / 96: 32 k's a step; 64 / per channel: 64)."""
+    for i, (n, k, gs) in enumerate([(37, 96, 32), (37, 192, 96), (37, 256, 64), (37, 201, 201)]):
+        qweight, scales, zeros = make_int4(n, k, gs, True, seed=20 + i)
+        bias = torch.randn(n)
+        for m in (1, 3, 17):
+            x = rand_x(m, k, seed=30 + m)
+            y = torch.empty(m, n)
+            C.dequant_mm_int4_a8(x.data_ptr(), k, "float32", qweight.data_ptr(), scales.data_ptr(), zeros.data_ptr(),
+                                 gs, bias.data_ptr(), y.data_ptr(), n, m, n, k, 1, "avx2", avx_vnni)
+            ref = dequant_mm_int4_a8_reference(x, qweight, scales, zeros, gs, bias)
+            x2, w2 = a8_bound_operands(x, qweight, scales, zeros, gs)
+            assert_close_linear(y, ref, x2, w2, Case("cpu", "native", "avx2"), f"avx_vnni={avx_vnni} M={m} K={k} g{gs}")

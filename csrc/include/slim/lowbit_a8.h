@@ -39,7 +39,8 @@ struct LowbitA8Args {
 };
 
 // Validates (std::invalid_argument naming the argument), then runs on up to num_threads threads.
-void dequant_mm_int4_a8(const LowbitA8Args& args, int num_threads, CpuIsa isa);
+// avx_vnni: the AVX2 kernel uses AVX-VNNI where avx_vnni_supported() (false: vpmaddubsw + vpmaddwd).
+void dequant_mm_int4_a8(const LowbitA8Args& args, int num_threads, CpuIsa isa, bool avx_vnni = true);
 
 // The activations prepared once per call and shared read-only by every thread. Each block of
 // `block` k's holds the even k's first, then the odd ones: a vector of low nibbles (even k's of
@@ -56,8 +57,12 @@ struct A8Acts {
 // Per-ISA kernels: output rows [m0, m1) x columns [n0, n1), full K, epilogue included.
 void lowbit_a8_block_scalar(const LowbitA8Args& g, const A8Acts& a, int64_t m0, int64_t m1, int64_t n0, int64_t n1);
 #ifdef SLIM_X86
-// a.block 32 or 64 (16 or 32 bytes of codes per step).
+// a.block 32 or 64 (16 or 32 bytes of codes per step); _avx_vnni: the same with vpdpbusd on ymm (only
+// where avx_vnni_supported(): the CPU has AVX-VNNI and the compiler could target it).
 void lowbit_a8_block_avx2(const LowbitA8Args& g, const A8Acts& a, int64_t m0, int64_t m1, int64_t n0, int64_t n1);
+void lowbit_a8_block_avx_vnni(const LowbitA8Args& g, const A8Acts& a, int64_t m0, int64_t m1, int64_t n0,
+                              int64_t n1);
+bool avx_vnni_supported();
 // a.block 128 (64 bytes of codes per step).
 void lowbit_a8_block_avx512_vnni(const LowbitA8Args& g, const A8Acts& a, int64_t m0, int64_t m1, int64_t n0,
                                  int64_t n1);
