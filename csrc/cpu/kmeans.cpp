@@ -77,7 +77,7 @@ void run_tasks(int tasks, int threads, const Fn& fn) {
   });
 }
 
-// [begin, end) of slice t of n items cut into `slices`.
+// The first item of slice t of n items cut into `slices` (slice t ends where slice t + 1 starts).
 inline int64_t slice_start(int64_t n, int t, int slices) { return n * t / slices; }
 
 // One row, sorted, with its prefix sums; the scratch of the sort is kept for the next row.
@@ -92,9 +92,8 @@ class SortedRow {
   int64_t kept = 0;             // counted weights: the first kept of xs (all, unless keep_zero)
   int64_t p0 = 0;               // counted negative weights: xs[0, p0)
   std::vector<float> xs;        // [m] ascending
-  std::vector<uint32_t> order;  // [m] xs[j] = row[order[j]] (plain rows)
-
-  bool has_order = false;       // order is filled
+  std::vector<uint32_t> order;  // [m] xs[j] = row[order[j]] when has_order
+  bool has_order = false;
 
   // keep_zero: the nonzero weights sorted to the front, the rest filled with uncounted copies of the
   // largest (0 when there is none), as the reference pads its rows. with_order: keep the sort's
