@@ -384,7 +384,7 @@ def packed_code_layouts(module) -> dict[str, tuple[int, int]]:
 
     if isinstance(module, QuantLinear) and module.bits is not None:
         return {"qweight": (module.bits, module.in_features)}
-    if isinstance(module, QuantLinear) and module.mode == "w4a16":
+    if isinstance(module, QuantLinear) and module.mode in ("w4a16", "w4a8"):
         return {"qweight": (4, module.in_features)}
     if isinstance(module, SparseLinear) and module.format in ("2:4", "4:8"):
         m = 4 if module.format == "2:4" else 8

@@ -20,7 +20,8 @@ A rule holds a `pattern` and any of the pass tables below, each the keyword argu
   sparsify  SparsityConfig           (sparsity, pattern, method, ...)
   hash      HashingConfig            (compression, seed)
   quantize  by `mode`: "w8a8" Int8DynamicConfig, "w8a16" Int8WeightOnlyConfig, "w4a16" Int4WeightOnlyConfig,
-            "codebook" CodebookConfig; the other keys are that config's fields
+            "codebook" CodebookConfig; the other keys are that config's fields (act = "int8" with
+            "w4a16" gives w4a8, with "w8a16" w8a8)
   distill   DistillConfig            (steps, lr, hidden | kd, pool, token_mask): after every other pass, the
             whole model is fine-tuned towards the float teacher (slimkernels.distill.Distiller); needs
             apply_recipe(teacher=, train_data=)
