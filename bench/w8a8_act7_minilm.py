@@ -49,8 +49,8 @@ def main(argv=None) -> int:
     float_model, tokenizer = md.load()
     sentences = list(md.EVALUATION_SENTENCES)
     ref = md.encode(float_model, tokenizer, sentences, batch_size=args.batch_size)
-    inputs = md.capture_linear_inputs(float_model, md.calibration_batches(tokenizer, md.CALIBRATION_SENTENCES,
-                                                                          args.batch_size), am.encoder_linears(float_model))
+    calibration = md.calibration_batches(tokenizer, md.CALIBRATION_SENTENCES, args.batch_size)
+    inputs = md.capture_linear_inputs(float_model, calibration, am.encoder_linears(float_model))
     isas = list(_native._C.supported_isas()) if _native._C is not None else ["reference"]
     rows = []
     for act_bits in (8, 7):
