@@ -2,13 +2,14 @@
 and 7-bit activation (Int8DynamicConfig(act_bits=7)) W8A8 under set_cpu_isa("avx2"), FBGEMM's dynamic
 int8 linear (torch.ao quantize_dynamic) forced to AVX2, and FBGEMM on its default path for reference.
 
-    python bench/w8a8_avx2_speed.py [--shape 4096x4096] [--ms 1,8,32,128] [--layers 8] [--reps 5]
+    python bench/w8a8_avx2_speed.py [--shape 4096x4096] [--ms 1,8,32,128] [--layers 8] [--reps 5] [--threads N]
 
 FBGEMM_ENABLE_INSTRUCTIONS=AVX2 is set before torch is imported (FBGEMM reads it once); the default
 FBGEMM row therefore runs in a subprocess without it. Per-layer time = one pass through a stack of
 `--layers` layers of the same shape with different weights (beyond the last-level cache), divided by
 the layer count; every repetition times each candidate once, in turn (interleaved), and the table
-gives medians, torch's threads. Accuracy: each candidate's layer-0 relative error against float64.
+gives medians (and, with --stat min, the fastest repetition: on a shared machine the least disturbed),
+on torch's threads (--threads sets them). Accuracy: each candidate's layer-0 relative error against float64.
 """
 from __future__ import annotations
 
@@ -80,8 +81,12 @@ def main(argv=None) -> int:
     parser.add_argument("--ms", default="1,8,32,128")
     parser.add_argument("--layers", type=int, default=8)
     parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: torch's default)")
+    parser.add_argument("--stat", choices=("median", "min"), default="median")
     parser.add_argument("--fbgemm-default", action="store_true", help=argparse.SUPPRESS)  # the subprocess
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     shape = tuple(int(v) for v in args.shape.split("x"))
     ms = [int(v) for v in args.ms.split(",")]
     if args.fbgemm_default:
@@ -91,7 +96,8 @@ def main(argv=None) -> int:
         raise SystemExit("this CPU has no AVX2")
     results = measure(shape, ms, args.layers, args.reps, candidates("avx2"))
     sub = subprocess.run([sys.executable, os.path.abspath(__file__), "--fbgemm-default", "--shape", args.shape,
-                          "--ms", args.ms, "--layers", str(args.layers), "--reps", str(args.reps)],
+                          "--ms", args.ms, "--layers", str(args.layers), "--reps", str(args.reps),
+                          "--threads", str(torch.get_num_threads())],
                          capture_output=True, text=True, env={k: v for k, v in os.environ.items()
                                                                if k != "FBGEMM_ENABLE_INSTRUCTIONS"})
     if sub.returncode == 0:
@@ -101,12 +107,13 @@ def main(argv=None) -> int:
         print(sub.stderr[-2000:], file=sys.stderr)
     names = list(next(iter(results.values())))
     print(f"shape {args.shape}, {args.layers}-layer stacks, {args.reps} reps interleaved, torch threads "
-          f"{torch.get_num_threads()}; ms per layer (median), [x FBGEMM-AVX2 = its time / this one], rel. error")
+          f"{torch.get_num_threads()}; ms per layer ({args.stat}), [x FBGEMM-AVX2 = its time / this one], rel. error")
     print("| M | " + " | ".join(names) + " |")
     print("|---:|" + "---:|" * len(names))
     for m in ms:
-        fb = results[m]["fbgemm_avx2"]["ms"]
-        cells = [f"{r['ms']:.3f} [{fb / r['ms']:.2f}x] {r['rel_err']:.1e}" for r in results[m].values()]
+        key = "ms" if args.stat == "median" else "min"
+        fb = results[m]["fbgemm_avx2"][key]
+        cells = [f"{r[key]:.3f} [{fb / r[key]:.2f}x] {r['rel_err']:.1e}" for r in results[m].values()]
         print(f"| {m} | " + " | ".join(cells) + " |")
     return 0
 

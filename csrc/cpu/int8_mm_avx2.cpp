@@ -54,22 +54,31 @@ inline void maddubs2(__m256i& acc0, __m256i& acc1, __m256i a, __m256i b0, __m256
 }
 
 #define SLIM_ROWS(X) X(0) X(1) X(2) X(3) X(4) X(5)
-#define SLIM_DECL(i) __m256i c##i##0 = _mm256_setzero_si256(), c##i##1 = c##i##0;
-#define SLIM_WIDE(i) \
-  if constexpr (MR > i) madd2(c##i##0, c##i##1, _mm256_set1_epi64x(load_u64(A + i * Kp + kg * 4)), b0, b1);
+#define SLIM_DECL(i) __m256i c##i##0 = _mm256_setzero_si256(), c##i##1 = c##i##0, c##i##2 = c##i##0, c##i##3 = c##i##0;
+#define SLIM_WIDE(i)                                                          \
+  if constexpr (MR > i) {                                                     \
+    const __m256i a = _mm256_set1_epi64x(load_u64(A + i * Kp + kg * 4));     \
+    madd2(c##i##0, c##i##1, a, b0, b1);                                       \
+    if constexpr (CQ == 4) madd2(c##i##2, c##i##3, a, b2, b3);                \
+  }
 #define SLIM_7BIT(i) \
   if constexpr (MR > i) maddubs2(c##i##0, c##i##1, _mm256_set1_epi32(load_u32(A + i * Kp + kg * 4)), b0, b1, ones);
-#define SLIM_PAIRS(i) if constexpr (MR > i) _mm256_store_si256(reinterpret_cast<__m256i*>(out[i]), reduce_pairs(c##i##0, c##i##1));
+#define SLIM_PAIRS(i)                                                                                        \
+  if constexpr (MR > i) {                                                                                    \
+    _mm256_store_si256(reinterpret_cast<__m256i*>(out[i]), reduce_pairs(c##i##0, c##i##1));                 \
+    if constexpr (CQ == 4) _mm256_store_si256(reinterpret_cast<__m256i*>(out[i] + 8), reduce_pairs(c##i##2, c##i##3)); \
+  }
 #define SLIM_OFFSET(i)                                                                               \
   if constexpr (MR > i) {                                                                            \
     _mm256_store_si256(reinterpret_cast<__m256i*>(out[i]), _mm256_sub_epi32(c##i##0, s0));           \
     _mm256_store_si256(reinterpret_cast<__m256i*>(out[i] + 8), _mm256_sub_epi32(c##i##1, s1));       \
   }
 
-// Full-range path: MR (<= 6) rows x 8 columns (half a panel: 2 quads of 4 columns from B, 64 bytes
-// apart per k group). 2 * MR accumulators + 2 weight registers + 2 temporaries <= 16 ymm.
-// pf, pf_lines: this tile's share of the next panel's cache lines, prefetched into L2 (see NextPanel).
-template <int MR>
+// Full-range path: MR rows x 4 * CQ columns (CQ quads of 4 columns from B, 16 bytes apart per k group of
+// 64 bytes): CQ = 2 (half a panel) for MR <= 6, CQ = 4 (a whole panel) for MR <= 2; MR * CQ accumulators
+// + CQ weight registers + 2 temporaries <= 16 ymm. pf, pf_lines: this tile's share of the next panel's
+// cache lines, prefetched into L2 (see NextPanel).
+template <int MR, int CQ>
 void tile_wide(const Int8MmArgs& g, const int16_t* A, int64_t Kp, const int8_t* B, int64_t m, int64_t n0,
                const int8_t* pf, int64_t pf_lines) {
   SLIM_ROWS(SLIM_DECL)
@@ -78,11 +87,16 @@ void tile_wide(const Int8MmArgs& g, const int16_t* A, int64_t Kp, const int8_t* 
     if (kg < pf_lines) _mm_prefetch(reinterpret_cast<const char*>(pf + kg * 64), _MM_HINT_T1);
     const __m256i b0 = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(B + kg * 64)));
     const __m256i b1 = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(B + kg * 64 + 16)));
+    __m256i b2 = b0, b3 = b1;
+    if constexpr (CQ == 4) {
+      b2 = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(B + kg * 64 + 32)));
+      b3 = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(B + kg * 64 + 48)));
+    }
     SLIM_ROWS(SLIM_WIDE)
   }
-  alignas(32) int32_t out[MR][8];
+  alignas(32) int32_t out[MR][16];
   SLIM_ROWS(SLIM_PAIRS)
-  const int64_t nvalid = std::min<int64_t>(8, g.N - n0);
+  const int64_t nvalid = std::min<int64_t>(4 * CQ, g.N - n0);
   for (int i = 0; i < MR; ++i) epilogue_row(g, m + i, n0, nvalid, out[i]);
 }
 
@@ -114,8 +128,9 @@ void tile_7bit(const Int8MmArgs& g, const uint8_t* A, int64_t Kp, const int8_t* 
 #undef SLIM_OFFSET
 
 // The next panel's cache lines, shared out over the row tiles of the current one: while the tiles
-// after the first compute on a panel already in L2, the next one streams in (without it, measured
-// at M = 8 on 4096 x 4096 stacks, memory and compute took turns: 1.9x the memory time).
+// after the first compute on a panel already in L2, the next one streams in, so that memory and
+// compute overlap (at M = 8 the former kernel took 1.9x the time of FBGEMM's AVX2 path, which there
+// takes its memory-bound M = 1 time: bench/results/2026-11-30-peer-cpu.md, AVX2 section).
 struct NextPanel {
   const int8_t* at;
   int64_t left, share;
@@ -129,16 +144,16 @@ struct NextPanel {
 };
 
 // Rows [m, m1) in tiles of MR rows, the remainder in one smaller tile.
-template <int MR>
+template <int MR, int CQ>
 void rows_wide(const Int8MmArgs& g, const int16_t* A, int64_t Kp, const int8_t* B, int64_t m, int64_t m1, int64_t n0,
                NextPanel* next) {
   int64_t lines;
   for (; m + MR <= m1; m += MR, A += MR * Kp) {
     const int8_t* pf = next->take(&lines);
-    tile_wide<MR>(g, A, Kp, B, m, n0, pf, lines);
+    tile_wide<MR, CQ>(g, A, Kp, B, m, n0, pf, lines);
   }
   if constexpr (MR > 1)
-    if (m < m1) rows_wide<MR - 1>(g, A, Kp, B, m, m1, n0, next);
+    if (m < m1) rows_wide<MR - 1, CQ>(g, A, Kp, B, m, m1, n0, next);
 }
 template <int MR>
 void rows_7bit(const Int8MmArgs& g, const uint8_t* A, int64_t Kp, const int8_t* B, const int32_t* colsum, int64_t m,
@@ -214,10 +229,15 @@ void int8_mm_block_avx2(const Int8MmArgs& g, const void* staged, int64_t m0, int
   const int64_t pstride = 16 * Kp, Kg = Kp / 4;  // a panel is Kg cache lines
   const char* data = static_cast<const char*>(staged) + kHeader;
   const bool seven = *static_cast<const int32_t*>(staged) == kSevenBit;
-  const int64_t tiles = (m1 - m0 + kRows - 1) / kRows * (seven ? 1 : 2);
+  // Up to 2 rows (decode): whole-panel tiles, one pass per panel. More: half-panel tiles of 6 rows.
+  const bool few = m1 - m0 <= 2;
+  const int64_t row_tiles = (m1 - m0 + kRows - 1) / kRows, tiles = row_tiles * (seven || few ? 1 : 2);
+  // Only when the rows pass over a panel more than once: a single pass streams well without it, and
+  // the prefetches cost time there (measured at M = 1: 0.83x without this condition).
+  const bool prefetch = row_tiles > 1;
   auto next_panel = [&](int64_t p) {
-    const bool last = p + 1 >= p1;
-    return NextPanel{g.packed + (p + 1) * pstride, last ? 0 : Kg, (Kg + tiles - 1) / tiles};
+    const bool none = !prefetch || p + 1 >= p1;
+    return NextPanel{g.packed + (p + 1) * pstride, none ? 0 : Kg, (Kg + tiles - 1) / tiles};
   };
   if (seven) {
     const uint8_t* A = reinterpret_cast<const uint8_t*>(data) + m0 * Kp;
@@ -229,11 +249,18 @@ void int8_mm_block_avx2(const Int8MmArgs& g, const void* staged, int64_t m0, int
     return;
   }
   const int16_t* A = reinterpret_cast<const int16_t*>(data) + m0 * Kp;
+  if (few) {
+    for (int64_t p = p0; p < p1; ++p) {
+      NextPanel next = next_panel(p);
+      rows_wide<2, 4>(g, A, Kp, g.packed + p * pstride, m0, m1, p * 16, &next);
+    }
+    return;
+  }
   for (int64_t p = p0; p < p1; ++p) {
     NextPanel next = next_panel(p);
     for (int64_t half = 0; half < 2; ++half) {  // the second half of the last panel may be all padding
       const int64_t n0 = p * 16 + half * 8;
-      if (n0 < g.N) rows_wide<kRows>(g, A, Kp, g.packed + p * pstride + half * 32, m0, m1, n0, &next);
+      if (n0 < g.N) rows_wide<kRows, 2>(g, A, Kp, g.packed + p * pstride + half * 32, m0, m1, n0, &next);
     }
   }
 }
