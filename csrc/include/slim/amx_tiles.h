@@ -217,8 +217,9 @@ void amx_gemm_block(const AmxGemm& a, Decode&& decode, int64_t m0, int64_t m1, i
   auto* w = static_cast<uint16_t*>(thread_scratch(1, size_t(a.Q * wps) * sizeof(uint16_t)));
   // sums: [m tile][n tile 4][16 n][16 m]
   auto* acc = static_cast<float*>(thread_scratch(2, size_t((mt1 - mt0) * 4 * 256) * sizeof(float)));
-  // Steps per chunk: a scale group, or those whose weight tiles (4 KB per piece and step) stay in L1.
-  const int64_t cs = a.gsteps ? a.gsteps : std::max<int64_t>(1, 8 / a.Q);
+  // Steps per chunk: a scale group, or those whose weight tiles (4 KB per piece and step) stay in L1
+  // (three pieces: half of them; the sums' trips to memory cost more than L2's latency).
+  const int64_t cs = a.gsteps ? a.gsteps : a.Q == 1 ? 8 : 4;
   const int64_t groups = a.gsteps ? steps / a.gsteps : 1;
   const AmxChunkFn chunk = amx_chunk_for(a.P, a.Q);
   alignas(64) float part[4][256];  // a group's sums before its scales
@@ -278,7 +279,7 @@ void amx_gemm(const AmxX& xa, AmxGemm a, int num_threads, const Block& block) {
   const int64_t tile_bytes = xb_elems * 2 / ((a.M + 15) / 16);  // all pieces of one 16-row tile of x
   const int64_t panel_bytes = a.Q * amx_steps(a.K) * kAmxStepElems * 2;
   const int64_t budget = std::max<int64_t>(0, (3 << 19) - panel_bytes);  // ~1.5 MB of L2 for both
-  const int64_t mblock = 16 * std::max<int64_t>(2, budget / tile_bytes);
+  const int64_t mblock = 16 * std::max<int64_t>(4, budget / tile_bytes);  // >= 4 tiles per decode
   parallel_tiles(a.M, a.N, a.K, mblock, kAmxPanelRows, num_threads,
                  [&](int64_t m0, int64_t m1, int64_t n0, int64_t n1) { block(a, m0, m1, n0, n1); });
 }
