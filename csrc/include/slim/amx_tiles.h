@@ -133,6 +133,12 @@ inline void amx_transpose16(__m512i (&r)[16]) {
     if constexpr (P > 2 && q < 1) _tile_dpbf16ps(C, W, 2);            \
   } while (0)
 
+#define SLIM_AMX_TILE_PRODUCTS_X1(C, W)                               \
+  do {                                                                \
+    _tile_loadd(W, ws + q * wps + ((C) - 4) * kAmxTileElems, 64);     \
+    _tile_dpbf16ps(C, W, 1);                                          \
+  } while (0)
+
 // One 32-k step: the weight pieces q.. of the panel's four tiles against the x tile's pieces. The
 // weights alternate between tiles 3 and 2 where x leaves 2 free, so a load need not wait on the
 // products still reading the other.
@@ -153,7 +159,29 @@ inline void amx_step(const uint16_t* ws, int64_t wps) {
     amx_step<P, Q, q + 1>(ws, wps);
   }
 }
+
+// One x piece (P = 1) leaves tile 1 free too: x alternates between tiles 0 and 1 (X) from step to step,
+// so the next step's x load need not wait on the products still reading this one.
+template <int Q, int X, int q = 0>
+inline void amx_step1(const uint16_t* ws, int64_t wps) {
+  constexpr int P = 1;
+  if constexpr (q < Q) {
+    if constexpr (X == 0) {
+      SLIM_AMX_TILE_PRODUCTS(4, 3);
+      SLIM_AMX_TILE_PRODUCTS(5, 2);
+      SLIM_AMX_TILE_PRODUCTS(6, 3);
+      SLIM_AMX_TILE_PRODUCTS(7, 2);
+    } else {
+      SLIM_AMX_TILE_PRODUCTS_X1(4, 3);
+      SLIM_AMX_TILE_PRODUCTS_X1(5, 2);
+      SLIM_AMX_TILE_PRODUCTS_X1(6, 3);
+      SLIM_AMX_TILE_PRODUCTS_X1(7, 2);
+    }
+    amx_step1<Q, X, q + 1>(ws, wps);
+  }
+}
 #undef SLIM_AMX_TILE_PRODUCTS
+#undef SLIM_AMX_TILE_PRODUCTS_X1
 
 // ns steps of one x tile (xs: piece 0 of its first step; xps: the piece stride) against the panel
 // (ws: its first step; wps: the piece stride). c: the four sums [n tile 4][16 n][16 m], read first
@@ -171,12 +199,22 @@ void amx_chunk(const uint16_t* xs, int64_t xps, const uint16_t* ws, int64_t wps,
     _tile_loadd(6, c + 512, 64);
     _tile_loadd(7, c + 768, 64);
   }
-  for (int64_t st = 0; st < ns; ++st) {
-    const uint16_t* x = xs + st * kAmxTileElems;
-    _tile_loadd(0, x, 64);
-    if constexpr (P > 1) _tile_loadd(1, x + xps, 64);
-    if constexpr (P > 2) _tile_loadd(2, x + 2 * xps, 64);
-    amx_step<P, Q>(ws + st * kAmxStepElems, wps);
+  if constexpr (P == 1) {
+    for (int64_t st = 0; st < ns; st += 2) {
+      _tile_loadd(0, xs + st * kAmxTileElems, 64);
+      amx_step1<Q, 0>(ws + st * kAmxStepElems, wps);
+      if (st + 1 == ns) break;
+      _tile_loadd(1, xs + (st + 1) * kAmxTileElems, 64);
+      amx_step1<Q, 1>(ws + (st + 1) * kAmxStepElems, wps);
+    }
+  } else {
+    for (int64_t st = 0; st < ns; ++st) {
+      const uint16_t* x = xs + st * kAmxTileElems;
+      _tile_loadd(0, x, 64);
+      if constexpr (P > 1) _tile_loadd(1, x + xps, 64);
+      if constexpr (P > 2) _tile_loadd(2, x + 2 * xps, 64);
+      amx_step<P, Q>(ws + st * kAmxStepElems, wps);
+    }
   }
   _tile_stored(4, c, 64);
   _tile_stored(5, c + 256, 64);
