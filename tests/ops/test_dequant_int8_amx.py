@@ -26,7 +26,7 @@ NATIVE = Case("cpu", "native")
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 KIND = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
 dtype_id = lambda d: str(d).split(".")[-1]  # noqa: E731
-MIN_M = 32  # kDequantInt8AmxMinM (csrc/include/slim/dequant_int8.h)
+MIN_M = 16  # kDequantInt8AmxMinM (csrc/include/slim/dequant_int8.h)
 # M: under, at and over one and two 16-row tiles, an odd tile count; N odd and not a multiple of the
 # 32-row panel; K not a multiple of the 32-k step.
 MS = (1, 15, 16, 17, 33, 100)
