@@ -152,7 +152,9 @@ void lowbit_mm(const LowbitMmArgs& g, int num_threads, CpuIsa isa, LowbitAmx amx
   if (g.kind == LutKind::kInt4 && !g.scales) bad("scales must not be null");
   if (g.kind == LutKind::kCodebook && !g.codebook) bad("codebook must not be null");
 
-  const int64_t amx_min_m = g.kind == LutKind::kInt4 ? kLowbitAmxMinM : kLowbitAmxCodebookMinM;
+  const int64_t amx_min_m = g.kind == LutKind::kInt4         ? kLowbitAmxMinM
+                            : isa == CpuIsa::kAvx512Bf16 ? kLowbitAmxCodebookMinM
+                                                         : kLowbitAmxCodebookExactMinM;
   if (g.bits != 3 && amx_chosen(isa, amx, g.M, amx_min_m, "lowbit_mm")) {
 #ifdef SLIM_AMX
     return lowbit_amx_mm(g, isa == CpuIsa::kAvx512Bf16, num_threads);

@@ -524,7 +524,8 @@ def test_amx_switch_validation():
 
 
 # ======================================= AMX-BF16 tiles (native CPU) ===================================
-# amx 'on' forces the tiles at any M; 'auto' from 6 rows of x for int4, 16 for 2- and 4-bit codebooks
+# amx 'on' forces the tiles at any M; 'auto' from 6 rows of x for int4, 256 for 2- and 4-bit codebooks
+# (16 in bf16, under isa avx512_bf16)
 # (3-bit codebooks keep the float32 kernel, even with 'on'); 'off' never.
 AMX_SHAPES = [(1, 37), (5, 48), (16, 100), (17, 49), (40, 37)]  # (M, N): tails of the 16-row tiles and units
 
@@ -633,11 +634,13 @@ def test_lut_amx_padding_and_specials():
 
 @needs_amx
 def test_amx_auto_threshold():
-    # 'auto' is exactly 'on' from 6 rows (int4) or 16 (codebooks) and exactly 'off' below, bit for bit.
+    # 'auto' is exactly 'on' from 6 rows (int4) or 256 (float32-exact codebooks) and exactly 'off'
+    # below, bit for bit.
     k, n = 256, 40
     qweight, scales, zeros = make_int4(n, k, 128, True, seed=5)
     indices, codebook = make_codebook(n, k, 2, True, seed=5)
-    for m, int4_as, lut_as in ((5, "off", "off"), (6, "on", "off"), (15, "on", "off"), (16, "on", "on")):
+    for m, int4_as, lut_as in ((5, "off", "off"), (6, "on", "off"), (16, "on", "off"), (255, "on", "off"),
+                               (256, "on", "on")):
         x = rand_x(m, k, seed=m)
         got = {}
         for mode in ("auto", "on", "off"):

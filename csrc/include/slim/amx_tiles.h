@@ -133,6 +133,12 @@ inline void amx_transpose16(__m512i (&r)[16]) {
     if constexpr (P > 2 && q < 1) _tile_dpbf16ps(C, W, 2);            \
   } while (0)
 
+#define SLIM_AMX_TILE_PRODUCTS_X1(C, W)                               \
+  do {                                                                \
+    _tile_loadd(W, ws + q * wps + ((C) - 4) * kAmxTileElems, 64);     \
+    _tile_dpbf16ps(C, W, 1);                                          \
+  } while (0)
+
 // One 32-k step: the weight pieces q.. of the panel's four tiles against the x tile's pieces. The
 // weights alternate between tiles 3 and 2 where x leaves 2 free, so a load need not wait on the
 // products still reading the other.
@@ -153,7 +159,29 @@ inline void amx_step(const uint16_t* ws, int64_t wps) {
     amx_step<P, Q, q + 1>(ws, wps);
   }
 }
+
+// One x piece (P = 1) leaves tile 1 free too: x alternates between tiles 0 and 1 (X) from step to step,
+// so the next step's x load need not wait on the products still reading this one.
+template <int Q, int X, int q = 0>
+inline void amx_step1(const uint16_t* ws, int64_t wps) {
+  constexpr int P = 1;
+  if constexpr (q < Q) {
+    if constexpr (X == 0) {
+      SLIM_AMX_TILE_PRODUCTS(4, 3);
+      SLIM_AMX_TILE_PRODUCTS(5, 2);
+      SLIM_AMX_TILE_PRODUCTS(6, 3);
+      SLIM_AMX_TILE_PRODUCTS(7, 2);
+    } else {
+      SLIM_AMX_TILE_PRODUCTS_X1(4, 3);
+      SLIM_AMX_TILE_PRODUCTS_X1(5, 2);
+      SLIM_AMX_TILE_PRODUCTS_X1(6, 3);
+      SLIM_AMX_TILE_PRODUCTS_X1(7, 2);
+    }
+    amx_step1<Q, X, q + 1>(ws, wps);
+  }
+}
 #undef SLIM_AMX_TILE_PRODUCTS
+#undef SLIM_AMX_TILE_PRODUCTS_X1
 
 // ns steps of one x tile (xs: piece 0 of its first step; xps: the piece stride) against the panel
 // (ws: its first step; wps: the piece stride). c: the four sums [n tile 4][16 n][16 m], read first
@@ -171,12 +199,22 @@ void amx_chunk(const uint16_t* xs, int64_t xps, const uint16_t* ws, int64_t wps,
     _tile_loadd(6, c + 512, 64);
     _tile_loadd(7, c + 768, 64);
   }
-  for (int64_t st = 0; st < ns; ++st) {
-    const uint16_t* x = xs + st * kAmxTileElems;
-    _tile_loadd(0, x, 64);
-    if constexpr (P > 1) _tile_loadd(1, x + xps, 64);
-    if constexpr (P > 2) _tile_loadd(2, x + 2 * xps, 64);
-    amx_step<P, Q>(ws + st * kAmxStepElems, wps);
+  if constexpr (P == 1) {
+    for (int64_t st = 0; st < ns; st += 2) {
+      _tile_loadd(0, xs + st * kAmxTileElems, 64);
+      amx_step1<Q, 0>(ws + st * kAmxStepElems, wps);
+      if (st + 1 == ns) break;
+      _tile_loadd(1, xs + (st + 1) * kAmxTileElems, 64);
+      amx_step1<Q, 1>(ws + (st + 1) * kAmxStepElems, wps);
+    }
+  } else {
+    for (int64_t st = 0; st < ns; ++st) {
+      const uint16_t* x = xs + st * kAmxTileElems;
+      _tile_loadd(0, x, 64);
+      if constexpr (P > 1) _tile_loadd(1, x + xps, 64);
+      if constexpr (P > 2) _tile_loadd(2, x + 2 * xps, 64);
+      amx_step<P, Q>(ws + st * kAmxStepElems, wps);
+    }
   }
   _tile_stored(4, c, 64);
   _tile_stored(5, c + 256, 64);
@@ -217,8 +255,9 @@ void amx_gemm_block(const AmxGemm& a, Decode&& decode, int64_t m0, int64_t m1, i
   auto* w = static_cast<uint16_t*>(thread_scratch(1, size_t(a.Q * wps) * sizeof(uint16_t)));
   // sums: [m tile][n tile 4][16 n][16 m]
   auto* acc = static_cast<float*>(thread_scratch(2, size_t((mt1 - mt0) * 4 * 256) * sizeof(float)));
-  // Steps per chunk: a scale group, or those whose weight tiles (4 KB per piece and step) stay in L1.
-  const int64_t cs = a.gsteps ? a.gsteps : std::max<int64_t>(1, 8 / a.Q);
+  // Steps per chunk: a scale group, or those whose weight tiles (4 KB per piece and step) stay in L1
+  // (three pieces: half of them; the sums' trips to memory cost more than L2's latency).
+  const int64_t cs = a.gsteps ? a.gsteps : a.Q == 1 ? 8 : 4;
   const int64_t groups = a.gsteps ? steps / a.gsteps : 1;
   const AmxChunkFn chunk = amx_chunk_for(a.P, a.Q);
   alignas(64) float part[4][256];  // a group's sums before its scales
@@ -278,7 +317,7 @@ void amx_gemm(const AmxX& xa, AmxGemm a, int num_threads, const Block& block) {
   const int64_t tile_bytes = xb_elems * 2 / ((a.M + 15) / 16);  // all pieces of one 16-row tile of x
   const int64_t panel_bytes = a.Q * amx_steps(a.K) * kAmxStepElems * 2;
   const int64_t budget = std::max<int64_t>(0, (3 << 19) - panel_bytes);  // ~1.5 MB of L2 for both
-  const int64_t mblock = 16 * std::max<int64_t>(2, budget / tile_bytes);
+  const int64_t mblock = 16 * std::max<int64_t>(4, budget / tile_bytes);  // >= 4 tiles per decode
   parallel_tiles(a.M, a.N, a.K, mblock, kAmxPanelRows, num_threads,
                  [&](int64_t m0, int64_t m1, int64_t n0, int64_t n1) { block(a, m0, m1, n0, n1); });
 }

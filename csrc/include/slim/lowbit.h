@@ -54,16 +54,19 @@ struct LowbitMmArgs {
 };
 
 // Whether int4 and 2- and 4-bit codebooks (and dequant_mm_int8) run on AMX-BF16 tiles: kAuto from a
-// minimum number of rows of x on (kLowbitAmxMinM for int4, kLowbitAmxCodebookMinM for codebooks), when
+// minimum number of rows of x on (kLowbitAmxMinM for int4, kLowbitAmxCodebook(Exact)MinM for codebooks), when
 // the avx512_vnni or avx512_bf16 tier is in use and amx_bf16_supported(); kOn at any M (an error where
 // AMX is not supported); kOff never. 3-bit codebooks never do. Under the avx512_bf16 tier the tiles
 // take x and the weights rounded to bfloat16 (that tier's numerics), else they are float32-exact.
 enum class LowbitAmx { kOff = 0, kOn = 1, kAuto = 2 };
 LowbitAmx parse_lowbit_amx(const std::string& name, const char* arg_name);
-// Measured on 4096 x 4096 (bench/results/2026-11-23-cpu-lowbit.md): AMX wins from M = 6 for int4 g128
-// and from M = 12-16 for 4-bit codebooks (whose decode and tile products cost twice as much).
+// Measured on 4096 x 4096 (bench/results/2026-11-23-cpu-lowbit.md, 2026-11-30-weight-only-amx.md): AMX
+// wins from M = 6 for int4 g128 and from M = 12-16 for 4-bit codebooks in bfloat16 (kAvx512Bf16);
+// float32-exact codebooks (three pieces of each entry against up to three of x: six products a tile)
+// only break even with the float32 kernel from M = 256.
 constexpr int64_t kLowbitAmxMinM = 6;
 constexpr int64_t kLowbitAmxCodebookMinM = 16;
+constexpr int64_t kLowbitAmxCodebookExactMinM = 256;
 // Whether a call with M rows of x takes the tiles (min_m: the kAuto threshold); amx kOn where they
 // cannot run throws std::invalid_argument prefixed with `op`.
 bool amx_chosen(CpuIsa isa, LowbitAmx amx, int64_t M, int64_t min_m, const char* op);
