@@ -90,7 +90,7 @@ def weight_only_isa(m: int, min_m: Optional[int]):
             raise ValueError("cpu_bf16='on': this CPU or build has no AVX512-BF16 (vdpbf16ps); use 'auto' or 'off'")
         if isa not in ("", "avx512_vnni"):
             raise ValueError(f"cpu_bf16='on' needs the avx512_vnni ISA tier, but cpu_isa is forced to {isa!r}")
-        return "avx512_bf16", "off"  # forced: the vdpbf16ps kernels, not AMX tiles
+        return "avx512_bf16", amx  # bf16 numerics: AMX tiles on rounded operands where AMX runs, else vdpbf16ps
     return ("avx512_bf16" if avx512_bf16_supported() else isa), amx
 
 

@@ -163,20 +163,21 @@ def test_weight_only_isa_choice():
             with slimkernels.use_cpu_isa("avx512_vnni"):
                 assert weight_only_isa(512, 8) == ("avx512_vnni", "auto")
         with use_cpu_bf16("on"):
-            assert weight_only_isa(1, None) == ("avx512_bf16", "off")
+            assert weight_only_isa(1, None) == ("avx512_bf16", "auto")  # the tiles, on rounded operands
         with use_cpu_bf16("off"):
             assert weight_only_isa(512, 1) == ("", "auto")
 
 
-def test_on_overrides_amx():
-    # 'on' forces the vdpbf16ps kernels even where AMX is asked for.
+def test_on_takes_rounded_amx_tiles():
+    # 'on' means bf16 numerics: from the AMX threshold (cpu_amx 'auto') the tiles run on bf16-rounded
+    # x and weights, below it (or with cpu_amx 'off') the vdpbf16ps kernels; both meet the same bound.
     qweight, scales, zeros = make_int4(37, 256, 32, seed=6)
+    w = lowbit.dequantize_int4(qweight, scales, zeros, 32, 256)
     x = rand_x(17, 256, seed=6)
     call = lambda: ops.dequant_mm_int4(x, qweight, scales, zeros, 32)  # noqa: E731
-    with slimkernels.use_cpu_amx("off"):
-        expected = run_bf16(call)
-    with slimkernels.use_cpu_amx("auto"):
-        assert torch.equal(run_bf16(call), expected)
+    for amx in ("off", "auto"):
+        with slimkernels.use_cpu_amx(amx):
+            check(run_bf16(call), x, w, None, f"int4 cpu_bf16='on' cpu_amx={amx!r}")
 
 
 def test_switch_validation():
