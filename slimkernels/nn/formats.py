@@ -204,6 +204,11 @@ class W8A8(_Int8PerChannel):
         self._packed_state = {"qweight": PackedState("packed_weight", (n, k), torch.int8, ops.int8_prepack,
                                                      functools.partial(ops.int8_unpack, n=n, k=k))}
 
+    @classmethod
+    def options_from_config(cls, config) -> dict:
+        # Int8WeightOnlyConfig(act="int8") is W8A8 too, with 8-bit activations
+        return {"act_bits": getattr(config, "act_bits", 8)}
+
     def packed_state(self):
         return self._packed_state
 
