@@ -26,8 +26,6 @@ import torch  # noqa: E402
 
 import accuracy_minilm as am  # noqa: E402
 import minilm_data as md  # noqa: E402
-import slimkernels  # noqa: E402
-import slimkernels.testing  # noqa: E402
 from slimkernels import Int4WeightOnlyConfig, Int8WeightOnlyConfig  # noqa: E402
 
 
@@ -50,10 +48,6 @@ def main(argv=None) -> int:
     if md.missing():
         print(md.missing(), file=sys.stderr)
         return 2
-    try:  # transformers imports torchvision when installed; its CUDA wheel needs this on CPU torch
-        slimkernels.testing.import_torchvision()
-    except ImportError:
-        pass
     float_model, tokenizer = md.load()
     calib_sentences, calib_name = am.calibration_sentences(args.calibration, parser)
     calib = md.calibration_batches(tokenizer, calib_sentences, args.batch_size)

@@ -49,10 +49,6 @@ def accuracy_rows(params: float, calibration_count: int, batch_size: int, varian
 
     if md.missing():
         raise SystemExit(md.missing())
-    try:  # transformers imports torchvision when installed; its CUDA wheel needs this on CPU torch
-        slimkernels.testing.import_torchvision()
-    except ImportError:
-        pass
     float_model, tokenizer = md.load()
     calib = md.calibration_batches(tokenizer, slimkernels.calibration_text(calibration_count), batch_size=1)
     eval_sentences = list(md.EVALUATION_SENTENCES)

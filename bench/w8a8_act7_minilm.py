@@ -27,7 +27,6 @@ sys.path.insert(0, os.path.join(ROOT, "bench"))
 import torch  # noqa: E402
 
 import slimkernels  # noqa: E402
-import slimkernels.testing  # noqa: E402
 from slimkernels import _native  # noqa: E402
 
 
@@ -41,10 +40,6 @@ def main(argv=None) -> int:
 
     if md.missing():
         raise SystemExit(md.missing())
-    try:  # transformers imports torchvision when installed; its CUDA wheel needs this on CPU torch
-        slimkernels.testing.import_torchvision()
-    except ImportError:
-        pass
     torch.manual_seed(0)
     float_model, tokenizer = md.load()
     sentences = list(md.EVALUATION_SENTENCES)

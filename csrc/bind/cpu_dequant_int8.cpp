@@ -17,7 +17,7 @@ void dequant_mm_int8(uintptr_t x, int64_t ldx, const std::string& x_kind, uintpt
   slim::DequantInt8Args g{ptr<const void>(x), ldx, slim::parse_in_kind(x_kind, "x_kind"), ptr<const int8_t>(w), ldw,
                           ptr<const float>(scale), ptr<const float>(bias), ptr<void>(y), ldy, M, N, K};
   const slim::CpuIsa i = slim::resolve_isa(isa, "isa");
-  const slim::LowbitAmx a = slim::parse_lowbit_amx(amx, "amx");
+  const slim::CpuAmx a = slim::parse_cpu_amx(amx, "amx");
   py::gil_scoped_release nogil;
   slim::dequant_mm_int8(g, num_threads, i, a);
 }

@@ -22,7 +22,7 @@ void lowbit_mm(uintptr_t x, int64_t ldx, const std::string& x_kind, uintptr_t co
                        ptr<const uint8_t>(zeros), group_size, ptr<const float>(codebook), codebook_rows,
                        ptr<const float>(bias), ptr<void>(y), ldy, M, N, K};
   const slim::CpuIsa i = slim::resolve_isa(isa, "isa");
-  const slim::LowbitAmx a = slim::parse_lowbit_amx(amx, "amx");
+  const slim::CpuAmx a = slim::parse_cpu_amx(amx, "amx");
   py::gil_scoped_release nogil;
   slim::lowbit_mm(g, num_threads, i, a);
 }

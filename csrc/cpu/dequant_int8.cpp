@@ -56,7 +56,7 @@ Kernels kernels_for(CpuIsa isa) {
 }
 }  // namespace
 
-void dequant_mm_int8(const DequantInt8Args& g, int num_threads, CpuIsa isa, LowbitAmx amx) {
+void dequant_mm_int8(const DequantInt8Args& g, int num_threads, CpuIsa isa, CpuAmx amx) {
   if (g.M < 0) bad("M must be >= 0, got " + std::to_string(g.M));
   if (g.N < 0) bad("N must be >= 0, got " + std::to_string(g.N));
   if (g.K < 0) bad("K must be >= 0, got " + std::to_string(g.K));

@@ -12,13 +12,6 @@
 
 namespace slim {
 
-LowbitAmx parse_lowbit_amx(const std::string& name, const char* arg_name) {
-  if (name == "auto" || name.empty()) return LowbitAmx::kAuto;
-  if (name == "on") return LowbitAmx::kOn;
-  if (name == "off") return LowbitAmx::kOff;
-  throw std::invalid_argument(std::string(arg_name) + ": expected 'auto', 'on' or 'off', got '" + name + "'");
-}
-
 LutKind parse_lut_kind(const std::string& name, const char* arg_name) {
   if (name == "int4") return LutKind::kInt4;
   if (name == "codebook") return LutKind::kCodebook;
@@ -111,21 +104,21 @@ void store_bias_only(const LowbitMmArgs& g) {  // K == 0: y = bias (or 0)
 }
 }  // namespace
 
-bool amx_chosen(CpuIsa isa, LowbitAmx amx, int64_t M, int64_t min_m, const char* op) {
-  if (amx == LowbitAmx::kOff) return false;
+bool amx_chosen(CpuIsa isa, CpuAmx amx, int64_t M, int64_t min_m, const char* op) {
+  if (amx == CpuAmx::kOff) return false;
 #ifdef SLIM_AMX
   const bool usable = (isa == CpuIsa::kAvx512Vnni || isa == CpuIsa::kAvx512Bf16) && amx_bf16_supported();
 #else
   const bool usable = false;
   (void)isa;
 #endif
-  if (amx == LowbitAmx::kOn && !usable)
+  if (amx == CpuAmx::kOn && !usable)
     throw std::invalid_argument(std::string(op) +
                                 ": amx='on' needs AMX-BF16 (CPU, OS permission and this build) and the avx512_vnni ISA");
-  return usable && (amx == LowbitAmx::kOn || M >= min_m);
+  return usable && (amx == CpuAmx::kOn || M >= min_m);
 }
 
-void lowbit_mm(const LowbitMmArgs& g, int num_threads, CpuIsa isa, LowbitAmx amx) {
+void lowbit_mm(const LowbitMmArgs& g, int num_threads, CpuIsa isa, CpuAmx amx) {
   if (g.M < 0) bad("M must be >= 0, got " + std::to_string(g.M));
   if (g.N < 0) bad("N must be >= 0, got " + std::to_string(g.N));
   if (g.K < 0) bad("K must be >= 0, got " + std::to_string(g.K));

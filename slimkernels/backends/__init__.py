@@ -86,8 +86,10 @@ def use_cpu_isa(isa: Optional[str]):
 
 
 def set_cpu_amx(mode: str) -> None:
-    """When the low-bit CPU kernels run on AMX-BF16 tiles: "auto" (from 6 rows of x for int4, 16
-    for 2- and 4-bit codebooks, where the CPU has AMX), "on" (always, where it has) or "off"."""
+    """When the CPU kernels run on AMX tiles: "auto" (where the CPU has AMX: W8A8 / int8_mm on AMX-INT8
+    from 4 rows of x; on AMX-BF16 int4 from 6 rows, w8a16 from 16, 2- and 4-bit codebooks from 256, or
+    16 under cpu_bf16 "on"), "on" (always, where it has) or "off". Integer results are the same either
+    way."""
     CPU_AMX.set(mode)
 
 

@@ -59,7 +59,8 @@ def lut_mm_reference(x, indices, codebook, bias):
 # instructions/s), so its 32 products per instruction buy nothing and the bf16 rounding costs extra
 # (bench/results/2026-11-30-weight-only-bf16.md). CPUs where vdpbf16ps issues at the FMA rate (AMD
 # Zen 4/5) should gain up to 2x from M = 8: set these from a run of bench/weight_only_bf16.py there.
-# With AMX present and cpu_amx "auto", AMX still takes int4 from 6 rows and codebooks from 16.
+# With AMX present and cpu_amx "auto", AMX still takes int4 from 6 rows, codebooks from 16 (bf16
+# numerics) or 256 (float32-exact) and w8a16 from 16 (csrc/include/slim/lowbit.h, dequant_int8.h).
 # 3-bit codebooks have no bf16 path.
 LOWBIT_BF16_MIN_M: Optional[int] = None
 

@@ -70,6 +70,7 @@ def environment(device: str) -> dict:
         "cpu_isa": _native.cpu_isa(),
         "cpu_isas": list(c.supported_isas()) if c is not None else [],
         "cpu_amx_bf16": bool(c.amx_bf16_supported()) if c is not None else False,
+        "cpu_amx_int8": bool(c.amx_int8_supported()) if c is not None else False,
         "cpu_amx": get_cpu_amx(),
         "native_cpu": _native.cpu_available(),
         "native_cuda": _native.cuda_native_available(),

@@ -5,6 +5,8 @@
 #include <cstdint>
 #include <cstring>
 
+#include "slim/quantize.h"  // InKind
+
 namespace slim {
 namespace {
 
@@ -49,6 +51,15 @@ inline uint16_t f32_to_f16(float f) {
   }
   uint32_t r = a + 0xFFFu + ((a >> 13) & 1u) - 0x38000000u;  // rebias 127 -> 15, round at bit 13
   return uint16_t(sign | (r >> 13));
+}
+
+// y[off] = v rounded to the float kind of y (the output step of the float-output kernels).
+inline void store_as(void* y, InKind kind, int64_t off, float v) {
+  switch (kind) {
+    case InKind::kFloat16: static_cast<uint16_t*>(y)[off] = f32_to_f16(v); break;
+    case InKind::kBFloat16: static_cast<uint16_t*>(y)[off] = f32_to_bf16(v); break;
+    default: static_cast<float*>(y)[off] = v;
+  }
 }
 
 }  // namespace

@@ -9,7 +9,7 @@
 
 #include "slim/cpu_convert.h"
 #include "slim/cpu_isa.h"
-#include "slim/lowbit.h"  // LowbitAmx, amx_chosen: the one AMX switch of the weight-only kernels
+#include "slim/lowbit.h"  // CpuAmx, amx_chosen: the one AMX switch of the weight-only kernels
 #include "slim/quantize.h"  // InKind, parse_in_kind
 
 namespace slim {
@@ -29,7 +29,7 @@ struct DequantInt8Args {
 
 // Validates (std::invalid_argument naming the argument), then runs on up to num_threads threads;
 // amx: as for lowbit_mm (AMX-BF16 tiles from kDequantInt8AmxMinM rows of x under kAuto).
-void dequant_mm_int8(const DequantInt8Args& args, int num_threads, CpuIsa isa, LowbitAmx amx = LowbitAmx::kAuto);
+void dequant_mm_int8(const DequantInt8Args& args, int num_threads, CpuIsa isa, CpuAmx amx = CpuAmx::kAuto);
 // Measured on 4096 x 4096 (bench/results/2026-11-30-weight-only-amx.md): the float32-exact tiles (three
 // pieces of float32 x, int8 weights exact in bfloat16) lose to the AVX-512 kernel at M = 8 (0.8x) and
 // win from 16 (1.15x; 1.65x at 32).
@@ -71,12 +71,7 @@ namespace {
 inline void dequant_int8_store(const DequantInt8Args& g, int64_t m, int64_t n, float acc) {
   float v = acc * g.scale[n];
   if (g.bias) v += g.bias[n];
-  const int64_t off = m * g.ldy + n;
-  switch (g.x_kind) {
-    case InKind::kFloat16: static_cast<uint16_t*>(g.y)[off] = f32_to_f16(v); break;
-    case InKind::kBFloat16: static_cast<uint16_t*>(g.y)[off] = f32_to_bf16(v); break;
-    default: static_cast<float*>(g.y)[off] = v;
-  }
+  store_as(g.y, g.x_kind, m * g.ldy + n, v);
 }
 }  // namespace
 

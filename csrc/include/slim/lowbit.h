@@ -53,13 +53,12 @@ struct LowbitMmArgs {
   int64_t M, N, K;
 };
 
-// Whether int4 and 2- and 4-bit codebooks (and dequant_mm_int8) run on AMX-BF16 tiles: kAuto from a
-// minimum number of rows of x on (kLowbitAmxMinM for int4, kLowbitAmxCodebook(Exact)MinM for codebooks), when
-// the avx512_vnni or avx512_bf16 tier is in use and amx_bf16_supported(); kOn at any M (an error where
-// AMX is not supported); kOff never. 3-bit codebooks never do. Under the avx512_bf16 tier the tiles
-// take x and the weights rounded to bfloat16 (that tier's numerics), else they are float32-exact.
-enum class LowbitAmx { kOff = 0, kOn = 1, kAuto = 2 };
-LowbitAmx parse_lowbit_amx(const std::string& name, const char* arg_name);
+// Whether int4 and 2- and 4-bit codebooks (and dequant_mm_int8) run on AMX-BF16 tiles (CpuAmx, the
+// switch int8_mm shares): kAuto from a minimum number of rows of x on (kLowbitAmxMinM for int4,
+// kLowbitAmxCodebook(Exact)MinM for codebooks), when the avx512_vnni or avx512_bf16 tier is in use
+// and amx_bf16_supported(); kOn at any M (an error where AMX is not supported); kOff never. 3-bit
+// codebooks never do. Under the avx512_bf16 tier the tiles take x and the weights rounded to bfloat16
+// (that tier's numerics), else they are float32-exact.
 // Measured on 4096 x 4096 (bench/results/2026-11-23-cpu-lowbit.md, 2026-11-30-weight-only-amx.md): AMX
 // wins from M = 6 for int4 g128 and from M = 12-16 for 4-bit codebooks in bfloat16 (kAvx512Bf16);
 // float32-exact codebooks (three pieces of each entry against up to three of x: six products a tile)
@@ -69,10 +68,10 @@ constexpr int64_t kLowbitAmxCodebookMinM = 16;
 constexpr int64_t kLowbitAmxCodebookExactMinM = 256;
 // Whether a call with M rows of x takes the tiles (min_m: the kAuto threshold); amx kOn where they
 // cannot run throws std::invalid_argument prefixed with `op`.
-bool amx_chosen(CpuIsa isa, LowbitAmx amx, int64_t M, int64_t min_m, const char* op);
+bool amx_chosen(CpuIsa isa, CpuAmx amx, int64_t M, int64_t min_m, const char* op);
 
 // Validates (std::invalid_argument naming the argument), then runs on up to num_threads threads.
-void lowbit_mm(const LowbitMmArgs& args, int num_threads, CpuIsa isa, LowbitAmx amx = LowbitAmx::kAuto);
+void lowbit_mm(const LowbitMmArgs& args, int num_threads, CpuIsa isa, CpuAmx amx = CpuAmx::kAuto);
 
 // ---- what the per-ISA kernels share --------------------------------------------------------------
 // A kernel walks each code row in chunks of `lanes * subs` codes. Lane j of sub-vector s of chunk c
@@ -142,12 +141,7 @@ inline constexpr CodeMinusZero kCodeMinusZero = make_code_minus_zero();
 // y[m, n] = acc + bias[n] rounded to y's kind (internal linkage: see cpu_convert.h).
 inline void lowbit_store(const LowbitMmArgs& g, int64_t m, int64_t n, float acc) {
   const float v = g.bias ? acc + g.bias[n] : acc;
-  const int64_t off = m * g.ldy + n;
-  switch (g.x_kind) {
-    case InKind::kFloat16: static_cast<uint16_t*>(g.y)[off] = f32_to_f16(v); break;
-    case InKind::kBFloat16: static_cast<uint16_t*>(g.y)[off] = f32_to_bf16(v); break;
-    default: static_cast<float*>(g.y)[off] = v;
-  }
+  store_as(g.y, g.x_kind, m * g.ldy + n, v);
 }
 
 // ---- the tile loop every ISA shares, over an ISA policy P ----------------------------------------

@@ -73,12 +73,7 @@ namespace {
 // y[m, n] = v + bias[n], rounded to y's kind (internal linkage: see cpu_convert.h).
 inline void a8_store(const LowbitA8Args& g, int64_t m, int64_t n, float v) {
   if (g.bias) v += g.bias[n];
-  const int64_t off = m * g.ldy + n;
-  switch (g.x_kind) {
-    case InKind::kFloat16: static_cast<uint16_t*>(g.y)[off] = f32_to_f16(v); break;
-    case InKind::kBFloat16: static_cast<uint16_t*>(g.y)[off] = f32_to_bf16(v); break;
-    default: static_cast<float*>(g.y)[off] = v;
-  }
+  store_as(g.y, g.x_kind, m * g.ldy + n, v);
 }
 
 // ---- the tile loop the SIMD kernels share, over a policy P -----------------------------------------

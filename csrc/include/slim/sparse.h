@@ -98,12 +98,7 @@ namespace {
 inline void sparse_store(const SparseMmArgs& g, int64_t m, int64_t n, float acc) {
   float v = g.scales ? acc * g.scales[n] : acc;
   if (g.bias) v += g.bias[n];
-  const int64_t off = m * g.ldy + n;
-  switch (g.x_kind) {
-    case InKind::kFloat16: static_cast<uint16_t*>(g.y)[off] = f32_to_f16(v); break;
-    case InKind::kBFloat16: static_cast<uint16_t*>(g.y)[off] = f32_to_bf16(v); break;
-    default: static_cast<float*>(g.y)[off] = v;
-  }
+  store_as(g.y, g.x_kind, m * g.ldy + n, v);
 }
 
 // The kept value j's column in an N:M row: group j / (m / 2), position from the packed bit stream.
