@@ -5,9 +5,10 @@ by `to_quant_linear` will see them, quantized then dequantized; the backward pas
 rounding as the identity (the straight-through estimator, Bengio et al. 2013), so the float
 weights keep learning. The rounding step is the format's (nn/formats.py: round, dequantize_parts,
 fake_quantize_input, fit), chosen by the config's mode:
-  w8a8      weights per output channel and activations per token, int8 symmetric
+  w8a8      weights per output channel and activations per token, int8 symmetric (act_bits=7: |q| <= 63)
   w8a16     weights per output channel, int8 symmetric
   w4a16     weights per group, int4 round-to-nearest with the config's group size and symmetry
+  w4a8      as w4a16, and activations per token as w8a8
   codebook  weights snapped to the nearest entry of a codebook fitted once, when the layer is
             prepared (k-means / NF4 / pow2); the codebook stays fixed (a buffer) while the weights train
 """

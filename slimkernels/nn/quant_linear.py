@@ -1,7 +1,7 @@
 """QuantLinear: a drop-in nn.Linear with quantized weights.
 
 The weight format is a strategy object (`layer.format`, one class per mode in nn/formats.py:
-"w8a8", "w8a16", "w4a16", "codebook") that knows the saved buffers, the op forward calls, how to
+"w8a8", "w8a16", "w4a16", "w4a8", "codebook") that knows the saved buffers, the op forward calls, how to
 dequantize, the extra layer-config fields, the summary, the load checks and the repack. QuantLinear
 itself is format-agnostic: it registers the format's buffers plus `bias` (float32 [N] or None), checks
 the input, and gets the rest of its life cycle (layer config, checkpoints, `weight` for model code,
@@ -87,7 +87,7 @@ class QuantLinear(CompressedModule, layer_type="QuantLinear"):
     @classmethod
     def from_float(cls, linear: nn.Linear, config="w8a8", hessian: Optional[torch.Tensor] = None) -> "QuantLinear":
         """Quantize `linear`. `config` is a config object (Int8DynamicConfig, Int8WeightOnlyConfig,
-        Int4WeightOnlyConfig, CodebookConfig) or a mode name ("w8a8", "w8a16", "w4a16", "codebook")
+        Int4WeightOnlyConfig, CodebookConfig) or a mode name ("w8a8", "w8a16", "w4a16", "w4a8", "codebook")
         for that config's defaults. GPTQ (method="gptq") needs the layer's input Hessian
         (quant.hessian.HessianAccumulator); quantize_(..., calibration=...) computes it for you.
         Runs slimkernels.compress.quantize.quantize_layer; a layer it would skip is a ValueError here."""
